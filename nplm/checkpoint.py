@@ -1,0 +1,56 @@
+"""Checkpoints: save a run (model, optimizer, step, vocabulary, config) atomically; load it safely.
+
+Contents follow nanoGPT. Everything is tensors and plain Python values, so loading uses
+torch.load(weights_only=True), which never unpickles arbitrary objects.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from nplm.config import Config, validate
+
+CKPT_NAME = "ckpt.pt"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, damaged or not an nplm checkpoint."""
+
+
+def save_checkpoint(path: Path, *, model, optimizer, step: int, best_val_loss: float,
+                    cfg: Config, itos: list[str]) -> None:
+    state = {
+        "format": "nplm-checkpoint-1",
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "step": step,
+        "best_val_loss": best_val_loss,
+        "config": dataclasses.asdict(cfg),
+        "itos": itos,
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # atomic: a reader sees the old file or the new one, never half of one
+
+
+def load_checkpoint(run_dir: str | Path) -> tuple[dict, Config]:
+    """The checkpoint dict of a run folder (or a .pt file) and its config as validated dataclasses."""
+    path = Path(run_dir)
+    if path.is_dir():
+        path = path / CKPT_NAME
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {str(path)!r}; give the folder of a finished run "
+                              "(it holds ckpt.pt)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, foreign or unsafe pickles all land here
+        raise CheckpointError(f"{str(path)!r} is not a readable nplm checkpoint ({type(e).__name__}); "
+                              "it may be truncated or from another program") from None
+    if not isinstance(state, dict) or state.get("format") != "nplm-checkpoint-1":
+        raise CheckpointError(f"{str(path)!r} is not an nplm checkpoint (no nplm format tag)")
+    cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), state["config"]))
+    return state, validate(cfg)

@@ -1,0 +1,127 @@
+"""Configuration: the typed schema every YAML file in conf/ is checked against, and its validation.
+
+The dataclasses give types only; the values live in conf/*.yaml (one source of truth). Hydra merges
+the YAML into this schema, so an unknown key or a wrong type fails at composition; `validate`
+then checks ranges and names once at start-up, with messages that say how to fix the problem.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+INITS = ("lecture", "scaled")
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("constant", "step", "cosine")
+
+
+class ConfigError(ValueError):
+    """A configuration value is out of range or unknown; the message says how to fix it."""
+
+
+@dataclass
+class DataConfig:
+    path: Optional[str] = None  # one word per line; None = the bundled names.txt
+    train_frac: float = MISSING  # first fraction of the shuffled words -> train
+    dev_frac: float = MISSING  # next fraction -> dev; the rest -> test
+    split_seed: int = MISSING  # Python random.Random(split_seed).shuffle(words)
+
+
+@dataclass
+class ModelConfig:
+    n_embd: int = MISSING  # size of each character's feature vector C[i]
+    block_size: int = MISSING  # characters of context
+    n_hidden: int = MISSING  # tanh units in the hidden layer
+    init: str = MISSING  # lecture (raw randn draws) | scaled (fan-in with tanh gain, small output)
+
+
+@dataclass
+class OptimConfig:
+    name: str = MISSING  # sgd | adamw
+    lr: float = MISSING  # peak learning rate
+    weight_decay: float = 0.0
+    momentum: float = 0.0  # sgd only
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adamw only
+    schedule: str = MISSING  # constant | step | cosine (linear warmup, then cosine to min_lr)
+    warmup_steps: int = 0  # cosine only
+    min_lr: float = 0.0  # cosine only: the learning rate at the last step
+    decay_steps: list[int] = field(default_factory=list)  # step only: multiply lr by decay_factor at each
+    decay_factor: float = 0.1
+
+
+@dataclass
+class TrainConfig:
+    steps: int = MISSING
+    batch_size: int = MISSING
+    eval_interval: int = MISSING  # steps between full dev-split evaluations (and at the last step)
+    log_interval: int = MISSING  # steps between metrics rows / progress lines
+    eval_chunk: int = 4096  # rows per chunk when evaluating a whole split (bounds memory)
+    threads: int = 0  # torch CPU threads; 0 = torch's default
+    num_samples: int = 20  # names sampled at the end of the run
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    device: str = MISSING  # auto | cpu | cuda | cuda:N
+    seed: int = MISSING  # seeds the training generator: parameter init, then minibatch draws
+
+
+def register_schema() -> None:
+    """Make the schema available to conf/config.yaml's defaults list as `nplm_schema`."""
+    ConfigStore.instance().store(name="nplm_schema", node=Config)
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _check_choice(value: str, choices: tuple[str, ...], key: str) -> None:
+    _check(value in choices, f"{key}={value!r} is not known; use one of: {', '.join(choices)}")
+
+
+def validate(cfg: Config) -> Config:
+    """Check ranges and names; raise ConfigError with a message that says what to change."""
+    d, m, o, t = cfg.data, cfg.model, cfg.optim, cfg.train
+    for key, frac in (("data.train_frac", d.train_frac), ("data.dev_frac", d.dev_frac)):
+        _check(0 < frac < 1, f"{key}={frac} must be between 0 and 1 (exclusive)")
+    _check(d.train_frac + d.dev_frac < 1,
+           f"data.train_frac + data.dev_frac = {d.train_frac + d.dev_frac:g} must be below 1 "
+           "so the test split is not empty")
+    for key, value in (("model.n_embd", m.n_embd), ("model.block_size", m.block_size),
+                       ("model.n_hidden", m.n_hidden), ("train.batch_size", t.batch_size),
+                       ("train.eval_interval", t.eval_interval), ("train.log_interval", t.log_interval),
+                       ("train.eval_chunk", t.eval_chunk)):
+        _check(value >= 1, f"{key}={value} must be at least 1")
+    _check(t.steps >= 0, f"train.steps={t.steps} must be 0 or more")
+    _check(t.threads >= 0, f"train.threads={t.threads} must be 0 (torch's default) or more")
+    _check(t.num_samples >= 0, f"train.num_samples={t.num_samples} must be 0 or more")
+    _check_choice(m.init, INITS, "model.init")
+    _check_choice(o.name, OPTIMIZERS, "optim.name")
+    _check_choice(o.schedule, SCHEDULES, "optim.schedule")
+    _check(o.lr > 0, f"optim.lr={o.lr} must be positive")
+    _check(o.min_lr >= 0, f"optim.min_lr={o.min_lr} must be 0 or more")
+    _check(o.weight_decay >= 0, f"optim.weight_decay={o.weight_decay} must be 0 or more")
+    _check(0 <= o.momentum < 1, f"optim.momentum={o.momentum} must be in [0, 1)")
+    _check(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas),
+           f"optim.betas={list(o.betas)} must be two numbers in [0, 1)")
+    _check(o.warmup_steps >= 0, f"optim.warmup_steps={o.warmup_steps} must be 0 or more")
+    _check(o.decay_factor > 0, f"optim.decay_factor={o.decay_factor} must be positive")
+    _check(all(s >= 1 for s in o.decay_steps), f"optim.decay_steps={list(o.decay_steps)} must be steps >= 1")
+    _check(cfg.device == "auto" or cfg.device == "cpu" or cfg.device == "cuda"
+           or (cfg.device.startswith("cuda:") and cfg.device[5:].isdigit()),
+           f"device={cfg.device!r} is not known; use auto, cpu, cuda or cuda:N")
+    return cfg
+
+
+def to_config(cfg: DictConfig) -> Config:
+    """Turn Hydra's composed DictConfig into validated plain dataclasses."""
+    obj = OmegaConf.to_object(cfg)
+    assert isinstance(obj, Config), f"expected the nplm schema, got {type(obj).__name__}"
+    return validate(obj)

@@ -1,0 +1,31 @@
+"""Optimisation: the optimiser (sgd | adamw) and the learning-rate schedule (constant | step | cosine)."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from nplm.config import OptimConfig
+
+
+def make_optimizer(model: torch.nn.Module, o: OptimConfig) -> torch.optim.Optimizer:
+    """Weight decay applies to the weight matrices only, not to the embedding table or the biases."""
+    decay = [p for name, p in model.named_parameters() if p.dim() >= 2 and name != "C"]
+    no_decay = [p for name, p in model.named_parameters() if not (p.dim() >= 2 and name != "C")]
+    groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if o.name == "sgd":
+        # foreach=False: one plain p -= lr * grad per tensor, the lecture's update
+        return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, foreach=False)
+    return torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas))
+
+
+def lr_at(step: int, o: OptimConfig, total_steps: int) -> float:
+    """The learning rate for training step `step` (0-based) of `total_steps`."""
+    if o.schedule == "constant":
+        return o.lr
+    if o.schedule == "step":  # the lecture: 0.1, then x0.1 from step 100,000
+        return o.lr * o.decay_factor ** sum(step >= s for s in o.decay_steps)
+    if step < o.warmup_steps:  # cosine: linear warmup to lr ...
+        return o.lr * (step + 1) / (o.warmup_steps + 1)
+    progress = (step - o.warmup_steps) / max(1, total_steps - 1 - o.warmup_steps)  # ... then 0 -> 1
+    return o.min_lr + 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))) * (o.lr - o.min_lr)

@@ -1,0 +1,171 @@
+"""Training: `run(cfg, out_dir)` trains one NPLM and writes its record; it returns the final dev loss.
+
+Reads top to bottom: device and threads, data, model, optimiser, the loop (minibatch SGD/AdamW
+with periodic full-dev evaluation), then final full-split losses, samples, checkpoint, summary.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from nplm.checkpoint import CKPT_NAME, save_checkpoint
+from nplm.config import Config, ConfigError
+from nplm.data import load_dataset
+from nplm.evaluate import split_loss
+from nplm.model import NPLM
+from nplm.optim import lr_at, make_optimizer
+from nplm.sample import label_words, sample_words
+from nplm.tracking import Tracker
+
+log = logging.getLogger("nplm")
+
+
+def resolve_device(name: str) -> torch.device:
+    """auto -> cuda if there is a GPU, else cpu. Asking for a GPU that is not there is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device={name} but torch sees no CUDA GPU here; use device=cpu or device=auto")
+        index = int(name[5:]) if ":" in name else 0
+        if index >= torch.cuda.device_count():
+            raise ConfigError(f"device={name} but there are only {torch.cuda.device_count()} GPU(s); "
+                              f"use cuda:0..cuda:{torch.cuda.device_count() - 1}")
+    return torch.device(name)
+
+
+def run(cfg: Config, out_dir: Path) -> float:
+    """Train one model as `cfg` says, record it in `out_dir`, and return the final dev loss."""
+    t_start = time.perf_counter()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    d, m, o, t = cfg.data, cfg.model, cfg.optim, cfg.train
+    device = resolve_device(cfg.device)
+    if t.threads:
+        torch.set_num_threads(t.threads)
+
+    data = load_dataset(d.path, d.train_frac, d.dev_frac, d.split_seed, m.block_size)
+    Xtr, Ytr = data.X["train"].to(device), data.Y["train"].to(device)
+    Xdev, Ydev = data.X["dev"].to(device), data.Y["dev"].to(device)
+    n_train = len(Xtr)
+    if t.batch_size > n_train:
+        raise ConfigError(f"train.batch_size={t.batch_size} is larger than the {n_train} training examples; "
+                          "lower train.batch_size")
+    log.info("data: %d words (train/dev/test %d/%d/%d), vocab_size %d (derived from the data), "
+             "examples train/dev/test %d/%d/%d", sum(map(len, data.words.values())),
+             *(len(data.words[s]) for s in ("train", "dev", "test")), data.vocab.size,
+             *(len(data.X[s]) for s in ("train", "dev", "test")))
+
+    # One generator for training, seeded by cfg.seed: parameter draws first, then minibatch
+    # indices, the lecture's order. Sampling gets a generator of its own.
+    g = torch.Generator().manual_seed(cfg.seed)
+    model = NPLM(m, data.vocab.size)
+    model.init_weights(m.init, g)
+    model.to(device)
+    optimizer = make_optimizer(model, o)
+    log.info("model: n_embd %d, block_size %d, n_hidden %d, init %s, %d parameters; %s lr %g (%s); "
+             "device %s, %d CPU thread(s)", m.n_embd, m.block_size, m.n_hidden, m.init, model.num_params(),
+             o.name, o.lr, o.schedule, device, torch.get_num_threads())
+    (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+
+    tracker = Tracker(out_dir)
+    best_val, best_step, val_loss = float("inf"), -1, float("nan")
+    train_time, t_log, steps_since_log = 0.0, time.perf_counter(), 0
+    try:
+        for step in range(t.steps):
+            t0 = time.perf_counter()
+            lr = lr_at(step, o, t.steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            ix = torch.randint(0, n_train, (t.batch_size,), generator=g).to(device)
+            _, loss = model(Xtr[ix], Ytr[ix])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            train_time += time.perf_counter() - t0
+            steps_since_log += 1
+
+            last = step == t.steps - 1
+            evaluate = (step + 1) % t.eval_interval == 0 or last
+            if (step + 1) % t.log_interval == 0 or evaluate:
+                row = {"step": step + 1, "train/loss": loss.item(), "lr": lr, "elapsed": train_time}
+                if evaluate:
+                    val_loss = split_loss(model, Xdev, Ydev, t.eval_chunk)
+                    row["val/loss"] = val_loss
+                    if val_loss < best_val:
+                        best_val, best_step = val_loss, step + 1
+                tracker.log(row)
+                now = time.perf_counter()
+                rate = steps_since_log / (now - t_log)
+                t_log, steps_since_log = now, 0
+                log.info("step %*d/%d | train/loss %.4f |%s lr %.2e | %.0f steps/s | %s left",
+                         len(str(t.steps)), step + 1, t.steps, row["train/loss"],
+                         f" val/loss {val_loss:.4f} |" if evaluate else "", lr, rate,
+                         _hms((t.steps - step - 1) / rate))
+
+        train_loss = split_loss(model, Xtr, Ytr, t.eval_chunk)
+        dev_loss = split_loss(model, Xdev, Ydev, t.eval_chunk)
+        if dev_loss < best_val:
+            best_val, best_step = dev_loss, t.steps
+        sampler = torch.Generator().manual_seed(cfg.seed)
+        samples = label_words(sample_words(model, data.vocab, t.num_samples, sampler), data)
+        tracker.write_samples(samples)
+        save_checkpoint(out_dir / CKPT_NAME, model=model, optimizer=optimizer, step=t.steps,
+                        best_val_loss=best_val, cfg=cfg, itos=data.vocab.itos)
+        wall = time.perf_counter() - t_start
+        summary = {
+            "status": "finished",
+            "train_loss": train_loss, "dev_loss": dev_loss,
+            "best_dev_loss": best_val, "best_dev_step": best_step,
+            "steps": t.steps, "batch_size": t.batch_size,
+            "wall_time_s": wall, "train_time_s": train_time,
+            "steps_per_s": t.steps / train_time if train_time else None,
+            "num_params": model.num_params(), "vocab_size": data.vocab.size,
+            "seed": cfg.seed, "device": str(device), "threads": torch.get_num_threads(),
+            **provenance(),
+            "config": dataclasses.asdict(cfg),
+        }
+        tracker.write_summary(summary)
+    finally:
+        tracker.close()
+
+    log.info("done: train loss %.4f | dev loss %.4f (best %.4f at step %d) | %s parameters | "
+             "%.1f s wall (%.1f s training, %.0f steps/s)", train_loss, dev_loss, best_val, best_step,
+             f"{model.num_params():,}", wall, train_time, summary["steps_per_s"] or 0)
+    log.info("saved to %s", out_dir)
+    log.info("samples: %s", ", ".join(f"{w} ({lab})" if lab != "new" else w for w, lab in samples))
+    return dev_loss
+
+
+def provenance() -> dict:
+    """What is needed to repeat the run: versions, the code's git commit, the command line."""
+    return {
+        "torch": torch.__version__, "python": platform.python_version(),
+        "platform": platform.platform(), **_git_state(), "command": " ".join(sys.argv),
+    }
+
+
+def _git_state() -> dict:
+    repo = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True,
+                                text=True, timeout=5).stdout.strip() or None
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                                    capture_output=True, text=True, timeout=5).stdout.strip()) if commit else None
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = None, None
+    return {"git_commit": commit, "git_dirty": dirty}
+
+
+def _hms(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 \
+        else f"{seconds // 60}:{seconds % 60:02d}"
