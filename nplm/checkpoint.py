@@ -13,6 +13,7 @@ import torch
 from omegaconf import OmegaConf
 
 from nplm.config import Config, validate
+from nplm.model import NPLM
 
 CKPT_NAME = "ckpt.pt"
 
@@ -54,3 +55,14 @@ def load_checkpoint(run_dir: str | Path) -> tuple[dict, Config]:
         raise CheckpointError(f"{str(path)!r} is not an nplm checkpoint (no nplm format tag)")
     cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), state["config"]))
     return state, validate(cfg)
+
+
+def load_model(run_dir: str | Path, device: str = "cpu") -> tuple[NPLM, Config, dict]:
+    """The trained model of a run (in eval mode, on `device`), its config and its checkpoint dict."""
+    state, cfg = load_checkpoint(run_dir)
+    model = NPLM(cfg.model, len(state["itos"]))
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise CheckpointError(f"the checkpoint's weights do not fit its config: {str(e).splitlines()[0]}") from None
+    return model.to(device).eval(), cfg, state

@@ -48,6 +48,8 @@ def run(cfg: Config, out_dir: Path) -> float:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     d, m, o, t = cfg.data, cfg.model, cfg.optim, cfg.train
+    if d.path:  # recorded absolute, so that later commands find the data from any directory
+        d.path = str(Path(d.path).expanduser().resolve())
     device = resolve_device(cfg.device)
     if t.threads:
         torch.set_num_threads(t.threads)
@@ -156,8 +158,9 @@ def provenance() -> dict:
 def _git_state() -> dict:
     repo = Path(__file__).resolve().parent.parent
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True,
-                                text=True, timeout=5).stdout.strip() or None
+        proc = subprocess.run(["git", "rev-parse", "--verify", "-q", "HEAD"], cwd=repo, capture_output=True,
+                              text=True, timeout=5)
+        commit = proc.stdout.strip() if proc.returncode == 0 else None
         dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
                                     capture_output=True, text=True, timeout=5).stdout.strip()) if commit else None
     except (OSError, subprocess.SubprocessError):

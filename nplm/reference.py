@@ -1,0 +1,50 @@
+"""The yardstick: makemore part 2's training loop written the obvious way, as in the lecture.
+
+Kept as the reference that the runner is checked against (same losses) and benchmarked against
+(scripts/benchmark.py). Not used by the runner itself.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from nplm.data import load_dataset
+
+
+def lecture_loop(steps: int = 200_000, batch_size: int = 32, seed: int = 2147483647,
+                 n_embd: int = 10, block_size: int = 3, n_hidden: int = 200,
+                 decay_step: int = 100_000) -> dict:
+    """Train the lecture MLP exactly as the notebook does; return the parameters and full-split losses."""
+    data = load_dataset(None, 0.8, 0.1, 42, block_size)
+    Xtr, Ytr, Xdev, Ydev = data.X["train"], data.Y["train"], data.X["dev"], data.Y["dev"]
+    V = data.vocab.size
+    g = torch.Generator().manual_seed(seed)
+    C = torch.randn((V, n_embd), generator=g)
+    W1 = torch.randn((block_size * n_embd, n_hidden), generator=g)
+    b1 = torch.randn(n_hidden, generator=g)
+    W2 = torch.randn((n_hidden, V), generator=g)
+    b2 = torch.randn(V, generator=g)
+    parameters = [C, W1, b1, W2, b2]
+    for p in parameters:
+        p.requires_grad = True
+
+    for i in range(steps):
+        ix = torch.randint(0, Xtr.shape[0], (batch_size,), generator=g)
+        emb = C[Xtr[ix]]
+        h = torch.tanh(emb.view(-1, block_size * n_embd) @ W1 + b1)
+        logits = h @ W2 + b2
+        loss = F.cross_entropy(logits, Ytr[ix])
+        for p in parameters:
+            p.grad = None
+        loss.backward()
+        lr = 0.1 if i < decay_step else 0.01
+        for p in parameters:
+            p.data += -lr * p.grad
+
+    def split_loss(X, Y):
+        with torch.no_grad():
+            h = torch.tanh(C[X].view(-1, block_size * n_embd) @ W1 + b1)
+            return F.cross_entropy(h @ W2 + b2, Y).item()
+
+    return {"params": [p.detach() for p in parameters],
+            "train_loss": split_loss(Xtr, Ytr), "dev_loss": split_loss(Xdev, Ydev)}

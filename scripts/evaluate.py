@@ -1,0 +1,39 @@
+"""Evaluate a saved run on one split (nats per character), and record it as eval_<split>.json in the run.
+
+    python scripts/evaluate.py outputs/runs/2026-11-22/16-13-37 split=test
+The test split is evaluated only here, only when asked for.
+"""
+import json
+import sys
+from pathlib import Path
+
+from nplm.checkpoint import load_model
+from nplm.cli import USER_ERRORS, fail, parse_args
+from nplm.data import SPLITS, load_dataset
+from nplm.evaluate import split_loss
+
+USAGE = "python scripts/evaluate.py <run dir> [split=dev|train|test] [chunk=4096]"
+
+
+def main(argv: list[str]) -> None:
+    run_dir, opts = parse_args(argv, USAGE, {"split": "dev", "chunk": 4096})
+    if opts["split"] not in SPLITS:
+        fail(f"split={opts['split']!r} is not known; use one of: {', '.join(SPLITS)}")
+    try:
+        model, cfg, state = load_model(run_dir)
+        d = cfg.data
+        data = load_dataset(d.path, d.train_frac, d.dev_frac, d.split_seed, cfg.model.block_size)
+    except USER_ERRORS as e:
+        fail(str(e))
+    if data.vocab.itos != state["itos"]:
+        fail(f"the data at {d.path or 'the bundled names'} has a different vocabulary from the checkpoint's")
+    split = opts["split"]
+    loss = split_loss(model, data.X[split], data.Y[split], opts["chunk"])
+    result = {"split": split, "loss": loss, "examples": len(data.X[split]), "step": state["step"]}
+    print(f"{split} loss {loss:.4f} ({len(data.X[split]):,} examples, step {state['step']:,})")
+    if Path(run_dir).is_dir():
+        (Path(run_dir) / f"eval_{split}.json").write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

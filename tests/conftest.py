@@ -1,0 +1,47 @@
+"""Shared fixtures: real Hydra composition, real subprocess runs of the real commands."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from nplm.config import register_schema
+
+ROOT = Path(__file__).resolve().parent.parent
+CONF = ROOT / "conf"
+# Tiny, fast settings for end-to-end runs: a real run of the real command in seconds.
+TINY = ["train.steps=60", "train.batch_size=32", "train.eval_interval=30", "train.log_interval=20",
+        "model.n_embd=4", "model.n_hidden=16", "train.num_samples=5", "device=cpu", "train.threads=1"]
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+register_schema()
+
+
+def compose_cfg(overrides=()):
+    """Compose conf/config.yaml exactly as train.py does, with command-line style overrides."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def run_cmd(args, cwd=ROOT, check=True, timeout=300):
+    """Run a project command (train.py or a script) with this interpreter; return the process."""
+    proc = subprocess.run([sys.executable, *map(str, args)], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "HYDRA_FULL_ERROR": "0"})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{args} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def train(run_dir, *overrides, check=True):
+    return run_cmd([ROOT / "train.py", *TINY, *overrides, f"hydra.run.dir={run_dir}"], check=check)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """One finished tiny run, shared by the tests that only read its folder."""
+    run_dir = tmp_path_factory.mktemp("tiny") / "run"
+    train(run_dir)
+    return run_dir

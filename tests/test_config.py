@@ -1,0 +1,72 @@
+"""Every config file composes into the schema; bad values fail with a message that says what to do."""
+import pytest
+from hydra.errors import ConfigCompositionException
+
+from conftest import CONF, compose_cfg
+from nplm.config import ConfigError, to_config
+from nplm.optim import lr_at
+
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+
+
+def test_every_yaml_starts_with_the_command_that_uses_it():
+    for path in CONF.rglob("*.yaml"):
+        header = [line for line in path.read_text().splitlines()[:3] if not line.startswith("# @")]
+        assert header[0].startswith("# python train.py"), path
+
+
+def test_default_config_composes():
+    cfg = to_config(compose_cfg())
+    assert cfg.model.init == "scaled" and cfg.device == "auto"
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_experiments_compose(name):
+    to_config(compose_cfg([f"experiment={name}"]))
+
+
+def test_lecture_experiment_is_the_lecture_recipe():
+    cfg = to_config(compose_cfg(["experiment=lecture"]))
+    assert (cfg.model.n_embd, cfg.model.block_size, cfg.model.n_hidden, cfg.model.init) == (10, 3, 200, "lecture")
+    assert (cfg.optim.name, cfg.optim.lr, cfg.optim.schedule) == ("sgd", 0.1, "step")
+    assert (cfg.train.steps, cfg.train.batch_size, cfg.seed) == (200000, 32, 2147483647)
+    assert [lr_at(s, cfg.optim, cfg.train.steps) for s in (0, 99999, 100000, 199999)] == \
+        [0.1, 0.1, pytest.approx(0.01), pytest.approx(0.01)]
+
+
+def test_overrides_apply():
+    cfg = to_config(compose_cfg(["model.n_embd=24", "model.block_size=5", "train.batch_size=64",
+                                 "optim.lr=0.05", "device=cpu", "seed=3"]))
+    assert (cfg.model.n_embd, cfg.model.block_size, cfg.train.batch_size, cfg.optim.lr, cfg.seed) == \
+        (24, 5, 64, 0.05, 3)
+
+
+@pytest.mark.parametrize("override", ["model.n_embed=10", "model.n_embd=ten", "train.steps=1.5"])
+def test_unknown_keys_and_wrong_types_fail_at_composition(override):
+    with pytest.raises(ConfigCompositionException):
+        compose_cfg([override])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.n_embd=0", "model.n_embd=0 must be at least 1"),
+    ("optim.lr=0", "optim.lr=0.0 must be positive"),
+    ("optim.lr=-1", "must be positive"),
+    ("data.train_frac=1.2", "between 0 and 1"),
+    ("data.dev_frac=0.3", "must be below 1"),
+    ("train.eval_interval=0", "at least 1"),
+    ("optim.name=adam", "use one of: sgd, adamw"),
+    ("optim.schedule=linear", "use one of: constant, step, cosine"),
+    ("model.init=xavier", "use one of: lecture, scaled"),
+    ("device=tpu", "use auto, cpu, cuda or cuda:N"),
+])
+def test_out_of_range_values(override, message):
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.").replace("(", r"\(")):
+        to_config(compose_cfg([override]))
+
+
+def test_cosine_schedule_warms_up_then_decays_to_min_lr():
+    o = to_config(compose_cfg(["optim.warmup_steps=10", "optim.lr=0.01", "optim.min_lr=0.001"])).optim
+    lrs = [lr_at(s, o, 100) for s in range(100)]
+    assert lrs[0] < lrs[9] < lrs[10] == pytest.approx(0.01)
+    assert lrs[-1] == pytest.approx(0.001)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))

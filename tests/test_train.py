@@ -1,0 +1,144 @@
+"""End to end: the real `python train.py` in a temporary folder, multirun, determinism, the scripts."""
+import csv
+import json
+import math
+
+import pytest
+import torch
+
+from conftest import ROOT, run_cmd, train
+from nplm.checkpoint import load_model
+
+SUMMARY_KEYS = {"status", "train_loss", "dev_loss", "best_dev_loss", "best_dev_step", "steps", "wall_time_s",
+                "steps_per_s", "num_params", "vocab_size", "seed", "device", "torch", "python", "git_commit",
+                "command", "config"}
+
+
+def read_metrics(run_dir):
+    with open(run_dir / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_run_folder_holds_the_record(tiny_run):
+    names = {p.name for p in tiny_run.iterdir()}
+    assert {"config.yaml", "metrics.csv", "summary.json", "ckpt.pt", "samples.tsv", ".hydra"} <= names
+    assert "${" not in (tiny_run / "config.yaml").read_text()
+
+    rows = read_metrics(tiny_run)
+    assert list(rows[0]) == ["step", "train/loss", "val/loss", "lr", "elapsed"]
+    assert [int(r["step"]) for r in rows] == [20, 30, 40, 60]  # log every 20, evaluate every 30 and at the end
+    assert [bool(r["val/loss"]) for r in rows] == [False, True, False, True]
+
+    s = json.loads((tiny_run / "summary.json").read_text())
+    assert SUMMARY_KEYS <= set(s)
+    assert s["status"] == "finished" and s["steps"] == 60 and s["vocab_size"] == 27 and s["device"] == "cpu"
+    assert s["dev_loss"] == pytest.approx(float(rows[-1]["val/loss"]))
+    assert s["num_params"] == 27 * 4 + (5 * 4) * 16 + 16 + 16 * 27 + 27
+    assert math.isfinite(s["train_loss"]) and s["dev_loss"] < math.log(27)
+
+    lines = (tiny_run / "samples.tsv").read_text().splitlines()
+    assert lines[0] == "word\tlabel" and len(lines) == 6
+    assert all(line.split("\t")[1] in ("train", "dev", "new") for line in lines[1:])
+
+
+def test_checkpoint_loads_safely_and_reproduces_dev_loss(tiny_run):
+    state = torch.load(tiny_run / "ckpt.pt", weights_only=True)
+    assert {"model", "optimizer", "step", "config", "itos", "best_val_loss"} <= set(state)
+    assert state["step"] == 60
+    model, cfg, _ = load_model(tiny_run)
+    assert cfg.model.n_embd == 4
+    out = run_cmd(["scripts/evaluate.py", tiny_run, "split=dev"]).stdout
+    dev = json.loads((tiny_run / "summary.json").read_text())["dev_loss"]
+    assert f"dev loss {dev:.4f}" in out
+    assert json.loads((tiny_run / "eval_dev.json").read_text())["loss"] == pytest.approx(dev, abs=1e-6)
+
+
+def test_test_split_only_when_asked(tiny_run):
+    assert not (tiny_run / "eval_test.json").exists()
+    summary = json.loads((tiny_run / "summary.json").read_text())
+    assert not [k for k in summary if "test" in k]
+    assert "test" not in (tiny_run / "metrics.csv").read_text()
+    out = run_cmd(["scripts/evaluate.py", tiny_run, "split=test"]).stdout
+    assert out.startswith("test loss ") and "(22,866 examples, step 60)" in out
+    assert json.loads((tiny_run / "eval_test.json").read_text())["examples"] == 22866
+
+
+def test_sample_script(tiny_run):
+    out = run_cmd(["scripts/sample.py", tiny_run, "n=7", "seed=1"]).stdout.splitlines()
+    assert len(out) == 7 and all(line.strip() for line in out)
+    assert out == run_cmd(["scripts/sample.py", tiny_run, "n=7", "seed=1"]).stdout.splitlines()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["n=3"], "usage"),
+    (["{run}", "colour=red"], "unknown argument 'colour=red'"),
+    (["{run}", "n=many"], "n='many' must be int"),
+    (["{missing}"], "no checkpoint at"),
+    (["{junk}"], "not a readable nplm checkpoint"),
+])
+def test_sample_script_bad_input(tiny_run, tmp_path, args, message):
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    args = [a.format(run=tiny_run, missing=tmp_path / "none", junk=junk) for a in args]
+    proc = run_cmd(["scripts/sample.py", *args], check=False)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_same_config_and_seed_give_identical_losses(tmp_path):
+    train(tmp_path / "a")
+    train(tmp_path / "b")
+    train(tmp_path / "c", "seed=7")
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "elapsed"} for r in rows]  # noqa: E731
+    a, b, c = (strip(read_metrics(tmp_path / x)) for x in "abc")
+    assert a == b
+    assert a != c
+
+
+def test_multirun_one_folder_per_job(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_cmd([ROOT / "train.py", "-m", "model.n_embd=2,6", "train.steps=20", "train.eval_interval=10",
+                    "train.log_interval=10", "model.n_hidden=8", "train.num_samples=2", "device=cpu",
+                    f"hydra.sweep.dir={sweep}"])
+    dims = []
+    for job in ("0", "1"):
+        s = json.loads((sweep / job / "summary.json").read_text())
+        dims.append(s["config"]["model"]["n_embd"])
+    assert dims == [2, 6]
+    assert "#0 : model.n_embd=2" in proc.stdout + proc.stderr
+
+
+def test_cuda_without_gpu_is_a_clear_error(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    proc = train(tmp_path / "r", "device=cuda", check=False)
+    assert proc.returncode == 2
+    assert "device=cuda but torch sees no CUDA GPU here; use device=cpu" in proc.stdout + proc.stderr
+
+
+def test_missing_data_file_is_a_clear_error(tmp_path):
+    proc = train(tmp_path / "r", f"data.path={tmp_path / 'nope.txt'}", check=False)
+    assert proc.returncode == 2 and "does not exist" in proc.stdout + proc.stderr
+
+
+def test_own_corpus_path(tmp_path):
+    corpus = tmp_path / "words.txt"
+    corpus.write_text("\n".join(["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta",
+                                 "iota", "kappa"] * 5))
+    run_dir = tmp_path / "r"
+    train(run_dir, f"data.path={corpus}", "train.batch_size=8")
+    s = json.loads((run_dir / "summary.json").read_text())
+    assert s["vocab_size"] == len(set("".join(["alphabetagammadeltaepsilonzetaetathetaiotakappa"]))) + 1
+
+
+def test_lecture_experiment_matches_the_plain_lecture_loop_bit_for_bit(tmp_path):
+    from nplm.reference import lecture_loop
+    torch.set_num_threads(1)
+    steps = 300
+    run_cmd([ROOT / "train.py", "experiment=lecture", f"train.steps={steps}", "train.eval_interval=100",
+             "train.log_interval=100", "device=cpu", f"hydra.run.dir={tmp_path}"])
+    model, _, _ = load_model(tmp_path)
+    ref = lecture_loop(steps=steps)
+    for name, mine, theirs in zip(("C", "W1", "b1", "W2", "b2"), model.parameters(), ref["params"]):
+        assert torch.equal(mine, theirs), name
+    s = json.loads((tmp_path / "summary.json").read_text())
+    assert s["dev_loss"] == pytest.approx(ref["dev_loss"], abs=1e-6)
