@@ -37,8 +37,9 @@ def resolve_device(name: str) -> torch.device:
             raise ConfigError(f"device={name} but torch sees no CUDA GPU here; use device=cpu or device=auto")
         index = int(name[5:]) if ":" in name else 0
         if index >= torch.cuda.device_count():
-            raise ConfigError(f"device={name} but there are only {torch.cuda.device_count()} GPU(s); "
-                              f"use cuda:0..cuda:{torch.cuda.device_count() - 1}")
+            n = torch.cuda.device_count()
+            raise ConfigError(f"device={name} but there {'is only 1 GPU' if n == 1 else f'are only {n} GPUs'}; "
+                              f"use {'cuda:0' if n == 1 else f'cuda:0 to cuda:{n - 1}'} or device=auto")
     return torch.device(name)
 
 
