@@ -3,6 +3,7 @@
     python train.py                                   # the default recipe on the bundled names
     python train.py model.n_embd=24 optim.lr=0.05     # override anything
     python train.py -m model.n_embd=2,10,24           # a multirun sweep, one folder per job
+    python train.py +sweep=grid                       # a named sweep from conf/sweep/
     python train.py experiment=lecture                # makemore part 2, exactly
 """
 import logging
@@ -14,25 +15,41 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from nplm.checkpoint import CheckpointError
-from nplm.config import ConfigError, register_schema, to_config
-from nplm.data import DataError
+from nplm.cli import USER_ERRORS
+from nplm.config import register_schema, to_config
+from nplm.sweep import finished_dev_loss, write_report_if_sweep
+from nplm.tracking import save_summary
 from nplm.train import run
 
+log = logging.getLogger("nplm")
 register_schema()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float:
     hc = HydraConfig.get()
+    out_dir = Path(hc.runtime.output_dir)
+    multirun = hc.mode == RunMode.MULTIRUN
     try:
-        return run(to_config(cfg), Path(hc.runtime.output_dir))
-    except (ConfigError, DataError, CheckpointError) as e:
-        if hc.mode == RunMode.MULTIRUN:
+        config = to_config(cfg)
+        done = finished_dev_loss(out_dir, config)
+        if done is not None:
+            log.info("skipping job %s: it finished already in %s (dev loss %.4f)", hc.job.num, out_dir, done)
+            return done
+        group, name = (hc.sweep.dir, hc.job.override_dirname or f"job{hc.job.num}") if multirun else (None, None)
+        return run(config, out_dir, group=group, name=name)
+    except USER_ERRORS as e:
+        if multirun:
+            if not (out_dir / "summary.json").exists():  # the sweep's report lists the failed job
+                save_summary(out_dir, {"status": "failed", "error": f"{type(e).__name__}: {e}",
+                                       "overrides": list(hc.overrides.task)})
             raise  # Hydra records the failed job and goes on with the others
-        logging.getLogger("nplm").error("error: %s", e)
+        log.error("error: %s", e)
         sys.exit(2)
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    finally:
+        write_report_if_sweep()

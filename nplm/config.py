@@ -15,6 +15,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 INITS = ("lecture", "scaled")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("constant", "step", "cosine")
+WANDB_MODES = ("online", "offline", "disabled")
 
 
 class ConfigError(ValueError):
@@ -63,11 +64,22 @@ class TrainConfig:
 
 
 @dataclass
+class WandbConfig:
+    mode: Optional[str] = None  # online | offline | disabled; null = $WANDB_MODE if set, else offline
+    project: str = MISSING
+    entity: Optional[str] = None  # your W&B user or team (online only); null = your default
+    group: Optional[str] = None  # null = the sweep folder in a multirun (all jobs of a sweep share it)
+    name: Optional[str] = None  # null = the job's overrides in a multirun, else W&B's generated name
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
     device: str = MISSING  # auto | cpu | cuda | cuda:N
     seed: int = MISSING  # seeds the training generator: parameter init, then minibatch draws
 
@@ -114,6 +126,8 @@ def validate(cfg: Config) -> Config:
     _check(o.warmup_steps >= 0, f"optim.warmup_steps={o.warmup_steps} must be 0 or more")
     _check(o.decay_factor > 0, f"optim.decay_factor={o.decay_factor} must be positive")
     _check(all(s >= 1 for s in o.decay_steps), f"optim.decay_steps={list(o.decay_steps)} must be steps >= 1")
+    if cfg.wandb.mode is not None:
+        _check_choice(cfg.wandb.mode, WANDB_MODES, "wandb.mode")
     _check(cfg.device == "auto" or cfg.device == "cpu" or cfg.device == "cuda"
            or (cfg.device.startswith("cuda:") and cfg.device[5:].isdigit()),
            f"device={cfg.device!r} is not known; use auto, cpu, cuda or cuda:N")

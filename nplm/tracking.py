@@ -1,42 +1,110 @@
-"""Tracking: the run's record in its output folder (metrics.csv, summary.json, samples.tsv).
+"""Tracking: one place that records a run, to its folder (the record of truth) and to Weights & Biases.
 
-Every logged step is one row of metrics.csv, written and flushed as it happens, so a run that
-stops early still leaves its curve behind.
+Local files: metrics.csv (a row per logged step, flushed as it happens), summary.json, samples.tsv.
+W&B: the same metrics under the same keys, the resolved config, summary values, the samples as a
+table and the plots as images. W&B runs offline unless told otherwise (no account, no network:
+`wandb sync` uploads later). If W&B cannot start, training goes on with local files and one
+warning; the W&B run is always finished, also when training raises, so the next job of an
+in-process sweep never logs into it.
 """
 from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
+import os
 from pathlib import Path
 
+from nplm.config import WandbConfig
+
+log = logging.getLogger("nplm")
 METRIC_COLUMNS = ("step", "train/loss", "val/loss", "lr", "elapsed")
 
 
+def wandb_mode(cfg: WandbConfig) -> str:
+    """The config's mode; else the user's WANDB_MODE (and WANDB_DISABLED); else offline."""
+    if cfg.mode:
+        return cfg.mode
+    if os.environ.get("WANDB_DISABLED", "").lower() in ("true", "1", "yes"):
+        return "disabled"
+    env = os.environ.get("WANDB_MODE", "").lower()
+    return {"dryrun": "offline", "run": "online"}.get(env, env) if env else "offline"
+
+
 class Tracker:
-    def __init__(self, out_dir: Path):
+    def __init__(self, out_dir: Path, wb: WandbConfig, config: dict, group: str | None = None,
+                 name: str | None = None):
         self.out_dir = out_dir
         out_dir.mkdir(parents=True, exist_ok=True)
         self._file = open(out_dir / "metrics.csv", "w", newline="")
         self._csv = csv.DictWriter(self._file, fieldnames=METRIC_COLUMNS)
         self._csv.writeheader()
+        self.run = self._start_wandb(wb, config, wb.group or group, wb.name or name)
+
+    def _start_wandb(self, wb: WandbConfig, config: dict, group: str | None, name: str | None):
+        mode = wandb_mode(wb)
+        if mode == "disabled":
+            return None
+        try:
+            import wandb
+            return wandb.init(mode=mode, dir=str(self.out_dir), project=wb.project, entity=wb.entity,
+                              group=group, name=name, tags=list(wb.tags), config=config,
+                              reinit="finish_previous", settings=wandb.Settings(init_timeout=60, silent=True))
+        except Exception as e:  # no network, no key, a full disk...: the local files are the record
+            log.warning("W&B could not start (%s: %s); logging to local files only",
+                        type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+            return None
+
+    def _wandb(self, what: str, fn) -> None:
+        """Call fn(run); a W&B failure mid-run loses W&B's copy, never the training or the local files."""
+        if self.run is None:
+            return
+        try:
+            fn(self.run)
+        except Exception as e:
+            log.warning("W&B failed to %s (%s); logging to local files only from now on", what, e)
+            self.run = None
 
     def log(self, row: dict) -> None:
-        """One row: step, train/loss, val/loss (empty when not evaluated), lr, elapsed seconds."""
+        """One row: step, train/loss, val/loss (when evaluated), lr, elapsed, and anything else for W&B."""
         self._csv.writerow({k: _fmt(row.get(k)) for k in METRIC_COLUMNS})
         self._file.flush()
+        self._wandb("log", lambda run: run.log({k: v for k, v in row.items() if k != "step" and v is not None},
+                                               step=row["step"]))
 
     def write_summary(self, summary: dict) -> None:
-        path = self.out_dir / "summary.json"
-        path.write_text(json.dumps(summary, indent=2) + "\n")
+        save_summary(self.out_dir, summary)
+        scalars = {k: v for k, v in summary.items() if isinstance(v, (int, float, str, bool)) and k != "command"}
+        self._wandb("write the summary", lambda run: run.summary.update(scalars))
 
     def write_samples(self, labelled: list[tuple[str, str]]) -> None:
         with open(self.out_dir / "samples.tsv", "w") as f:
             f.write("word\tlabel\n")
             f.writelines(f"{w}\t{lab}\n" for w, lab in labelled)
 
-    def close(self) -> None:
+        def table(run):
+            import wandb
+            run.log({"samples": wandb.Table(columns=["word", "label"], data=[list(x) for x in labelled])})
+        self._wandb("log the samples", table)
+
+    def log_images(self, images: dict[str, Path]) -> None:
+        def upload(run):
+            import wandb
+            run.log({key: wandb.Image(str(path)) for key, path in images.items()})
+        self._wandb("log the plots", upload)
+
+    def close(self, failed: bool = False) -> None:
         self._file.close()
+        self._wandb("finish", lambda run: run.finish(exit_code=1 if failed else 0))
+        self.run = None
+
+
+def save_summary(out_dir: Path, summary: dict) -> None:
+    """summary.json, written whole or not at all (temporary file, then rename)."""
+    tmp = out_dir / "summary.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    os.replace(tmp, out_dir / "summary.json")
 
 
 def _fmt(v):

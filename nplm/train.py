@@ -18,12 +18,13 @@ from omegaconf import OmegaConf
 
 from nplm.checkpoint import CKPT_NAME, save_checkpoint
 from nplm.config import Config, ConfigError
-from nplm.data import load_dataset
+from nplm.data import SPLITS, Dataset, load_dataset
 from nplm.evaluate import split_loss
 from nplm.model import NPLM
 from nplm.optim import lr_at, make_optimizer
+from nplm.plots import plot_embedding, plot_losses
 from nplm.sample import label_words, sample_words
-from nplm.tracking import Tracker
+from nplm.tracking import Tracker, save_summary
 
 log = logging.getLogger("nplm")
 
@@ -43,19 +44,47 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def run(cfg: Config, out_dir: Path) -> float:
-    """Train one model as `cfg` says, record it in `out_dir`, and return the final dev loss."""
+def run(cfg: Config, out_dir: Path, group: str | None = None, name: str | None = None) -> float:
+    """Train one model as `cfg` says, record it in `out_dir`, and return the final dev loss.
+
+    `group` and `name` label the W&B run (a sweep's folder and the job's overrides). If anything
+    raises, summary.json still records the run as failed (or interrupted), with the error.
+    """
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    d, m, o, t = cfg.data, cfg.model, cfg.optim, cfg.train
-    if d.path:  # recorded absolute, so that later commands find the data from any directory
-        d.path = str(Path(d.path).expanduser().resolve())
-    device = resolve_device(cfg.device)
-    if t.threads:
-        torch.set_num_threads(t.threads)
+    if cfg.data.path:  # recorded absolute, so that later commands find the data from any directory
+        cfg.data.path = str(Path(cfg.data.path).expanduser().resolve())
+    (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+    tracker, failed = None, True
+    try:
+        device = resolve_device(cfg.device)
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        data = load_dataset(cfg.data.path, cfg.data.train_frac, cfg.data.dev_frac, cfg.data.split_seed,
+                            cfg.model.block_size)
+        tracker = Tracker(out_dir, cfg.wandb, dataclasses.asdict(cfg), group, name)
+        dev_loss = train(cfg, data, device, tracker, out_dir, t_start)
+        failed = False
+        return dev_loss
+    except BaseException as e:
+        summary = {"status": "interrupted" if isinstance(e, KeyboardInterrupt) else "failed",
+                   "error": f"{type(e).__name__}: {e}", "wall_time_s": time.perf_counter() - t_start,
+                   "seed": cfg.seed, **provenance(), "config": dataclasses.asdict(cfg)}
+        if tracker is not None:
+            tracker.write_summary(summary)
+        else:
+            save_summary(out_dir, summary)
+        raise
+    finally:
+        if tracker is not None:
+            tracker.close(failed=failed)
 
-    data = load_dataset(d.path, d.train_frac, d.dev_frac, d.split_seed, m.block_size)
+
+def train(cfg: Config, data: Dataset, device: torch.device, tracker: Tracker, out_dir: Path,
+          t_start: float) -> float:
+    """The model, the optimiser, the loop, then the final losses, samples, plots, checkpoint, summary."""
+    m, o, t = cfg.model, cfg.optim, cfg.train
     Xtr, Ytr = data.X["train"].to(device), data.Y["train"].to(device)
     Xdev, Ydev = data.X["dev"].to(device), data.Y["dev"].to(device)
     n_train = len(Xtr)
@@ -64,8 +93,7 @@ def run(cfg: Config, out_dir: Path) -> float:
                           "lower train.batch_size")
     log.info("data: %d words (train/dev/test %d/%d/%d), vocab_size %d (derived from the data), "
              "examples train/dev/test %d/%d/%d", sum(map(len, data.words.values())),
-             *(len(data.words[s]) for s in ("train", "dev", "test")), data.vocab.size,
-             *(len(data.X[s]) for s in ("train", "dev", "test")))
+             *(len(data.words[s]) for s in SPLITS), data.vocab.size, *(len(data.X[s]) for s in SPLITS))
 
     # One generator for training, seeded by cfg.seed: parameter draws first, then minibatch
     # indices, the lecture's order. Sampling gets a generator of its own.
@@ -77,68 +105,66 @@ def run(cfg: Config, out_dir: Path) -> float:
     log.info("model: n_embd %d, block_size %d, n_hidden %d, init %s, %d parameters; %s lr %g (%s); "
              "device %s, %d CPU thread(s)", m.n_embd, m.block_size, m.n_hidden, m.init, model.num_params(),
              o.name, o.lr, o.schedule, device, torch.get_num_threads())
-    (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
 
-    tracker = Tracker(out_dir)
     best_val, best_step, val_loss = float("inf"), -1, float("nan")
     train_time, t_log, steps_since_log = 0.0, time.perf_counter(), 0
-    try:
-        for step in range(t.steps):
-            t0 = time.perf_counter()
-            lr = lr_at(step, o, t.steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            ix = torch.randint(0, n_train, (t.batch_size,), generator=g).to(device)
-            _, loss = model(Xtr[ix], Ytr[ix])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            train_time += time.perf_counter() - t0
-            steps_since_log += 1
+    for step in range(t.steps):
+        t0 = time.perf_counter()
+        lr = lr_at(step, o, t.steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        ix = torch.randint(0, n_train, (t.batch_size,), generator=g).to(device)
+        _, loss = model(Xtr[ix], Ytr[ix])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        train_time += time.perf_counter() - t0
+        steps_since_log += 1
 
-            last = step == t.steps - 1
-            evaluate = (step + 1) % t.eval_interval == 0 or last
-            if (step + 1) % t.log_interval == 0 or evaluate:
-                row = {"step": step + 1, "train/loss": loss.item(), "lr": lr, "elapsed": train_time}
-                if evaluate:
-                    val_loss = split_loss(model, Xdev, Ydev, t.eval_chunk)
-                    row["val/loss"] = val_loss
-                    if val_loss < best_val:
-                        best_val, best_step = val_loss, step + 1
-                tracker.log(row)
-                now = time.perf_counter()
-                rate = steps_since_log / (now - t_log)
-                t_log, steps_since_log = now, 0
-                log.info("step %*d/%d | train/loss %.4f |%s lr %.2e | %.0f steps/s | %s left",
-                         len(str(t.steps)), step + 1, t.steps, row["train/loss"],
-                         f" val/loss {val_loss:.4f} |" if evaluate else "", lr, rate,
-                         _hms((t.steps - step - 1) / rate))
+        evaluate = (step + 1) % t.eval_interval == 0 or step == t.steps - 1
+        if (step + 1) % t.log_interval == 0 or evaluate:
+            now = time.perf_counter()
+            rate = steps_since_log / (now - t_log)
+            t_log, steps_since_log = now, 0
+            row = {"step": step + 1, "train/loss": loss.item(), "lr": lr, "elapsed": train_time,
+                   "steps_per_s": rate}
+            if evaluate:
+                val_loss = split_loss(model, Xdev, Ydev, t.eval_chunk)
+                row["val/loss"] = val_loss
+                if val_loss < best_val:
+                    best_val, best_step = val_loss, step + 1
+            tracker.log(row)
+            log.info("step %*d/%d | train/loss %.4f |%s lr %.2e | %.0f steps/s | %s left",
+                     len(str(t.steps)), step + 1, t.steps, row["train/loss"],
+                     f" val/loss {val_loss:.4f} |" if evaluate else "", lr, rate,
+                     _hms((t.steps - step - 1) / rate))
 
-        train_loss = split_loss(model, Xtr, Ytr, t.eval_chunk)
-        dev_loss = split_loss(model, Xdev, Ydev, t.eval_chunk)
-        if dev_loss < best_val:
-            best_val, best_step = dev_loss, t.steps
-        sampler = torch.Generator().manual_seed(cfg.seed)
-        samples = label_words(sample_words(model, data.vocab, t.num_samples, sampler), data)
-        tracker.write_samples(samples)
-        save_checkpoint(out_dir / CKPT_NAME, model=model, optimizer=optimizer, step=t.steps,
-                        best_val_loss=best_val, cfg=cfg, itos=data.vocab.itos)
-        wall = time.perf_counter() - t_start
-        summary = {
-            "status": "finished",
-            "train_loss": train_loss, "dev_loss": dev_loss,
-            "best_dev_loss": best_val, "best_dev_step": best_step,
-            "steps": t.steps, "batch_size": t.batch_size,
-            "wall_time_s": wall, "train_time_s": train_time,
-            "steps_per_s": t.steps / train_time if train_time else None,
-            "num_params": model.num_params(), "vocab_size": data.vocab.size,
-            "seed": cfg.seed, "device": str(device), "threads": torch.get_num_threads(),
-            **provenance(),
-            "config": dataclasses.asdict(cfg),
-        }
-        tracker.write_summary(summary)
-    finally:
-        tracker.close()
+    train_loss = split_loss(model, Xtr, Ytr, t.eval_chunk)
+    dev_loss = split_loss(model, Xdev, Ydev, t.eval_chunk)
+    if dev_loss < best_val:
+        best_val, best_step = dev_loss, t.steps
+    sampler = torch.Generator().manual_seed(cfg.seed)
+    samples = label_words(sample_words(model, data.vocab, t.num_samples, sampler), data)
+    tracker.write_samples(samples)
+    title = f"n_embd {m.n_embd}, block_size {m.block_size}, n_hidden {m.n_hidden}"
+    tracker.log_images({"loss_curve": plot_losses(out_dir / "metrics.csv", out_dir / "loss.png", title),
+                        "embedding": plot_embedding(model.C, data.vocab.itos, out_dir / "embedding.png")})
+    save_checkpoint(out_dir / CKPT_NAME, model=model, optimizer=optimizer, step=t.steps,
+                    best_val_loss=best_val, cfg=cfg, itos=data.vocab.itos)
+    wall = time.perf_counter() - t_start
+    summary = {
+        "status": "finished",
+        "train_loss": train_loss, "dev_loss": dev_loss,
+        "best_dev_loss": best_val, "best_dev_step": best_step,
+        "steps": t.steps, "batch_size": t.batch_size,
+        "wall_time_s": wall, "train_time_s": train_time,
+        "steps_per_s": t.steps / train_time if train_time else None,
+        "num_params": model.num_params(), "vocab_size": data.vocab.size,
+        "seed": cfg.seed, "device": str(device), "threads": torch.get_num_threads(),
+        **provenance(),
+        "config": dataclasses.asdict(cfg),
+    }
+    tracker.write_summary(summary)
 
     log.info("done: train loss %.4f | dev loss %.4f (best %.4f at step %d) | %s parameters | "
              "%.1f s wall (%.1f s training, %.0f steps/s)", train_loss, dev_loss, best_val, best_step,

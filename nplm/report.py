@@ -1,0 +1,216 @@
+"""Sweep reports: every job of one or more sweeps in a pandas DataFrame, a leaderboard, plots, a dashboard.
+
+    python scripts/report.py outputs/sweeps/grid/2026-11-22_16-40-00 [more sweep folders] [--out DIR]
+
+Writes leaderboard.csv, leaderboard.md, PNG plots and one self-contained dashboard.html (images
+inlined) into the sweep folder, or into --out when several sweeps are compared.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from nplm.plots import _pyplot, read_curve
+
+LECTURE_DEV = 2.17
+RESULT_COLUMNS = ["dev_loss", "best_dev_loss", "train_loss", "gap", "num_params", "wall_time_s", "status"]
+
+
+def job_dirs(sweep_dir: Path) -> list[Path]:
+    """The job folders of a sweep: its subfolders with a Hydra record or a summary."""
+    jobs = [p for p in sweep_dir.iterdir() if p.is_dir() and ((p / ".hydra").is_dir() or (p / "summary.json").is_file())]
+    return sorted(jobs, key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name))
+
+
+def load_jobs(sweep_dirs: list[Path]) -> pd.DataFrame:
+    """One row per job: where it is, its status and error, its results, and its config flattened
+    to dotted columns (model.n_embd, optim.lr, ...)."""
+    rows = []
+    for sweep in sweep_dirs:
+        for job in job_dirs(sweep):
+            try:
+                summary = json.loads((job / "summary.json").read_text())
+            except (OSError, json.JSONDecodeError):
+                summary = {"status": "incomplete", "error": "no summary.json (still running, or killed)"}
+            row = {"sweep": sweep.name, "job": job.name, "path": str(job), "status": summary.get("status"),
+                   "error": summary.get("error", "")}
+            for key in ("dev_loss", "best_dev_loss", "train_loss", "num_params", "wall_time_s", "steps_per_s"):
+                row[key] = summary.get(key, math.nan)
+            config = summary.get("config") or _config_from_hydra(job)
+            if config:
+                row.update(pd.json_normalize(config).iloc[0].to_dict())
+            rows.append(row)
+    df = pd.DataFrame(rows)
+    if df.empty:
+        return df
+    df["gap"] = df["dev_loss"] - df["train_loss"]  # overfitting shows as a growing gap
+    return df
+
+
+def _config_from_hydra(job: Path) -> dict:
+    """A job that failed before training has no config in its summary: read Hydra's copy."""
+    path = job / ".hydra" / "config.yaml"
+    if not path.is_file():
+        return {}
+    from omegaconf import OmegaConf
+    try:
+        return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    except Exception:
+        return {}
+
+
+def swept_columns(df: pd.DataFrame) -> list[str]:
+    """Config columns whose value differs between jobs: the hyperparameters this sweep explores."""
+    config_cols = [c for c in df.columns if "." in c or c in ("seed", "device")]
+    return [c for c in config_cols if df[c].astype(str).nunique(dropna=False) > 1]
+
+
+def leaderboard(df: pd.DataFrame, swept: list[str]) -> pd.DataFrame:
+    cols = (["sweep"] if df["sweep"].nunique() > 1 else []) + ["job"] + swept + RESULT_COLUMNS + ["error"]
+    board = df.sort_values("dev_loss", na_position="last")[cols].reset_index(drop=True)
+    board.index = board.index + 1
+    board.index.name = "rank"
+    return board
+
+
+def write_report(sweep_dirs: list[Path], out_dir: Path) -> Path:
+    """Leaderboard (CSV, Markdown), plots (PNG) and dashboard.html for the jobs of `sweep_dirs`."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    df = load_jobs(sweep_dirs)
+    if df.empty:
+        raise ValueError(f"no jobs found in {', '.join(map(str, sweep_dirs))}")
+    swept = swept_columns(df)
+    board = leaderboard(df, swept)
+    board.to_csv(out_dir / "leaderboard.csv")
+    (out_dir / "leaderboard.md").write_text(board.to_markdown(floatfmt=".4f") + "\n")
+    plots = make_plots(df, swept, out_dir)
+    (out_dir / "dashboard.html").write_text(dashboard_html(df, board, swept, plots, sweep_dirs))
+    return out_dir
+
+
+def make_plots(df: pd.DataFrame, swept: list[str], out_dir: Path) -> dict[str, Path]:
+    plt = _pyplot()
+    done = df[df["status"] == "finished"]
+    plots: dict[str, Path] = {}
+    if done.empty:
+        return plots
+    for col in swept:  # dev loss against each swept hyperparameter
+        fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=110)
+        x = done[col]
+        numeric = pd.api.types.is_numeric_dtype(x)
+        pos = x if numeric else x.astype(str)
+        ax.scatter(pos, done["dev_loss"], alpha=0.7, label="job")
+        means = done.groupby(pos)["dev_loss"].mean()
+        ax.plot(means.index, means.values, color="tab:orange", marker="o", label="mean")
+        if numeric and x.min() > 0 and x.max() / x.min() >= 10:
+            ax.set_xscale("log")
+        ax.axhline(LECTURE_DEV, color="grey", ls="--", lw=0.8, label="lecture 2.17")
+        ax.set_xlabel(col)
+        ax.set_ylabel("dev loss")
+        ax.set_title(f"dev loss vs {col}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        plots[f"dev loss vs {col}"] = _save(fig, out_dir / f"dev_vs_{col.replace('.', '_')}.png", plt)
+    if len(swept) == 2:  # a heatmap of the mean dev loss over the two
+        a, b = swept
+        table = done.pivot_table(index=a, columns=b, values="dev_loss", aggfunc="mean")
+        fig, ax = plt.subplots(figsize=(1.2 * len(table.columns) + 3, 0.6 * len(table.index) + 2.2), dpi=110)
+        im = ax.imshow(table.values, cmap="viridis_r", aspect="auto")
+        ax.set_xticks(range(len(table.columns)), [str(c) for c in table.columns])
+        ax.set_yticks(range(len(table.index)), [str(i) for i in table.index])
+        ax.set_xlabel(b)
+        ax.set_ylabel(a)
+        lo, hi = im.get_clim()
+        for (i, j), v in pd.DataFrame(table.values).stack().items():
+            light = (v - lo) < 0.5 * (hi - lo)  # viridis_r is light (yellow) at low loss
+            ax.text(j, i, f"{v:.3f}", ha="center", va="center", color="black" if light else "white", fontsize=9)
+        fig.colorbar(im, ax=ax, label="dev loss")
+        ax.set_title("mean dev loss")
+        plots["dev loss heatmap"] = _save(fig, out_dir / "heatmap.png", plt)
+    best = done.nsmallest(5, "dev_loss")
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)  # the curves of the best runs overlaid
+    for k, (_, row) in enumerate(best.iterrows()):
+        curves = read_curve(Path(row["path"]) / "metrics.csv")
+        label = ", ".join(f"{c.split('.')[-1]}={row[c]}" for c in swept) or f"job {row['job']}"
+        color = f"C{k}"
+        if curves["train/loss"]:
+            ax.plot(*zip(*curves["train/loss"]), color=color, alpha=0.25, lw=0.8)
+        if curves["val/loss"]:
+            ax.plot(*zip(*curves["val/loss"]), color=color, lw=1.8, label=f"{label} ({row['dev_loss']:.4f})")
+    ax.axhline(LECTURE_DEV, color="grey", ls="--", lw=0.8)
+    ax.set_yscale("log")
+    from matplotlib.ticker import FormatStrFormatter
+    ax.yaxis.set_major_formatter(FormatStrFormatter("%.2f"))
+    ax.yaxis.set_minor_formatter(FormatStrFormatter("%.2f"))
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (log scale)")
+    ax.set_title("best runs: dev (solid) and train minibatch (faint)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    plots["best runs' curves"] = _save(fig, out_dir / "best_curves.png", plt)
+    embedding = Path(best.iloc[0]["path"]) / "embedding.png"
+    if embedding.is_file():
+        plots["best run's embedding"] = embedding
+    return plots
+
+
+def _save(fig, path: Path, plt) -> Path:
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def dashboard_html(df: pd.DataFrame, board: pd.DataFrame, swept: list[str], plots: dict[str, Path],
+                   sweep_dirs: list[Path]) -> str:
+    """One HTML file, images inlined as base64, readable offline."""
+    counts = df["status"].value_counts().to_dict()
+    done = df[df["status"] == "finished"]
+    headline = "no job finished"
+    if not done.empty:
+        best = done.loc[done["dev_loss"].idxmin()]
+        setting = ", ".join(f"{c}={best[c]}" for c in swept) or f"job {best['job']}"
+        verdict = "beats" if best["dev_loss"] < LECTURE_DEV else "does not beat"
+        headline = (f"best dev loss <b>{best['dev_loss']:.4f}</b> ({setting}); it {verdict} the lecture's "
+                    f"{LECTURE_DEV}. {int((done['dev_loss'] < LECTURE_DEV).sum())} of {len(done)} finished jobs beat it.")
+    spread = ""
+    if "seed" in swept and len(done) > 1:
+        others = [c for c in swept if c != "seed"]
+        g = done.groupby(others)["dev_loss"] if others else done.groupby(lambda _: "all")["dev_loss"]
+        stats = g.agg(["mean", "std", "min", "max", "count"])
+        spread = "<h2>Seed-to-seed spread of dev loss</h2>" + stats.to_html(float_format="%.4f")
+    images = "".join(
+        f'<figure><img alt="{html.escape(title)}" src="data:image/png;base64,'
+        f'{base64.b64encode(path.read_bytes()).decode()}"><figcaption>{html.escape(title)}</figcaption></figure>'
+        for title, path in plots.items())
+    table = board.to_html(float_format=lambda v: f"{v:.4f}", na_rep="", classes="board", escape=True)
+    status = ", ".join(f"{n} {s}" for s, n in counts.items())
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>nplm sweep report</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; }}
+h1 {{ font-size: 1.5em; }} h2 {{ font-size: 1.15em; margin-top: 1.6em; }}
+.meta {{ color: #555; }}
+table {{ border-collapse: collapse; font-size: 0.85em; }}
+th, td {{ border: 1px solid #ccc; padding: 3px 7px; text-align: right; }}
+th {{ background: #f0f0f0; }}
+figure {{ display: inline-block; margin: 0.5em; vertical-align: top; }}
+figure img {{ max-width: 560px; border: 1px solid #ddd; }}
+figcaption {{ text-align: center; color: #555; font-size: 0.9em; }}
+</style></head><body>
+<h1>nplm sweep report</h1>
+<p class="meta">{html.escape(', '.join(str(d) for d in sweep_dirs))}<br>
+{len(df)} jobs: {html.escape(status)}. Swept: {html.escape(', '.join(swept) or 'nothing')}.</p>
+<p>{headline}</p>
+<h2>Plots</h2>
+{images or '<p>No finished job to plot.</p>'}
+{spread}
+<h2>Leaderboard (sorted by dev loss)</h2>
+{table}
+</body></html>
+"""
