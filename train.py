@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 
 from nplm.cli import USER_ERRORS
 from nplm.config import register_schema, to_config
-from nplm.sweep import finished_dev_loss, write_report_if_sweep
+from nplm.sweep import finished_dev_loss, job_name, write_report_if_sweep
 from nplm.tracking import save_summary
 from nplm.train import run
 
@@ -36,7 +36,8 @@ def main(cfg: DictConfig) -> float:
         if done is not None:
             log.info("skipping job %s: it finished already in %s (dev loss %.4f)", hc.job.num, out_dir, done)
             return done
-        group, name = (hc.sweep.dir, hc.job.override_dirname or f"job{hc.job.num}") if multirun else (None, None)
+        group, name = (hc.sweep.dir, job_name(hc.sweep.dir, list(hc.overrides.task), hc.job.num)) if multirun \
+            else (None, None)
         return run(config, out_dir, group=group, name=name)
     except USER_ERRORS as e:
         if multirun:

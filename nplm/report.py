@@ -49,6 +49,7 @@ def load_jobs(sweep_dirs: list[Path]) -> pd.DataFrame:
     if df.empty:
         return df
     df["gap"] = df["dev_loss"] - df["train_loss"]  # overfitting shows as a growing gap
+    df["num_params"] = df["num_params"].astype("Int64")  # failed jobs have none
     return df
 
 
@@ -87,7 +88,7 @@ def write_report(sweep_dirs: list[Path], out_dir: Path) -> Path:
     swept = swept_columns(df)
     board = leaderboard(df, swept)
     board.to_csv(out_dir / "leaderboard.csv")
-    (out_dir / "leaderboard.md").write_text(board.to_markdown(floatfmt=".4f") + "\n")
+    (out_dir / "leaderboard.md").write_text(board.to_markdown(floatfmt=".4f", missingval="") + "\n")
     plots = make_plots(df, swept, out_dir)
     (out_dir / "dashboard.html").write_text(dashboard_html(df, board, swept, plots, sweep_dirs))
     return out_dir

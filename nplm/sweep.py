@@ -45,12 +45,36 @@ def finished_dev_loss(out_dir: Path, cfg: Config) -> float | None:
     return summary["dev_loss"]
 
 
+def swept_keys(task_overrides: list[str], sweeper_params: dict | None) -> list[str]:
+    """The keys a sweep varies: sweep-syntax overrides (a=1,2 / range(...) / choice(...)) and the
+    sweeper's `params` (a named sweep's grid)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    parsed = OverridesParser.create().parse_overrides(task_overrides)
+    keys = [o.key_or_group for o in parsed if o.is_sweep_override()]
+    return keys + [k for k in (sweeper_params or {}) if k not in keys]
+
+
+def job_name(sweep_dir: str, task_overrides: list[str], num: int) -> str:
+    """A job's label for W&B: its values of the swept keys (model.n_embd=10,optim.lr=0.03)."""
+    try:
+        swept = json.loads((Path(sweep_dir) / "sweep.json").read_text())["swept"]
+    except (OSError, ValueError, KeyError):
+        return f"job{num}"
+    values = dict(o.lstrip("+~").split("=", 1) for o in task_overrides if "=" in o)
+    return ",".join(f"{k}={values[k]}" for k in swept if k in values) or f"job{num}"
+
+
 class SweepCallback(Callback):
-    """Remembers the sweep folder in the launching process, for the report at the end."""
+    """In the launching process: records what the sweep varies (sweep.json, read by every job,
+    whatever launcher runs it) and remembers the folder for the report at the end."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         global _sweep_dir
         _sweep_dir = Path(config.hydra.sweep.dir)
+        _sweep_dir.mkdir(parents=True, exist_ok=True)
+        params = config.hydra.sweeper.get("params")
+        swept = swept_keys(list(config.hydra.overrides.task), dict(params) if params else None)
+        (_sweep_dir / "sweep.json").write_text(json.dumps({"swept": swept, "command": sys.argv}, indent=2) + "\n")
         resume = " ".join(a for a in sys.argv if not a.startswith("hydra.sweep.dir="))
         log.info("sweep folder: %s (if interrupted, resume with: python %s hydra.sweep.dir=%s)",
                  _sweep_dir, resume, _sweep_dir)
@@ -61,9 +85,11 @@ def write_report_if_sweep() -> None:
     if _sweep_dir is None or not _sweep_dir.is_dir():
         return
     try:
-        from nplm.report import write_report
+        from nplm.report import load_jobs, write_report
         out = write_report([_sweep_dir], _sweep_dir)
-        print(f"sweep report: {out / 'dashboard.html'}")
+        status = load_jobs([_sweep_dir])["status"].value_counts().to_dict()
+        print(f"sweep of {sum(status.values())} jobs ({', '.join(f'{n} {s}' for s, n in status.items())}); "
+              f"leaderboard: {out / 'leaderboard.md'}; dashboard: {out / 'dashboard.html'}")
     except Exception as e:  # the jobs' own records are safe; a report can be written later
         print(f"warning: could not write the sweep report ({type(e).__name__}: {e}); "
               f"run: python scripts/report.py {_sweep_dir}")

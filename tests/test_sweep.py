@@ -1,0 +1,90 @@
+"""Sweeps for real: a named sweep without -m, failures that do not stop the others, resume, the report."""
+import json
+
+import pandas as pd
+import pytest
+
+from conftest import CONF, ROOT, TINY, compose_cfg, run_cmd
+from nplm.config import to_config
+from nplm.sweep import swept_keys
+
+QUICK = [*TINY, "train.steps=20", "train.eval_interval=10", "train.log_interval=10", "wandb.mode=disabled"]
+SWEEPS = sorted(p.stem for p in (CONF / "sweep").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", SWEEPS)
+def test_named_sweeps_compose_as_multiruns(name):
+    from hydra import compose, initialize_config_dir
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"+sweep={name}"], return_hydra_config=True)
+    assert cfg.hydra.mode.name == "MULTIRUN"
+    assert cfg.hydra.sweeper.params
+    to_config(compose_cfg([f"+sweep={name}"]))
+
+
+def test_swept_keys():
+    assert swept_keys(["model.n_embd=2,10", "seed=3", "optim.lr=range(1,3)"], {"train.batch_size": "32,64"}) == \
+        ["model.n_embd", "optim.lr", "train.batch_size"]
+
+
+def test_named_sweep_runs_without_m_and_writes_report(tmp_path):
+    sweep = tmp_path / "seeds"
+    proc = run_cmd([ROOT / "train.py", "+sweep=seeds", *QUICK, f"hydra.sweep.dir={sweep}"])
+    assert "Launching 5 jobs" in proc.stdout + proc.stderr
+    seeds = [json.loads((sweep / str(j) / "summary.json").read_text())["seed"] for j in range(5)]
+    assert seeds == [1, 2, 3, 4, 5]
+    assert json.loads((sweep / "sweep.json").read_text())["swept"] == ["seed"]
+    board = pd.read_csv(sweep / "leaderboard.csv")
+    assert list(board["dev_loss"]) == sorted(board["dev_loss"])
+    assert {"rank", "job", "seed", "dev_loss", "train_loss", "gap", "num_params", "wall_time_s", "status"} <= set(board)
+    html = (sweep / "dashboard.html").read_text()
+    assert "Seed-to-seed spread" in html and html.count("data:image/png;base64,") >= 3
+    assert "http://" not in html and "https://" not in html  # self-contained, readable offline
+
+
+def test_failed_job_does_not_stop_the_sweep_and_is_reported(tmp_path):
+    sweep = tmp_path / "s"
+    proc = run_cmd([ROOT / "train.py", "-m", *QUICK, "optim.lr=0.01,-1,0.02", f"hydra.sweep.dir={sweep}"],
+                   check=False)
+    assert proc.returncode == 1
+    board = pd.read_csv(sweep / "leaderboard.csv")
+    assert sorted(board["status"]) == ["failed", "finished", "finished"]
+    failed = board[board["status"] == "failed"].iloc[0]
+    assert failed["optim.lr"] == -1 and "optim.lr=-1.0 must be positive" in failed["error"]
+    assert board.iloc[-1]["status"] == "failed"  # failures sort last
+    assert "1 failed" in (sweep / "dashboard.html").read_text()
+
+
+def test_resume_skips_finished_jobs(tmp_path):
+    sweep = tmp_path / "s"
+    args = [ROOT / "train.py", "-m", *QUICK, "seed=1,2,3", f"hydra.sweep.dir={sweep}"]
+    run_cmd(args)
+    first = {j: (sweep / j / "summary.json").read_text() for j in "012"}
+    (sweep / "2" / "summary.json").unlink()  # job 2 was interrupted
+    out = run_cmd(args)
+    text = out.stdout + out.stderr
+    assert "skipping job 0" in text and "skipping job 1" in text and "skipping job 2" not in text
+    assert (sweep / "0" / "summary.json").read_text() == first["0"]  # untouched
+    again = json.loads((sweep / "2" / "summary.json").read_text())
+    assert again["status"] == "finished" and again["dev_loss"] == json.loads(first["2"])["dev_loss"]
+
+
+def test_finished_run_of_another_config_is_never_overwritten(tmp_path):
+    sweep = tmp_path / "s"
+    run_cmd([ROOT / "train.py", "-m", *QUICK, "seed=1", f"hydra.sweep.dir={sweep}"])
+    before = (sweep / "0" / "summary.json").read_text()
+    proc = run_cmd([ROOT / "train.py", "-m", *QUICK, "seed=9", f"hydra.sweep.dir={sweep}"], check=False)
+    assert proc.returncode != 0 and "never overwritten" in proc.stdout + proc.stderr
+    assert (sweep / "0" / "summary.json").read_text() == before
+
+
+def test_report_compares_several_sweeps(tmp_path):
+    for name, values in (("a", "model.n_embd=2,4"), ("b", "model.n_embd=6")):
+        run_cmd([ROOT / "train.py", "-m", *QUICK, values, f"hydra.sweep.dir={tmp_path / name}"])
+    out = tmp_path / "compare"
+    proc = run_cmd([ROOT / "scripts/report.py", tmp_path / "a", tmp_path / "b", "--out", out])
+    board = pd.read_csv(out / "leaderboard.csv")
+    assert sorted(board["sweep"]) == ["a", "a", "b"] and sorted(board["model.n_embd"]) == [2, 4, 6]
+    assert (out / "dev_vs_model_n_embd.png").is_file() and "leaderboard" in proc.stdout
+    bad = run_cmd([ROOT / "scripts/report.py", tmp_path / "nope"], check=False)
+    assert bad.returncode == 2 and "is not a folder" in bad.stderr

@@ -1,0 +1,75 @@
+"""W&B logging for real, in offline mode: the offline run's records hold what the run folder holds."""
+import csv
+import json
+import os
+
+import pytest
+
+from conftest import ROOT, TINY, run_cmd, train
+from wandb_records import offline_runs, summarise
+
+
+def test_offline_run_records_config_metrics_summary_media(tiny_run):
+    (run,) = offline_runs(tiny_run)
+    wb = summarise(run)
+    assert wb["exit_code"] == 0
+    assert wb["run"].project == "nplm"
+    assert wb["config"]["model"]["n_embd"] == 4 and wb["config"]["train"]["steps"] == 60
+    assert "${" not in json.dumps(wb["config"])
+
+    train_steps = [h["_step"] for h in wb["history"] if "train/loss" in h]
+    val = {h["_step"]: h["val/loss"] for h in wb["history"] if "val/loss" in h}
+    with open(tiny_run / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert train_steps == [int(r["step"]) for r in rows]  # the same rows as metrics.csv, same steps
+    assert val == {int(r["step"]): pytest.approx(float(r["val/loss"])) for r in rows if r["val/loss"]}
+    assert all("lr" in h and "steps_per_s" in h for h in wb["history"] if "train/loss" in h)
+
+    summary = json.loads((tiny_run / "summary.json").read_text())
+    for key in ("best_dev_loss", "dev_loss", "train_loss", "num_params", "wall_time_s"):
+        assert wb["summary"][key] == pytest.approx(summary[key])
+    assert wb["summary"]["samples/_type"] == "table-file"
+    media = {p.parent.name for p in (run / "files" / "media").rglob("*") if p.is_file()}
+    assert {"table", "images"} <= media
+    assert len(list((run / "files" / "media" / "images").glob("*.png"))) == 2  # loss curve, embedding
+
+
+def test_disabled_mode_writes_no_wandb_folder(tmp_path):
+    train(tmp_path / "r", "wandb.mode=disabled")
+    assert not (tmp_path / "r" / "wandb").exists()
+    assert json.loads((tmp_path / "r" / "summary.json").read_text())["status"] == "finished"
+
+
+def test_wandb_that_cannot_start_does_not_stop_training(tmp_path):
+    env_backup = dict(os.environ)
+    try:
+        os.environ.pop("WANDB_API_KEY", None)
+        os.environ["WANDB_BASE_URL"] = "http://127.0.0.1:9"  # nothing listens there
+        proc = train(tmp_path / "r", "wandb.mode=online")
+    finally:
+        os.environ.clear()
+        os.environ.update(env_backup)
+    assert "W&B could not start" in proc.stdout + proc.stderr
+    assert json.loads((tmp_path / "r" / "summary.json").read_text())["status"] == "finished"
+
+
+def test_failed_job_finishes_its_wandb_run_and_the_next_job_gets_its_own(tmp_path):
+    words = tmp_path / "words.txt"
+    words.write_text("\n".join(["anna", "bob", "carl", "dora", "emil", "fred", "gina", "hugo", "ivan", "jane"] * 3))
+    sweep = tmp_path / "sweep"
+    # job 0 fails inside training (its W&B run has started): batch 64 > 20-odd training examples... no:
+    # 30 words give ~100 training examples, so batch_size=500 fails and batch_size=8 trains.
+    proc = run_cmd([ROOT / "train.py", "-m", *TINY, f"data.path={words}", "train.batch_size=500,8",
+                    f"hydra.sweep.dir={sweep}"], check=False)
+    assert proc.returncode != 0  # Hydra reports the failed job at the end
+    failed, ok = (json.loads((sweep / j / "summary.json").read_text()) for j in ("0", "1"))
+    assert failed["status"] == "failed" and "larger than the" in failed["error"]
+    assert ok["status"] == "finished"
+    (run0,), (run1,) = offline_runs(sweep / "0"), offline_runs(sweep / "1")
+    wb0, wb1 = summarise(run0), summarise(run1)
+    assert wb0["exit_code"] == 1 and wb1["exit_code"] == 0
+    assert wb0["run"].run_id != wb1["run"].run_id
+    assert wb0["run"].run_group == wb1["run"].run_group == str(sweep)
+    assert wb1["run"].display_name == "train.batch_size=8"
+    assert wb1["config"]["train"]["batch_size"] == 8
+    assert wb1["summary"]["status"] == "finished" and wb0["summary"]["status"] == "failed"
