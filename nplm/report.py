@@ -189,7 +189,8 @@ def dashboard_html(df: pd.DataFrame, board: pd.DataFrame, swept: list[str], plot
         f'<figure><img alt="{html.escape(title)}" src="data:image/png;base64,'
         f'{base64.b64encode(path.read_bytes()).decode()}"><figcaption>{html.escape(title)}</figcaption></figure>'
         for title, path in plots.items())
-    table = board.to_html(float_format=lambda v: f"{v:.4f}", na_rep="", classes="board", escape=True)
+    shown = board.reset_index().astype(object)
+    table = shown.where(shown.notna(), "").to_html(float_format=lambda v: f"{v:.4f}", index=False, escape=True)
     status = ", ".join(f"{n} {s}" for s, n in counts.items())
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>nplm sweep report</title>
@@ -200,6 +201,7 @@ h1 {{ font-size: 1.5em; }} h2 {{ font-size: 1.15em; margin-top: 1.6em; }}
 table {{ border-collapse: collapse; font-size: 0.85em; }}
 th, td {{ border: 1px solid #ccc; padding: 3px 7px; text-align: right; }}
 th {{ background: #f0f0f0; }}
+td:nth-last-child(-n+2) {{ text-align: left; }}
 figure {{ display: inline-block; margin: 0.5em; vertical-align: top; }}
 figure img {{ max-width: 560px; border: 1px solid #ddd; }}
 figcaption {{ text-align: center; color: #555; font-size: 0.9em; }}
