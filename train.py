@@ -7,6 +7,7 @@
     python train.py experiment=lecture                # makemore part 2, exactly
 """
 import logging
+import math
 import sys
 from pathlib import Path
 
@@ -38,7 +39,12 @@ def main(cfg: DictConfig) -> float:
             return done
         group, name = (hc.sweep.dir, job_name(hc.sweep.dir, list(hc.overrides.task), hc.job.num)) if multirun \
             else (None, None)
-        return run(config, out_dir, group=group, name=name)
+        dev_loss = run(config, out_dir, group=group, name=name)
+        if not math.isfinite(dev_loss):
+            if not multirun:
+                sys.exit(1)  # diverged: the message is logged, the record is in the run folder
+            return math.inf  # sweepers minimise it: never NaN
+        return dev_loss
     except USER_ERRORS as e:
         if multirun:
             if not (out_dir / "summary.json").exists():  # the sweep's report lists the failed job

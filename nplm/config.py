@@ -6,6 +6,7 @@ then checks ranges and names once at start-up, with messages that say how to fix
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -85,8 +86,11 @@ class Config:
 
 
 def register_schema() -> None:
-    """Make the schema available to conf/config.yaml's defaults list as `nplm_schema`."""
+    """Make the schema available to conf/config.yaml's defaults list as `nplm_schema`, and the
+    `${nplm.cores:}` resolver (CPU cores this process may use) to the launcher presets."""
     ConfigStore.instance().store(name="nplm_schema", node=Config)
+    if not OmegaConf.has_resolver("nplm.cores"):
+        OmegaConf.register_new_resolver("nplm.cores", lambda: len(os.sched_getaffinity(0)))
 
 
 def _check(ok: bool, message: str) -> None:

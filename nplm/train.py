@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import platform
 import subprocess
 import sys
@@ -120,6 +121,8 @@ def train(cfg: Config, data: Dataset, device: torch.device, tracker: Tracker, ou
         optimizer.step()
         train_time += time.perf_counter() - t0
         steps_since_log += 1
+        if device.type == "cpu" and not math.isfinite(loss.item()):  # cheap on CPU: stop at once
+            return _diverged(cfg, model, step + 1, loss.item(), tracker, out_dir, t_start, train_time)
 
         evaluate = (step + 1) % t.eval_interval == 0 or step == t.steps - 1
         if (step + 1) % t.log_interval == 0 or evaluate:
@@ -128,6 +131,8 @@ def train(cfg: Config, data: Dataset, device: torch.device, tracker: Tracker, ou
             t_log, steps_since_log = now, 0
             row = {"step": step + 1, "train/loss": loss.item(), "lr": lr, "elapsed": train_time,
                    "steps_per_s": rate}
+            if not math.isfinite(row["train/loss"]):
+                return _diverged(cfg, model, step + 1, row["train/loss"], tracker, out_dir, t_start, train_time)
             if evaluate:
                 val_loss = split_loss(model, Xdev, Ydev, t.eval_chunk)
                 row["val/loss"] = val_loss
@@ -172,6 +177,18 @@ def train(cfg: Config, data: Dataset, device: torch.device, tracker: Tracker, ou
     log.info("saved to %s", out_dir)
     log.info("samples: %s", ", ".join(f"{w} ({lab})" if lab != "new" else w for w, lab in samples))
     return dev_loss
+
+
+def _diverged(cfg: Config, model: NPLM, step: int, loss: float, tracker: Tracker, out_dir: Path,
+              t_start: float, train_time: float) -> float:
+    """A non-finite loss ends the run at once: recorded as diverged; sweepers get inf, never NaN."""
+    log.error("diverged: the training loss is %s at step %d; lower optim.lr (now %g) or add warmup",
+              loss, step, cfg.optim.lr)
+    tracker.write_summary({
+        "status": "diverged", "diverged_step": step, "train_loss": None, "dev_loss": None,
+        "wall_time_s": time.perf_counter() - t_start, "train_time_s": train_time,
+        "num_params": model.num_params(), "seed": cfg.seed, **provenance(), "config": dataclasses.asdict(cfg)})
+    return math.inf
 
 
 def provenance() -> dict:

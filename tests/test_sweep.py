@@ -88,3 +88,43 @@ def test_report_compares_several_sweeps(tmp_path):
     assert (out / "dev_vs_model_n_embd.png").is_file() and "leaderboard" in proc.stdout
     bad = run_cmd([ROOT / "scripts/report.py", tmp_path / "nope"], check=False)
     assert bad.returncode == 2 and "is not a folder" in bad.stderr
+
+
+def test_wandb_sweep_config_drives_train_py():
+    """Syntax of the W&B sweep file, and every parameter it sets is a valid override of train.py."""
+    import yaml
+    spec = yaml.safe_load((ROOT / "scripts" / "wandb_sweep.yaml").read_text())
+    assert spec["program"] == "train.py" and (ROOT / spec["program"]).is_file()
+    assert spec["method"] in ("grid", "random", "bayes")
+    assert spec["metric"] == {"name": "dev_loss", "goal": "minimize"}  # a key of the run's W&B summary
+    assert spec["command"] == ["${env}", "${interpreter}", "${program}", "${args_no_hyphens}"]
+    overrides = []
+    for key, p in spec["parameters"].items():
+        assert len({"values", "value", "distribution"} & set(p)) == 1, key
+        if "distribution" in p:
+            assert p["distribution"] in ("uniform", "log_uniform_values", "int_uniform", "q_log_uniform_values")
+            assert p["min"] < p["max"]
+            overrides.append(f"{key}={p['min']}")
+        else:
+            overrides.append(f"{key}={p['values'][0] if 'values' in p else p['value']}")
+    to_config(compose_cfg(overrides))  # unknown keys or wrong types would fail here
+
+
+def test_optional_launchers_and_optuna(tmp_path):
+    """The presets with the optional plugins, where installed (pip install -e '.[parallel,slurm,optuna]')."""
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    for preset in ("parallel", "local"):
+        sweep = tmp_path / preset
+        run_cmd([ROOT / "train.py", "-m", *QUICK, "seed=1,2", f"+launcher={preset}", f"hydra.sweep.dir={sweep}"])
+        summaries = [json.loads((sweep / j / "summary.json").read_text()) for j in "01"]
+        assert [s["status"] for s in summaries] == ["finished", "finished"]
+        assert all(s["threads"] == 1 for s in summaries)
+        assert (sweep / "leaderboard.csv").is_file()
+    sweep = tmp_path / "optuna"
+    proc = run_cmd([ROOT / "train.py", "+sweep=optuna", "hydra.sweeper.n_trials=3", *QUICK, "optim.lr=3e38",
+                    "optim.name=sgd", f"hydra.sweep.dir={sweep}"], check=False)
+    # optim.lr=3e38 makes every trial diverge: the sweep still ends, with inf, not NaN
+    assert "Best value: inf" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+    assert set(pd.read_csv(sweep / "leaderboard.csv")["status"]) == {"diverged"}

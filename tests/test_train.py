@@ -85,9 +85,9 @@ def test_sample_script_bad_input(tiny_run, tmp_path, args, message):
 
 
 def test_same_config_and_seed_give_identical_losses(tmp_path):
-    train(tmp_path / "a")
-    train(tmp_path / "b")
-    train(tmp_path / "c", "seed=7")
+    train(tmp_path / "a", "wandb.mode=disabled")
+    train(tmp_path / "b", "wandb.mode=disabled")
+    train(tmp_path / "c", "wandb.mode=disabled", "seed=7")
     strip = lambda rows: [{k: v for k, v in r.items() if k != "elapsed"} for r in rows]  # noqa: E731
     a, b, c = (strip(read_metrics(tmp_path / x)) for x in "abc")
     assert a == b
@@ -97,7 +97,7 @@ def test_same_config_and_seed_give_identical_losses(tmp_path):
 def test_multirun_one_folder_per_job(tmp_path):
     sweep = tmp_path / "sweep"
     proc = run_cmd([ROOT / "train.py", "-m", "model.n_embd=2,6", "train.steps=20", "train.eval_interval=10",
-                    "train.log_interval=10", "model.n_hidden=8", "train.num_samples=2", "device=cpu",
+                    "train.log_interval=10", "model.n_hidden=8", "train.num_samples=2", "device=cpu", "wandb.mode=disabled",
                     f"hydra.sweep.dir={sweep}"])
     dims = []
     for job in ("0", "1"):
@@ -125,7 +125,7 @@ def test_own_corpus_path(tmp_path):
     corpus.write_text("\n".join(["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta",
                                  "iota", "kappa"] * 5))
     run_dir = tmp_path / "r"
-    train(run_dir, f"data.path={corpus}", "train.batch_size=8")
+    train(run_dir, f"data.path={corpus}", "train.batch_size=8", "wandb.mode=disabled")
     s = json.loads((run_dir / "summary.json").read_text())
     assert s["vocab_size"] == len(set("".join(["alphabetagammadeltaepsilonzetaetathetaiotakappa"]))) + 1
 
