@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import sys
 
-from nplm.checkpoint import CheckpointError
+from nplm.checkpoint import CheckpointError, load_model
 from nplm.config import ConfigError
-from nplm.data import DataError
+from nplm.data import DataError, load_dataset
 
 USER_ERRORS = (ConfigError, DataError, CheckpointError)
 
@@ -30,3 +30,17 @@ def parse_args(argv: list[str], usage: str, defaults: dict) -> tuple[str, dict]:
 def fail(message: str, code: int = 2) -> None:
     print(message if code == 0 else f"error: {message}", file=sys.stdout if code == 0 else sys.stderr)
     sys.exit(code)
+
+
+def load_run(run_dir: str):
+    """A saved run's (model, config, checkpoint, dataset), or a one-line error and exit 2."""
+    try:
+        model, cfg, state = load_model(run_dir)
+        d = cfg.data
+        data = load_dataset(d.path, d.train_frac, d.dev_frac, d.split_seed, cfg.model.block_size)
+    except USER_ERRORS as e:
+        fail(str(e))
+    if data.vocab.itos != state["itos"]:
+        fail(f"the data at {d.path or 'the bundled names'} has a different vocabulary from the checkpoint's; "
+             "the run must be used with the data it was trained on")
+    return model, cfg, state, data

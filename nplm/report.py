@@ -23,7 +23,8 @@ RESULT_COLUMNS = ["dev_loss", "best_dev_loss", "train_loss", "gap", "num_params"
 
 def job_dirs(sweep_dir: Path) -> list[Path]:
     """The job folders of a sweep: its subfolders with a Hydra record or a summary."""
-    jobs = [p for p in sweep_dir.iterdir() if p.is_dir() and ((p / ".hydra").is_dir() or (p / "summary.json").is_file())]
+    jobs = [p for p in sweep_dir.iterdir()
+            if p.is_dir() and ((p / ".hydra").is_dir() or (p / "summary.json").is_file())]
     return sorted(jobs, key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name))
 
 
@@ -177,8 +178,9 @@ def dashboard_html(df: pd.DataFrame, board: pd.DataFrame, swept: list[str], plot
         best = done.loc[done["dev_loss"].idxmin()]
         setting = ", ".join(f"{c}={best[c]}" for c in swept) or f"job {best['job']}"
         verdict = "beats" if best["dev_loss"] < LECTURE_DEV else "does not beat"
+        n_beat = int((done["dev_loss"] < LECTURE_DEV).sum())
         headline = (f"best dev loss <b>{best['dev_loss']:.4f}</b> ({setting}); it {verdict} the lecture's "
-                    f"{LECTURE_DEV}. {int((done['dev_loss'] < LECTURE_DEV).sum())} of {len(done)} finished jobs beat it.")
+                    f"{LECTURE_DEV}. {n_beat} of {len(done)} finished jobs beat it.")
     spread = ""
     if "seed" in swept and len(done) > 1:
         others = [c for c in swept if c != "seed"]

@@ -7,9 +7,8 @@ import json
 import sys
 from pathlib import Path
 
-from nplm.checkpoint import load_model
-from nplm.cli import USER_ERRORS, fail, parse_args
-from nplm.data import SPLITS, load_dataset
+from nplm.cli import fail, load_run, parse_args
+from nplm.data import SPLITS
 from nplm.evaluate import split_loss
 
 USAGE = "python scripts/evaluate.py <run dir> [split=dev|train|test] [chunk=4096]"
@@ -19,14 +18,7 @@ def main(argv: list[str]) -> None:
     run_dir, opts = parse_args(argv, USAGE, {"split": "dev", "chunk": 4096})
     if opts["split"] not in SPLITS:
         fail(f"split={opts['split']!r} is not known; use one of: {', '.join(SPLITS)}")
-    try:
-        model, cfg, state = load_model(run_dir)
-        d = cfg.data
-        data = load_dataset(d.path, d.train_frac, d.dev_frac, d.split_seed, cfg.model.block_size)
-    except USER_ERRORS as e:
-        fail(str(e))
-    if data.vocab.itos != state["itos"]:
-        fail(f"the data at {d.path or 'the bundled names'} has a different vocabulary from the checkpoint's")
+    model, _, state, data = load_run(run_dir)
     split = opts["split"]
     loss = split_loss(model, data.X[split], data.Y[split], opts["chunk"])
     result = {"split": split, "loss": loss, "examples": len(data.X[split]), "step": state["step"]}

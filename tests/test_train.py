@@ -97,8 +97,8 @@ def test_same_config_and_seed_give_identical_losses(tmp_path):
 def test_multirun_one_folder_per_job(tmp_path):
     sweep = tmp_path / "sweep"
     proc = run_cmd([ROOT / "train.py", "-m", "model.n_embd=2,6", "train.steps=20", "train.eval_interval=10",
-                    "train.log_interval=10", "model.n_hidden=8", "train.num_samples=2", "device=cpu", "wandb.mode=disabled",
-                    f"hydra.sweep.dir={sweep}"])
+                    "train.log_interval=10", "model.n_hidden=8", "train.num_samples=2", "device=cpu",
+                    "wandb.mode=disabled", f"hydra.sweep.dir={sweep}"])
     dims = []
     for job in ("0", "1"):
         s = json.loads((sweep / job / "summary.json").read_text())

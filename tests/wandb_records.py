@@ -50,9 +50,14 @@ def summarise(offline_run: Path) -> dict:
         elif kind == "config":
             out["config"].update({u.key: json.loads(u.value_json) for u in r.config.update})
         elif kind == "history":
-            out["history"].append({(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in r.history.item})
+            out["history"].append(_items(r.history.item))
         elif kind == "summary":
-            out["summary"].update({(u.key or "/".join(u.nested_key)): json.loads(u.value_json) for u in r.summary.update})
+            out["summary"].update(_items(r.summary.update))
         elif kind == "exit":
             out["exit_code"] = r.exit.exit_code
     return out
+
+
+def _items(items) -> dict:
+    """History and summary items: key (or nested key parts joined by '/') -> decoded JSON value."""
+    return {(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in items}
