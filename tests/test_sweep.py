@@ -128,3 +128,25 @@ def test_optional_launchers_and_optuna(tmp_path):
     # optim.lr=3e38 makes every trial diverge: the sweep still ends, with inf, not NaN
     assert "Best value: inf" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
     assert set(pd.read_csv(sweep / "leaderboard.csv")["status"]) == {"diverged"}
+
+
+def test_dashboard_renders_in_headless_chromium(tmp_path):
+    """Where Chromium is installed (apt-get install chromium): the page renders, images and all."""
+    import shutil
+    import subprocess
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not chromium:
+        pytest.skip("no chromium here")
+    sweep = tmp_path / "s"
+    run_cmd([ROOT / "train.py", "-m", *QUICK, "model.n_embd=2,4", "seed=1,2", f"hydra.sweep.dir={sweep}"])
+    shot = tmp_path / "shot.png"
+    subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                    f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,1600",
+                    f"--screenshot={shot}", (sweep / "dashboard.html").as_uri()],
+                   check=True, capture_output=True, timeout=120)
+    import matplotlib.image
+    pixels = matplotlib.image.imread(shot)
+    assert pixels.shape[:2] == (1600, 1200)
+    # a page of text alone is mostly white; the inlined plots add colour: many distinct pixel values
+    assert len({tuple(p) for p in pixels[::8, ::8, :3].reshape(-1, 3).round(2).tolist()}) > 200
