@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 
 from nplm.config import Config, validate
 from nplm.model import NPLM
+from nplm.ngram import NGram
 
 CKPT_NAME = "ckpt.pt"
 
@@ -27,7 +28,7 @@ def save_checkpoint(path: Path, *, model, optimizer, step: int, best_val_loss: f
     state = {
         "format": "nplm-checkpoint-1",
         "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,  # None: a count model
         "step": step,
         "best_val_loss": best_val_loss,
         "config": dataclasses.asdict(cfg),
@@ -57,10 +58,13 @@ def load_checkpoint(run_dir: str | Path) -> tuple[dict, Config]:
     return state, validate(cfg)
 
 
-def load_model(run_dir: str | Path, device: str = "cpu") -> tuple[NPLM, Config, dict]:
+def load_model(run_dir: str | Path, device: str = "cpu") -> tuple[NPLM | NGram, Config, dict]:
     """The trained model of a run (in eval mode, on `device`), its config and its checkpoint dict."""
     state, cfg = load_checkpoint(run_dir)
-    model = NPLM(cfg.model, len(state["itos"]))
+    m = cfg.model
+    if m.type == "ngram":
+        return NGram(m.order, len(state["itos"]), m.block_size).load_counts(state["model"]).eval(), cfg, state
+    model = NPLM(m, len(state["itos"]))
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as e:

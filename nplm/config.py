@@ -13,6 +13,7 @@ from typing import Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+MODEL_TYPES = ("nplm", "ngram")
 INITS = ("lecture", "scaled")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("constant", "step", "cosine")
@@ -33,10 +34,12 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    n_embd: int = MISSING  # size of each character's feature vector C[i]
-    block_size: int = MISSING  # characters of context
-    n_hidden: int = MISSING  # tanh units in the hidden layer
-    init: str = MISSING  # lecture (raw randn draws) | scaled (fan-in with tanh gain, small output)
+    type: str = MISSING  # nplm (conf/model/nplm.yaml) | ngram (conf/model/ngram.yaml)
+    block_size: int = MISSING  # characters of context (ngram: order - 1, at least 1)
+    n_embd: int = 0  # nplm: size of each character's feature vector C[i]
+    n_hidden: int = 0  # nplm: tanh units in the hidden layer
+    init: str = "scaled"  # nplm: lecture (raw randn draws) | scaled (fan-in with tanh gain, small output)
+    order: int = 0  # ngram: n, the characters of an n-gram (context + next)
 
 
 @dataclass
@@ -87,10 +90,12 @@ class Config:
 
 def register_schema() -> None:
     """Make the schema available to conf/config.yaml's defaults list as `nplm_schema`, and the
-    `${nplm.cores:}` resolver (CPU cores this process may use) to the launcher presets."""
+    resolvers `${nplm.cores:}` (CPU cores this process may use) and `${nplm.context:order}`."""
     ConfigStore.instance().store(name="nplm_schema", node=Config)
     if not OmegaConf.has_resolver("nplm.cores"):
         OmegaConf.register_new_resolver("nplm.cores", lambda: len(os.sched_getaffinity(0)))
+    if not OmegaConf.has_resolver("nplm.context"):  # an n-gram of order n reads n - 1 characters
+        OmegaConf.register_new_resolver("nplm.context", lambda order: max(1, int(order) - 1))
 
 
 def _check(ok: bool, message: str) -> None:
@@ -110,8 +115,15 @@ def validate(cfg: Config) -> Config:
     _check(d.train_frac + d.dev_frac < 1,
            f"data.train_frac + data.dev_frac = {d.train_frac + d.dev_frac:g} must be below 1 "
            "so the test split is not empty")
-    for key, value in (("model.n_embd", m.n_embd), ("model.block_size", m.block_size),
-                       ("model.n_hidden", m.n_hidden), ("train.batch_size", t.batch_size),
+    _check_choice(m.type, MODEL_TYPES, "model")
+    if m.type == "ngram":
+        _check(1 <= m.order <= 10, f"model.order={m.order} must be between 1 and 10")
+        _check(m.block_size == max(1, m.order - 1),
+               f"model.block_size={m.block_size} is derived from the order for model=ngram; set model.order instead")
+    else:
+        for key, value in (("model.n_embd", m.n_embd), ("model.n_hidden", m.n_hidden)):
+            _check(value >= 1, f"{key}={value} must be at least 1")
+    for key, value in (("model.block_size", m.block_size), ("train.batch_size", t.batch_size),
                        ("train.eval_interval", t.eval_interval), ("train.log_interval", t.log_interval),
                        ("train.eval_chunk", t.eval_chunk)):
         _check(value >= 1, f"{key}={value} must be at least 1")

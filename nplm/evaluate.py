@@ -8,13 +8,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from nplm.model import model_device
+
 
 @torch.inference_mode()
 def split_loss(model: torch.nn.Module, X: torch.Tensor, Y: torch.Tensor, chunk: int = 4096) -> float:
     """Mean cross-entropy of model on all of (X, Y); X (N, block_size), Y (N,) on any device."""
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
+    device = model_device(model)
     total = torch.zeros((), dtype=torch.float64, device=device)
     for i in range(0, len(X), chunk):
         logits, _ = model(X[i:i + chunk].to(device))

@@ -53,3 +53,12 @@ class NPLM(nn.Module):
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Where a model's tensors live (its parameters, or for a count model its buffers)."""
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")

@@ -80,6 +80,23 @@ def leaderboard(df: pd.DataFrame, swept: list[str]) -> pd.DataFrame:
     return board
 
 
+def count_baseline(df: pd.DataFrame, order: int = 6) -> tuple[str, float] | None:
+    """The Kneser-Ney n-gram's dev loss on the data and split the jobs used (if they all used one):
+    the bar a neural model has to clear to be worth its training (REFERENCE.md)."""
+    keys = ["data.path", "data.train_frac", "data.dev_frac", "data.split_seed"]
+    if not set(keys) <= set(df.columns) or len(df[keys].astype(str).drop_duplicates()) != 1:
+        return None
+    from nplm.data import load_dataset
+    from nplm.ngram import NGram
+    path, train_frac, dev_frac, split_seed = df[keys].iloc[0]
+    try:
+        data = load_dataset(None if pd.isna(path) else path, train_frac, dev_frac, int(split_seed), order - 1)
+    except ValueError:  # the data moved or changed since the sweep: no baseline, the rest stands
+        return None
+    model = NGram(order, data.vocab.size, order - 1).fit(data.X["train"], data.Y["train"])
+    return f"Kneser-Ney {order}-gram", -model.log_prob(data.X["dev"], data.Y["dev"]).mean().item()
+
+
 def write_report(sweep_dirs: list[Path], out_dir: Path) -> Path:
     """Leaderboard (CSV, Markdown), plots (PNG) and dashboard.html for the jobs of `sweep_dirs`."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -90,12 +107,14 @@ def write_report(sweep_dirs: list[Path], out_dir: Path) -> Path:
     board = leaderboard(df, swept)
     board.to_csv(out_dir / "leaderboard.csv")
     (out_dir / "leaderboard.md").write_text(board.to_markdown(floatfmt=".4f", missingval="") + "\n")
-    plots = make_plots(df, swept, out_dir)
-    (out_dir / "dashboard.html").write_text(dashboard_html(df, board, swept, plots, sweep_dirs))
+    baseline = count_baseline(df)
+    plots = make_plots(df, swept, out_dir, baseline)
+    (out_dir / "dashboard.html").write_text(dashboard_html(df, board, swept, plots, sweep_dirs, baseline))
     return out_dir
 
 
-def make_plots(df: pd.DataFrame, swept: list[str], out_dir: Path) -> dict[str, Path]:
+def make_plots(df: pd.DataFrame, swept: list[str], out_dir: Path,
+               baseline: tuple[str, float] | None = None) -> dict[str, Path]:
     plt = _pyplot()
     done = df[df["status"] == "finished"]
     plots: dict[str, Path] = {}
@@ -112,6 +131,8 @@ def make_plots(df: pd.DataFrame, swept: list[str], out_dir: Path) -> dict[str, P
         if numeric and x.min() > 0 and x.max() / x.min() >= 10:
             ax.set_xscale("log")
         ax.axhline(LECTURE_DEV, color="grey", ls="--", lw=0.8, label="lecture 2.17")
+        if baseline:
+            ax.axhline(baseline[1], color="tab:red", ls=":", lw=1, label=f"{baseline[0]} {baseline[1]:.4f}")
         ax.set_xlabel(col)
         ax.set_ylabel("dev loss")
         ax.set_title(f"dev loss vs {col}")
@@ -145,6 +166,8 @@ def make_plots(df: pd.DataFrame, swept: list[str], out_dir: Path) -> dict[str, P
         if curves["val/loss"]:
             ax.plot(*zip(*curves["val/loss"]), color=color, lw=1.8, label=f"{label} ({row['dev_loss']:.4f})")
     ax.axhline(LECTURE_DEV, color="grey", ls="--", lw=0.8)
+    if baseline:
+        ax.axhline(baseline[1], color="tab:red", ls=":", lw=1)
     ax.set_yscale("log")
     from matplotlib.ticker import FormatStrFormatter
     ax.yaxis.set_major_formatter(FormatStrFormatter("%.2f"))
@@ -169,7 +192,7 @@ def _save(fig, path: Path, plt) -> Path:
 
 
 def dashboard_html(df: pd.DataFrame, board: pd.DataFrame, swept: list[str], plots: dict[str, Path],
-                   sweep_dirs: list[Path]) -> str:
+                   sweep_dirs: list[Path], baseline: tuple[str, float] | None = None) -> str:
     """One HTML file, images inlined as base64, readable offline."""
     counts = df["status"].value_counts().to_dict()
     done = df[df["status"] == "finished"]
@@ -181,6 +204,11 @@ def dashboard_html(df: pd.DataFrame, board: pd.DataFrame, swept: list[str], plot
         n_beat = int((done["dev_loss"] < LECTURE_DEV).sum())
         headline = (f"best dev loss <b>{best['dev_loss']:.4f}</b> ({setting}); it {verdict} the lecture's "
                     f"{LECTURE_DEV}. {n_beat} of {len(done)} finished jobs beat it.")
+        if baseline:
+            name, dev = baseline
+            n_count = int((done["dev_loss"] < dev).sum())
+            headline += (f"<br>Count baseline on the same split: {name}, dev loss <b>{dev:.4f}</b> "
+                         f"(red dotted line); {n_count} of {len(done)} finished jobs beat it.")
     spread = ""
     if "seed" in swept and len(done) > 1:
         others = [c for c in swept if c != "seed"]

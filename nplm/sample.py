@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from nplm.data import Dataset, Vocab
+from nplm.model import model_device
 
 
 @torch.inference_mode()
@@ -11,7 +12,7 @@ def sample_words(model: torch.nn.Module, vocab: Vocab, n: int, generator: torch.
                  max_len: int = 50) -> list[str]:
     """n words, each grown one character at a time until the model emits '.' (or max_len)."""
     model.eval()
-    device = next(model.parameters()).device
+    device = model_device(model)
     idx = torch.zeros(n, model.block_size, dtype=torch.long, device=device)  # all start from '...'
     out = torch.zeros(n, max_len, dtype=torch.long)
     done = torch.zeros(n, dtype=torch.bool)

@@ -22,6 +22,7 @@ from nplm.config import Config, ConfigError
 from nplm.data import SPLITS, Dataset, load_dataset
 from nplm.evaluate import split_loss
 from nplm.model import NPLM
+from nplm.ngram import NGram
 from nplm.optim import lr_at, make_optimizer
 from nplm.plots import plot_embedding, plot_losses
 from nplm.sample import label_words, sample_words
@@ -82,39 +83,104 @@ def run(cfg: Config, out_dir: Path, group: str | None = None, name: str | None =
             tracker.close(failed=failed)
 
 
+class Diverged(Exception):
+    """The training loss became NaN or inf."""
+
+
 def train(cfg: Config, data: Dataset, device: torch.device, tracker: Tracker, out_dir: Path,
           t_start: float) -> float:
-    """The model, the optimiser, the loop, then the final losses, samples, plots, checkpoint, summary."""
-    m, o, t = cfg.model, cfg.optim, cfg.train
+    """Fit the model (the training loop, or counting for model=ngram), then record the final
+    losses, samples, plots, checkpoint and summary. Returns the final dev loss (inf if diverged)."""
+    m, t = cfg.model, cfg.train
     Xtr, Ytr = data.X["train"].to(device), data.Y["train"].to(device)
     Xdev, Ydev = data.X["dev"].to(device), data.Y["dev"].to(device)
-    n_train = len(Xtr)
-    if t.batch_size > n_train:
-        raise ConfigError(f"train.batch_size={t.batch_size} is larger than the {n_train} training examples; "
-                          "lower train.batch_size")
     log.info("data: %d words (train/dev/test %d/%d/%d), vocab_size %d (derived from the data), "
              "examples train/dev/test %d/%d/%d", sum(map(len, data.words.values())),
              *(len(data.words[s]) for s in SPLITS), data.vocab.size, *(len(data.X[s]) for s in SPLITS))
+    if m.type == "ngram":
+        t0 = time.perf_counter()
+        model, optimizer = NGram(m.order, data.vocab.size, m.block_size).fit(Xtr, Ytr), None
+        train_time, steps, best_val, best_step = time.perf_counter() - t0, 0, math.inf, 0
+        log.info("model: %d-gram, interpolated modified Kneser-Ney, %s counts, fitted in %.2f s",
+                 m.order, f"{model.num_params():,}", train_time)
+    else:
+        if t.batch_size > len(Xtr):
+            raise ConfigError(f"train.batch_size={t.batch_size} is larger than the {len(Xtr)} training examples; "
+                              "lower train.batch_size")
+        # One generator for training, seeded by cfg.seed: parameter draws first, then minibatch
+        # indices, the lecture's order. Sampling gets a generator of its own.
+        g = torch.Generator().manual_seed(cfg.seed)
+        model = NPLM(m, data.vocab.size)
+        model.init_weights(m.init, g)
+        model.to(device)
+        optimizer = make_optimizer(model, cfg.optim)
+        log.info("model: n_embd %d, block_size %d, n_hidden %d, init %s, %d parameters; %s lr %g (%s); "
+                 "device %s, %d CPU thread(s)", m.n_embd, m.block_size, m.n_hidden, m.init, model.num_params(),
+                 cfg.optim.name, cfg.optim.lr, cfg.optim.schedule, device, torch.get_num_threads())
+        try:
+            best_val, best_step, train_time = _loop(cfg, model, optimizer, g, Xtr, Ytr, Xdev, Ydev, tracker)
+        except Diverged as e:
+            step, loss, train_time = e.args
+            return _diverged(cfg, model, step, loss, tracker, t_start, train_time)
+        steps = t.steps
 
-    # One generator for training, seeded by cfg.seed: parameter draws first, then minibatch
-    # indices, the lecture's order. Sampling gets a generator of its own.
-    g = torch.Generator().manual_seed(cfg.seed)
-    model = NPLM(m, data.vocab.size)
-    model.init_weights(m.init, g)
-    model.to(device)
-    optimizer = make_optimizer(model, o)
-    log.info("model: n_embd %d, block_size %d, n_hidden %d, init %s, %d parameters; %s lr %g (%s); "
-             "device %s, %d CPU thread(s)", m.n_embd, m.block_size, m.n_hidden, m.init, model.num_params(),
-             o.name, o.lr, o.schedule, device, torch.get_num_threads())
+    train_loss = split_loss(model, Xtr, Ytr, t.eval_chunk)
+    dev_loss = split_loss(model, Xdev, Ydev, t.eval_chunk)
+    if dev_loss < best_val:
+        best_val, best_step = dev_loss, steps
+    if m.type == "ngram":  # its one row of metrics: the fitted model
+        tracker.log({"step": 0, "train/loss": train_loss, "val/loss": dev_loss, "elapsed": train_time})
+    sampler = torch.Generator().manual_seed(cfg.seed)
+    samples = label_words(sample_words(model, data.vocab, t.num_samples, sampler), data)
+    tracker.write_samples(samples)
+    if m.type == "nplm":
+        title = f"n_embd {m.n_embd}, block_size {m.block_size}, n_hidden {m.n_hidden}"
+        tracker.log_images({
+            "loss_curve": plot_losses(out_dir / "metrics.csv", out_dir / "loss.png", title),
+            "embedding": plot_embedding(model.C, data.vocab.itos, out_dir / "embedding.png")})
+    save_checkpoint(out_dir / CKPT_NAME, model=model, optimizer=optimizer, step=steps,
+                    best_val_loss=best_val, cfg=cfg, itos=data.vocab.itos)
+    wall = time.perf_counter() - t_start
+    summary = {
+        "status": "finished",
+        "train_loss": train_loss, "dev_loss": dev_loss,
+        "best_dev_loss": best_val, "best_dev_step": best_step,
+        "steps": steps, "batch_size": t.batch_size if m.type == "nplm" else None,
+        "wall_time_s": wall, "train_time_s": train_time,
+        "steps_per_s": steps / train_time if steps and train_time else None,
+        "num_params": model.num_params(), "vocab_size": data.vocab.size,
+        "seed": cfg.seed, "device": str(device), "threads": torch.get_num_threads(),
+        **provenance(),
+        "config": dataclasses.asdict(cfg),
+    }
+    tracker.write_summary(summary)
 
-    best_val, best_step, val_loss = float("inf"), -1, float("nan")
+    if m.type == "ngram":
+        log.info("done: train loss %.4f | dev loss %.4f | %s counts | %.1f s wall (%.2f s counting)",
+                 train_loss, dev_loss, f"{model.num_params():,}", wall, train_time)
+    else:
+        log.info("done: train loss %.4f | dev loss %.4f (best %.4f at step %d) | %s parameters | "
+                 "%.1f s wall (%.1f s training, %.0f steps/s)", train_loss, dev_loss, best_val, best_step,
+                 f"{model.num_params():,}", wall, train_time, summary["steps_per_s"] or 0)
+    log.info("saved to %s", out_dir)
+    log.info("samples: %s", ", ".join(f"{w} ({lab})" if lab != "new" else w for w, lab in samples))
+    return dev_loss
+
+
+def _loop(cfg: Config, model: NPLM, optimizer: torch.optim.Optimizer, g: torch.Generator,
+          Xtr: torch.Tensor, Ytr: torch.Tensor, Xdev: torch.Tensor, Ydev: torch.Tensor,
+          tracker: Tracker) -> tuple[float, int, float]:
+    """The training loop: minibatch steps, a metrics row every log_interval, the full dev split
+    every eval_interval. Returns (best dev loss, its step, training seconds); raises Diverged."""
+    o, t, device = cfg.optim, cfg.train, Xtr.device
+    best_val, best_step, val_loss = math.inf, -1, math.nan
     train_time, t_log, steps_since_log = 0.0, time.perf_counter(), 0
     for step in range(t.steps):
         t0 = time.perf_counter()
         lr = lr_at(step, o, t.steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        ix = torch.randint(0, n_train, (t.batch_size,), generator=g).to(device)
+        ix = torch.randint(0, len(Xtr), (t.batch_size,), generator=g).to(device)
         _, loss = model(Xtr[ix], Ytr[ix])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -122,7 +188,7 @@ def train(cfg: Config, data: Dataset, device: torch.device, tracker: Tracker, ou
         train_time += time.perf_counter() - t0
         steps_since_log += 1
         if device.type == "cpu" and not math.isfinite(loss.item()):  # cheap on CPU: stop at once
-            return _diverged(cfg, model, step + 1, loss.item(), tracker, out_dir, t_start, train_time)
+            raise Diverged(step + 1, loss.item(), train_time)
 
         evaluate = (step + 1) % t.eval_interval == 0 or step == t.steps - 1
         if (step + 1) % t.log_interval == 0 or evaluate:
@@ -132,7 +198,7 @@ def train(cfg: Config, data: Dataset, device: torch.device, tracker: Tracker, ou
             row = {"step": step + 1, "train/loss": loss.item(), "lr": lr, "elapsed": train_time,
                    "steps_per_s": rate}
             if not math.isfinite(row["train/loss"]):
-                return _diverged(cfg, model, step + 1, row["train/loss"], tracker, out_dir, t_start, train_time)
+                raise Diverged(step + 1, row["train/loss"], train_time)
             if evaluate:
                 val_loss = split_loss(model, Xdev, Ydev, t.eval_chunk)
                 row["val/loss"] = val_loss
@@ -143,43 +209,10 @@ def train(cfg: Config, data: Dataset, device: torch.device, tracker: Tracker, ou
                      len(str(t.steps)), step + 1, t.steps, row["train/loss"],
                      f" val/loss {val_loss:.4f} |" if evaluate else "", lr, rate,
                      _hms((t.steps - step - 1) / rate))
-
-    train_loss = split_loss(model, Xtr, Ytr, t.eval_chunk)
-    dev_loss = split_loss(model, Xdev, Ydev, t.eval_chunk)
-    if dev_loss < best_val:
-        best_val, best_step = dev_loss, t.steps
-    sampler = torch.Generator().manual_seed(cfg.seed)
-    samples = label_words(sample_words(model, data.vocab, t.num_samples, sampler), data)
-    tracker.write_samples(samples)
-    title = f"n_embd {m.n_embd}, block_size {m.block_size}, n_hidden {m.n_hidden}"
-    tracker.log_images({"loss_curve": plot_losses(out_dir / "metrics.csv", out_dir / "loss.png", title),
-                        "embedding": plot_embedding(model.C, data.vocab.itos, out_dir / "embedding.png")})
-    save_checkpoint(out_dir / CKPT_NAME, model=model, optimizer=optimizer, step=t.steps,
-                    best_val_loss=best_val, cfg=cfg, itos=data.vocab.itos)
-    wall = time.perf_counter() - t_start
-    summary = {
-        "status": "finished",
-        "train_loss": train_loss, "dev_loss": dev_loss,
-        "best_dev_loss": best_val, "best_dev_step": best_step,
-        "steps": t.steps, "batch_size": t.batch_size,
-        "wall_time_s": wall, "train_time_s": train_time,
-        "steps_per_s": t.steps / train_time if train_time else None,
-        "num_params": model.num_params(), "vocab_size": data.vocab.size,
-        "seed": cfg.seed, "device": str(device), "threads": torch.get_num_threads(),
-        **provenance(),
-        "config": dataclasses.asdict(cfg),
-    }
-    tracker.write_summary(summary)
-
-    log.info("done: train loss %.4f | dev loss %.4f (best %.4f at step %d) | %s parameters | "
-             "%.1f s wall (%.1f s training, %.0f steps/s)", train_loss, dev_loss, best_val, best_step,
-             f"{model.num_params():,}", wall, train_time, summary["steps_per_s"] or 0)
-    log.info("saved to %s", out_dir)
-    log.info("samples: %s", ", ".join(f"{w} ({lab})" if lab != "new" else w for w, lab in samples))
-    return dev_loss
+    return best_val, best_step, train_time
 
 
-def _diverged(cfg: Config, model: NPLM, step: int, loss: float, tracker: Tracker, out_dir: Path,
+def _diverged(cfg: Config, model: NPLM, step: int, loss: float, tracker: Tracker,
               t_start: float, train_time: float) -> float:
     """A non-finite loss ends the run at once: recorded as diverged; sweepers get inf, never NaN."""
     log.error("diverged: the training loss is %s at step %d; lower optim.lr (now %g) or add warmup",

@@ -7,6 +7,7 @@ from nplm.config import ConfigError, to_config
 from nplm.optim import lr_at
 
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
 
 
 def test_every_yaml_starts_with_the_command_that_uses_it():
@@ -23,6 +24,17 @@ def test_default_config_composes():
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_experiments_compose(name):
     to_config(compose_cfg([f"experiment={name}"]))
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_models_compose(name):
+    assert to_config(compose_cfg([f"model={name}"])).model.type == name
+
+
+def test_ngram_context_follows_its_order():
+    cfg = to_config(compose_cfg(["model=ngram", "model.order=7"]))
+    assert (cfg.model.order, cfg.model.block_size) == (7, 6)
+    assert to_config(compose_cfg(["model=ngram", "model.order=1"])).model.block_size == 1
 
 
 def test_lecture_experiment_is_the_lecture_recipe():

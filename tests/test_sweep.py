@@ -39,6 +39,7 @@ def test_named_sweep_runs_without_m_and_writes_report(tmp_path):
     assert {"rank", "job", "seed", "dev_loss", "train_loss", "gap", "num_params", "wall_time_s", "status"} <= set(board)
     html = (sweep / "dashboard.html").read_text()
     assert "Seed-to-seed spread" in html and html.count("data:image/png;base64,") >= 3
+    assert "Kneser-Ney 6-gram, dev loss <b>1.9740</b>" in html  # the count baseline on the same split
     assert "http://" not in html and "https://" not in html  # self-contained, readable offline
 
 
