@@ -15,8 +15,9 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 MODEL_TYPES = ("nplm", "ngram")
 INITS = ("lecture", "scaled")
+NORMS = ("none", "batchnorm", "layernorm")
 OPTIMIZERS = ("sgd", "adamw")
-SCHEDULES = ("constant", "step", "cosine")
+SCHEDULES = ("constant", "step", "cosine", "onecycle")
 WANDB_MODES = ("online", "offline", "disabled")
 
 
@@ -39,6 +40,10 @@ class ModelConfig:
     n_embd: int = 0  # nplm: size of each character's feature vector C[i]
     n_hidden: int = 0  # nplm: tanh units in the hidden layer
     init: str = "scaled"  # nplm: lecture (raw randn draws) | scaled (fan-in with tanh gain, small output)
+    n_layer: int = 1  # nplm: hidden layers, each n_hidden wide
+    norm: str = "none"  # nplm: none | batchnorm (running statistics for evaluation) | layernorm, before tanh
+    dropout: float = 0.0  # nplm: dropout after each tanh, while training
+    direct: bool = False  # nplm: the paper's direct connections from the embeddings to the output
     order: int = 0  # ngram: n, the characters of an n-gram (context + next)
 
 
@@ -49,11 +54,12 @@ class OptimConfig:
     weight_decay: float = 0.0
     momentum: float = 0.0  # sgd only
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adamw only
-    schedule: str = MISSING  # constant | step | cosine (linear warmup, then cosine to min_lr)
-    warmup_steps: int = 0  # cosine only
+    schedule: str = MISSING  # constant | step | cosine (linear warmup, then cosine to min_lr) | onecycle
+    warmup_steps: int = 0  # cosine and onecycle (onecycle: 0 = 30% of the steps)
     min_lr: float = 0.0  # cosine only: the learning rate at the last step
     decay_steps: list[int] = field(default_factory=list)  # step only: multiply lr by decay_factor at each
     decay_factor: float = 0.1
+    grad_clip: float = 0.0  # clip the gradients' global norm to this; 0 = no clipping
 
 
 @dataclass
@@ -65,6 +71,7 @@ class TrainConfig:
     eval_chunk: int = 4096  # rows per chunk when evaluating a whole split (bounds memory)
     threads: int = 0  # torch CPU threads; 0 = torch's default
     num_samples: int = 20  # names sampled at the end of the run
+    keep_best: bool = False  # end with the weights of the best dev evaluation, not the last step's
 
 
 @dataclass
@@ -121,8 +128,10 @@ def validate(cfg: Config) -> Config:
         _check(m.block_size == max(1, m.order - 1),
                f"model.block_size={m.block_size} is derived from the order for model=ngram; set model.order instead")
     else:
-        for key, value in (("model.n_embd", m.n_embd), ("model.n_hidden", m.n_hidden)):
+        for key, value in (("model.n_embd", m.n_embd), ("model.n_hidden", m.n_hidden), ("model.n_layer", m.n_layer)):
             _check(value >= 1, f"{key}={value} must be at least 1")
+        _check_choice(m.norm, NORMS, "model.norm")
+        _check(0 <= m.dropout < 1, f"model.dropout={m.dropout} must be in [0, 1)")
     for key, value in (("model.block_size", m.block_size), ("train.batch_size", t.batch_size),
                        ("train.eval_interval", t.eval_interval), ("train.log_interval", t.log_interval),
                        ("train.eval_chunk", t.eval_chunk)):
@@ -140,6 +149,7 @@ def validate(cfg: Config) -> Config:
     _check(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas),
            f"optim.betas={list(o.betas)} must be two numbers in [0, 1)")
     _check(o.warmup_steps >= 0, f"optim.warmup_steps={o.warmup_steps} must be 0 or more")
+    _check(o.grad_clip >= 0, f"optim.grad_clip={o.grad_clip} must be 0 (off) or positive")
     _check(o.decay_factor > 0, f"optim.decay_factor={o.decay_factor} must be positive")
     _check(all(s >= 1 for s in o.decay_steps), f"optim.decay_steps={list(o.decay_steps)} must be steps >= 1")
     if cfg.wandb.mode is not None:

@@ -1,10 +1,12 @@
 """Model: Bengio et al.'s NPLM (2003) as in makemore part 2, with the lecture's parameter layout.
 
-idx (B, block_size) -> C[idx] (B, block_size, n_embd) -> concat (B, block_size*n_embd)
--> @ W1 + b1 -> tanh (B, n_hidden) -> @ W2 + b2 = logits (B, vocab_size).
+idx (B, block_size) -> C[idx] (B, block_size, n_embd) -> concat x (B, block_size*n_embd)
+-> n_layer x [ @ W + b -> norm (optional) -> tanh -> dropout (optional) ]  (B, n_hidden)
+-> @ W_out + b_out (+ x @ W_direct, the paper's direct connections) = logits (B, vocab_size).
 
 Weights are stored (fan_in, fan_out) and applied as `x @ W + b`, the lecture's exact arithmetic, so
-that `init=lecture` draws the same tensors from the same generator in the same order.
+that `init=lecture` draws the same tensors from the same generator in the same order as the lecture
+(C, W1, b1, W2, b2 for one hidden layer).
 """
 from __future__ import annotations
 
@@ -19,35 +21,59 @@ from nplm.config import ModelConfig
 TANH_GAIN = 5 / 3  # torch.nn.init.calculate_gain("tanh")
 
 
+class Linear(nn.Module):
+    """x @ weight + bias, weight (fan_in, fan_out): the lecture's layout and arithmetic."""
+
+    def __init__(self, fan_in: int, fan_out: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(fan_in, fan_out))
+        self.bias = nn.Parameter(torch.empty(fan_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.weight + self.bias
+
+
 class NPLM(nn.Module):
     def __init__(self, cfg: ModelConfig, vocab_size: int):
         super().__init__()
         self.block_size, self.vocab_size = cfg.block_size, vocab_size
         fan_in = cfg.block_size * cfg.n_embd
         self.C = nn.Parameter(torch.empty(vocab_size, cfg.n_embd))  # feature vector of each token
-        self.W1 = nn.Parameter(torch.empty(fan_in, cfg.n_hidden))
-        self.b1 = nn.Parameter(torch.empty(cfg.n_hidden))
-        self.W2 = nn.Parameter(torch.empty(cfg.n_hidden, vocab_size))
-        self.b2 = nn.Parameter(torch.empty(vocab_size))
+        widths = [fan_in] + [cfg.n_hidden] * cfg.n_layer
+        self.hidden = nn.ModuleList(Linear(a, b) for a, b in zip(widths, widths[1:]))
+        norm = {"none": lambda n: nn.Identity(), "batchnorm": nn.BatchNorm1d, "layernorm": nn.LayerNorm}[cfg.norm]
+        self.norms = nn.ModuleList(norm(cfg.n_hidden) for _ in range(cfg.n_layer))
+        self.dropout = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
+        self.out = Linear(cfg.n_hidden, vocab_size)
+        self.direct = nn.Parameter(torch.zeros(fan_in, vocab_size)) if cfg.direct else None
 
     @torch.no_grad()
     def init_weights(self, scheme: str, generator: torch.Generator) -> None:
-        """Draw every parameter from `generator` in the lecture's order: C, W1, b1, W2, b2.
+        """Draw every weight from `generator` in the lecture's order: C, then each layer's W and b.
 
         lecture: raw standard normal draws (the lecture's recipe, bit for bit).
-        scaled: W1 by tanh gain / sqrt(fan_in) so tanh does not saturate; small b1; W2 x0.01 and
-        b2 = 0 so the initial logits are near uniform and the first loss is near ln(vocab_size).
+        scaled: hidden W by tanh gain / sqrt(fan_in) so tanh does not saturate; small biases; the
+        output layer x0.01 and b_out = 0 so the initial logits are near uniform and the first loss
+        is near ln(vocab_size). Norm layers start as identity; direct connections start at zero.
         """
-        scale = {"lecture": (1.0, 1.0, 1.0, 1.0, 1.0),
-                 "scaled": (1.0, TANH_GAIN / math.sqrt(self.W1.shape[0]), 0.01, 0.01, 0.0)}[scheme]
-        for p, s in zip((self.C, self.W1, self.b1, self.W2, self.b2), scale):
-            p.copy_(torch.randn(p.shape, generator=generator) * s)  # x * 1.0 is exact
+        lecture = scheme == "lecture"
+        self.C.copy_(torch.randn(self.C.shape, generator=generator))
+        for layer in self.hidden:
+            gain = 1.0 if lecture else TANH_GAIN / math.sqrt(layer.weight.shape[0])
+            layer.weight.copy_(torch.randn(layer.weight.shape, generator=generator) * gain)  # x * 1.0 is exact
+            layer.bias.copy_(torch.randn(layer.bias.shape, generator=generator) * (1.0 if lecture else 0.01))
+        self.out.weight.copy_(torch.randn(self.out.weight.shape, generator=generator) * (1.0 if lecture else 0.01))
+        self.out.bias.copy_(torch.randn(self.out.bias.shape, generator=generator) * (1.0 if lecture else 0.0))
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
         """idx (B, block_size) int64 -> logits (B, vocab_size), and the mean cross-entropy if targets."""
-        emb = self.C[idx]  # (B, block_size, n_embd)
-        h = torch.tanh(emb.view(emb.shape[0], -1) @ self.W1 + self.b1)  # (B, n_hidden)
-        logits = h @ self.W2 + self.b2  # (B, vocab_size)
+        x = self.C[idx].view(idx.shape[0], -1)  # (B, block_size * n_embd)
+        h = x
+        for layer, norm in zip(self.hidden, self.norms):
+            h = self.dropout(torch.tanh(norm(layer(h))))  # (B, n_hidden)
+        logits = self.out(h)  # (B, vocab_size)
+        if self.direct is not None:
+            logits = logits + x @ self.direct
         loss = None if targets is None else F.cross_entropy(logits, targets)
         return logits, loss
 

@@ -10,8 +10,8 @@ from nplm.config import OptimConfig
 
 def make_optimizer(model: torch.nn.Module, o: OptimConfig) -> torch.optim.Optimizer:
     """Weight decay applies to the weight matrices only, not to the embedding table or the biases."""
-    decay = [p for name, p in model.named_parameters() if p.dim() >= 2 and name != "C"]
-    no_decay = [p for name, p in model.named_parameters() if not (p.dim() >= 2 and name != "C")]
+    decay = [p for name, p in model.named_parameters() if p.dim() >= 2 and name != "C"]  # W's, direct
+    no_decay = [p for name, p in model.named_parameters() if not (p.dim() >= 2 and name != "C")]  # C, b's, norms
     groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if o.name == "sgd":
         return SGD(groups, lr=o.lr, momentum=o.momentum)
@@ -51,7 +51,14 @@ def lr_at(step: int, o: OptimConfig, total_steps: int) -> float:
         return o.lr
     if o.schedule == "step":  # the lecture: 0.1, then x0.1 from step 100,000
         return o.lr * o.decay_factor ** sum(step >= s for s in o.decay_steps)
-    if step < o.warmup_steps:  # cosine: linear warmup to lr ...
-        return o.lr * (step + 1) / (o.warmup_steps + 1)
-    progress = (step - o.warmup_steps) / max(1, total_steps - 1 - o.warmup_steps)  # ... then 0 -> 1
-    return o.min_lr + 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))) * (o.lr - o.min_lr)
+    if o.schedule == "onecycle":  # Smith's one-cycle: lr/25 up to lr (linear), then cosine to min_lr
+        warmup = o.warmup_steps or int(0.3 * total_steps)
+        if step < warmup:
+            return o.lr / 25 + (o.lr - o.lr / 25) * step / warmup
+        min_lr = o.min_lr or o.lr / 1e4
+    else:  # cosine: linear warmup to lr ...
+        warmup, min_lr = o.warmup_steps, o.min_lr
+        if step < warmup:
+            return o.lr * (step + 1) / (warmup + 1)
+    progress = (step - warmup) / max(1, total_steps - 1 - warmup)  # ... then 0 -> 1
+    return min_lr + 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))) * (o.lr - min_lr)

@@ -110,19 +110,26 @@ def train(cfg: Config, data: Dataset, device: torch.device, tracker: Tracker, ou
         # One generator for training, seeded by cfg.seed: parameter draws first, then minibatch
         # indices, the lecture's order. Sampling gets a generator of its own.
         g = torch.Generator().manual_seed(cfg.seed)
+        torch.manual_seed(cfg.seed)  # dropout's masks come from torch's global generator
         model = NPLM(m, data.vocab.size)
         model.init_weights(m.init, g)
         model.to(device)
         optimizer = make_optimizer(model, cfg.optim)
-        log.info("model: n_embd %d, block_size %d, n_hidden %d, init %s, %d parameters; %s lr %g (%s); "
-                 "device %s, %d CPU thread(s)", m.n_embd, m.block_size, m.n_hidden, m.init, model.num_params(),
-                 cfg.optim.name, cfg.optim.lr, cfg.optim.schedule, device, torch.get_num_threads())
+        log.info("model: n_embd %d, block_size %d, %d x n_hidden %d, norm %s, dropout %g%s, init %s, "
+                 "%d parameters; %s lr %g (%s); device %s, %d CPU thread(s)", m.n_embd, m.block_size,
+                 m.n_layer, m.n_hidden, m.norm, m.dropout, ", direct connections" if m.direct else "", m.init,
+                 model.num_params(), cfg.optim.name, cfg.optim.lr, cfg.optim.schedule, device,
+                 torch.get_num_threads())
         try:
-            best_val, best_step, train_time = _loop(cfg, model, optimizer, g, Xtr, Ytr, Xdev, Ydev, tracker)
+            best_val, best_step, train_time, best_state = _loop(cfg, model, optimizer, g, Xtr, Ytr, Xdev, Ydev,
+                                                                tracker)
         except Diverged as e:
             step, loss, train_time = e.args
             return _diverged(cfg, model, step, loss, tracker, t_start, train_time)
         steps = t.steps
+        if t.keep_best and best_state is not None:
+            model.load_state_dict(best_state)
+            log.info("keep_best: ending with the weights of step %d (dev loss %.4f)", best_step, best_val)
 
     train_loss = split_loss(model, Xtr, Ytr, t.eval_chunk)
     dev_loss = split_loss(model, Xdev, Ydev, t.eval_chunk)
@@ -169,11 +176,12 @@ def train(cfg: Config, data: Dataset, device: torch.device, tracker: Tracker, ou
 
 def _loop(cfg: Config, model: NPLM, optimizer: torch.optim.Optimizer, g: torch.Generator,
           Xtr: torch.Tensor, Ytr: torch.Tensor, Xdev: torch.Tensor, Ydev: torch.Tensor,
-          tracker: Tracker) -> tuple[float, int, float]:
+          tracker: Tracker) -> tuple[float, int, float, dict | None]:
     """The training loop: minibatch steps, a metrics row every log_interval, the full dev split
-    every eval_interval. Returns (best dev loss, its step, training seconds); raises Diverged."""
+    every eval_interval. Returns (best dev loss, its step, training seconds, the weights then if
+    train.keep_best); raises Diverged."""
     o, t, device = cfg.optim, cfg.train, Xtr.device
-    best_val, best_step, val_loss = math.inf, -1, math.nan
+    best_val, best_step, val_loss, best_state = math.inf, -1, math.nan, None
     train_time, t_log, steps_since_log = 0.0, time.perf_counter(), 0
     for step in range(t.steps):
         t0 = time.perf_counter()
@@ -184,6 +192,8 @@ def _loop(cfg: Config, model: NPLM, optimizer: torch.optim.Optimizer, g: torch.G
         _, loss = model(Xtr[ix], Ytr[ix])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if o.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
         optimizer.step()
         train_time += time.perf_counter() - t0
         steps_since_log += 1
@@ -204,12 +214,14 @@ def _loop(cfg: Config, model: NPLM, optimizer: torch.optim.Optimizer, g: torch.G
                 row["val/loss"] = val_loss
                 if val_loss < best_val:
                     best_val, best_step = val_loss, step + 1
+                    if t.keep_best:
+                        best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             tracker.log(row)
             log.info("step %*d/%d | train/loss %.4f |%s lr %.2e | %.0f steps/s | %s left",
                      len(str(t.steps)), step + 1, t.steps, row["train/loss"],
                      f" val/loss {val_loss:.4f} |" if evaluate else "", lr, rate,
                      _hms((t.steps - step - 1) / rate))
-    return best_val, best_step, train_time
+    return best_val, best_step, train_time, best_state
 
 
 def _diverged(cfg: Config, model: NPLM, step: int, loss: float, tracker: Tracker,

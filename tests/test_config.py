@@ -82,3 +82,11 @@ def test_cosine_schedule_warms_up_then_decays_to_min_lr():
     assert lrs[0] < lrs[9] < lrs[10] == pytest.approx(0.01)
     assert lrs[-1] == pytest.approx(0.001)
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+
+
+def test_onecycle_schedule():
+    o = to_config(compose_cfg(["optim.schedule=onecycle", "optim.lr=0.1", "optim.min_lr=0",
+                               "optim.warmup_steps=0"])).optim
+    lrs = [lr_at(s, o, 1000) for s in range(1000)]
+    assert lrs[0] == pytest.approx(0.1 / 25) and max(lrs) == pytest.approx(0.1)
+    assert lrs.index(max(lrs)) == 300 and lrs[-1] == pytest.approx(0.1 / 1e4)

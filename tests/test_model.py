@@ -33,7 +33,7 @@ def test_lecture_init_is_bit_identical():
     model = NPLM(LECTURE, 27)
     g2 = torch.Generator().manual_seed(2147483647)
     model.init_weights("lecture", g2)
-    for mine, ref in zip((model.C, model.W1, model.b1, model.W2, model.b2), (C, W1, b1, W2, b2)):
+    for mine, ref in zip(model.parameters(), (C, W1, b1, W2, b2), strict=True):  # C, W1, b1, W2, b2
         assert torch.equal(mine, ref)
     assert torch.equal(torch.randint(0, 1000, (32,), generator=g2), after)  # generator left in step
 
@@ -52,3 +52,57 @@ def test_scaled_init_starts_near_uniform():
     # whereas the raw lecture draws start far above it
     model.init_weights("lecture", torch.Generator().manual_seed(1))
     assert model(idx, y)[1].item() > 10
+
+
+def deep(**kw):
+    base = dict(type="nplm", n_embd=8, block_size=3, n_hidden=32, init="scaled", n_layer=2)
+    return NPLM(ModelConfig(**{**base, **kw}), 27)
+
+
+def test_depth_and_norms_shapes():
+    for norm in ("none", "batchnorm", "layernorm"):
+        model = deep(norm=norm)
+        model.init_weights("scaled", torch.Generator().manual_seed(0))
+        assert len(model.hidden) == 2 and model(torch.randint(0, 27, (16, 3)))[0].shape == (16, 27)
+
+
+def test_batchnorm_uses_running_statistics_in_eval():
+    model = deep(norm="batchnorm")
+    model.init_weights("scaled", torch.Generator().manual_seed(0))
+    x = torch.randint(0, 27, (64, 3))
+    model.train()
+    model(x)  # updates the running statistics
+    model.eval()
+    one = model(x[:1])[0]  # a batch of one works in eval, and agrees with the same row in a batch
+    assert torch.allclose(one, model(x)[0][:1], atol=1e-5)
+    assert model.norms[0].running_mean.abs().sum() > 0
+
+
+def test_dropout_only_while_training():
+    model = deep(dropout=0.5)
+    model.init_weights("scaled", torch.Generator().manual_seed(0))
+    x = torch.randint(0, 27, (8, 3))
+    model.eval()
+    assert torch.equal(model(x)[0], model(x)[0])
+    model.train()
+    assert not torch.equal(model(x)[0], model(x)[0])
+
+
+def test_direct_connections_start_at_zero_and_learn():
+    with_direct, without = deep(direct=True), deep()
+    for m in (with_direct, without):
+        m.init_weights("scaled", torch.Generator().manual_seed(0))
+    x, y = torch.randint(0, 27, (8, 3)), torch.randint(0, 27, (8,))
+    assert torch.equal(with_direct(x)[0], without(x)[0])
+    with_direct(x, y)[1].backward()
+    assert with_direct.direct.grad.abs().sum() > 0
+
+
+def test_weight_decay_only_on_weight_matrices():
+    from nplm.config import OptimConfig
+    from nplm.optim import make_optimizer
+    model = deep(norm="layernorm", direct=True)
+    opt = make_optimizer(model, OptimConfig(name="adamw", lr=0.01, schedule="constant", weight_decay=0.1))
+    decayed = {id(p) for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    names = {n for n, p in model.named_parameters() if id(p) in decayed}
+    assert names == {"hidden.0.weight", "hidden.1.weight", "out.weight", "direct"}

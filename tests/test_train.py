@@ -142,3 +142,13 @@ def test_lecture_experiment_matches_the_plain_lecture_loop_bit_for_bit(tmp_path)
         assert torch.equal(mine, theirs), name
     s = json.loads((tmp_path / "summary.json").read_text())
     assert s["dev_loss"] == pytest.approx(ref["dev_loss"], abs=1e-6)
+
+
+def test_keep_best_reports_the_best_evaluated_weights(tmp_path):
+    # a learning rate that ends high makes the last evaluation worse than an earlier one
+    train(tmp_path / "r", "wandb.mode=disabled", "train.keep_best=true", "optim.schedule=constant",
+          "optim.lr=0.5", "train.steps=120")
+    s = json.loads((tmp_path / "r" / "summary.json").read_text())
+    vals = [float(r["val/loss"]) for r in read_metrics(tmp_path / "r") if r["val/loss"]]
+    assert s["best_dev_loss"] == min(vals)
+    assert s["dev_loss"] == pytest.approx(min(vals), abs=1e-9)
