@@ -11,6 +11,8 @@ from nplm.model import model_device
 def sample_words(model: torch.nn.Module, vocab: Vocab, n: int, generator: torch.Generator,
                  max_len: int = 50) -> list[str]:
     """n words, each grown one character at a time until the model emits '.' (or max_len)."""
+    if n == 0:
+        return []
     model.eval()
     device = model_device(model)
     idx = torch.zeros(n, model.block_size, dtype=torch.long, device=device)  # all start from '...'

@@ -152,3 +152,9 @@ def test_keep_best_reports_the_best_evaluated_weights(tmp_path):
     vals = [float(r["val/loss"]) for r in read_metrics(tmp_path / "r") if r["val/loss"]]
     assert s["best_dev_loss"] == min(vals)
     assert s["dev_loss"] == pytest.approx(min(vals), abs=1e-9)
+
+
+def test_fast_experiment_beats_the_lecture(tmp_path):
+    run_cmd([ROOT / "train.py", "experiment=fast", "device=cpu", "wandb.mode=disabled", f"hydra.run.dir={tmp_path}"])
+    s = json.loads((tmp_path / "summary.json").read_text())
+    assert s["steps"] == 300 and s["dev_loss"] < 2.17
