@@ -19,6 +19,7 @@ NORMS = ("none", "batchnorm", "layernorm")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("constant", "step", "cosine", "onecycle")
 WANDB_MODES = ("online", "offline", "disabled")
+MODES = ("train", "lr_find", "overfit_batch")
 
 
 class ConfigError(ValueError):
@@ -75,6 +76,19 @@ class TrainConfig:
 
 
 @dataclass
+class LRFindConfig:  # mode=lr_find: one step at each of `steps` lrs, exponentially spaced min_lr..max_lr
+    steps: int = MISSING
+    min_lr: float = MISSING
+    max_lr: float = MISSING
+
+
+@dataclass
+class OverfitBatchConfig:  # mode=overfit_batch: train on one fixed minibatch of train.batch_size
+    steps: int = MISSING
+    tolerance: float = MISSING  # pass when the batch loss ends within this of the lowest possible
+
+
+@dataclass
 class WandbConfig:
     mode: Optional[str] = None  # online | offline | disabled; null = $WANDB_MODE if set, else offline
     project: str = MISSING
@@ -91,6 +105,9 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
+    mode: str = MISSING  # train | lr_find | overfit_batch (nplm/tools.py)
+    lr_find: LRFindConfig = field(default_factory=LRFindConfig)
+    overfit_batch: OverfitBatchConfig = field(default_factory=OverfitBatchConfig)
     device: str = MISSING  # auto | cpu | cuda | cuda:N
     seed: int = MISSING  # seeds the training generator: parameter init, then minibatch draws
 
@@ -152,6 +169,16 @@ def validate(cfg: Config) -> Config:
     _check(o.grad_clip >= 0, f"optim.grad_clip={o.grad_clip} must be 0 (off) or positive")
     _check(o.decay_factor > 0, f"optim.decay_factor={o.decay_factor} must be positive")
     _check(all(s >= 1 for s in o.decay_steps), f"optim.decay_steps={list(o.decay_steps)} must be steps >= 1")
+    _check_choice(cfg.mode, MODES, "mode")
+    if cfg.mode != "train":
+        _check(m.type == "nplm", f"mode={cfg.mode} trains a neural model; it does nothing for model={m.type}")
+    f = cfg.lr_find
+    _check(f.steps >= 10, f"lr_find.steps={f.steps} must be at least 10")
+    _check(0 < f.min_lr < f.max_lr, f"lr_find.min_lr={f.min_lr:g} and lr_find.max_lr={f.max_lr:g} must be "
+           "positive with min_lr < max_lr")
+    _check(cfg.overfit_batch.steps >= 1, f"overfit_batch.steps={cfg.overfit_batch.steps} must be at least 1")
+    _check(cfg.overfit_batch.tolerance >= 0,
+           f"overfit_batch.tolerance={cfg.overfit_batch.tolerance} must be 0 or more")
     if cfg.wandb.mode is not None:
         _check_choice(cfg.wandb.mode, WANDB_MODES, "wandb.mode")
     _check(cfg.device == "auto" or cfg.device == "cpu" or cfg.device == "cuda"

@@ -38,6 +38,8 @@ def load_jobs(sweep_dirs: list[Path]) -> pd.DataFrame:
                 summary = json.loads((job / "summary.json").read_text())
             except (OSError, json.JSONDecodeError):
                 summary = {"status": "incomplete", "error": "no summary.json (still running, or killed)"}
+            if summary.get("mode", "train") != "train":
+                continue  # a tool's run (mode=lr_find, overfit_batch): no dev loss to rank
             row = {"sweep": sweep.name, "job": job.name, "path": str(job), "status": summary.get("status"),
                    "error": summary.get("error", "")}
             for key in ("dev_loss", "best_dev_loss", "train_loss", "num_params", "wall_time_s", "steps_per_s"):

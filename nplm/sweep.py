@@ -37,8 +37,8 @@ def finished_dev_loss(out_dir: Path, cfg: Config) -> float | None:
         summary = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return None  # a damaged record of an unfinished run: run it again
-    if summary.get("status") != "finished":
-        return None
+    if summary.get("status") != "finished" or summary.get("mode", "train") != "train":
+        return None  # unfinished, or a tool's run (lr_find, overfit_batch): cheap to run again
     if summary.get("config") != dataclasses.asdict(cfg):
         raise ConfigError(f"{out_dir} holds a finished run of a different config; it is never overwritten. "
                           "Start a new sweep folder with hydra.sweep.dir=... (or hydra.run.dir=...)")

@@ -26,6 +26,7 @@ from nplm.ngram import NGram
 from nplm.optim import lr_at, make_optimizer
 from nplm.plots import plot_embedding, plot_losses
 from nplm.sample import label_words, sample_words
+from nplm.tools import lr_find, overfit_batch
 from nplm.tracking import Tracker, save_summary
 
 log = logging.getLogger("nplm")
@@ -120,6 +121,8 @@ def train(cfg: Config, data: Dataset, device: torch.device, tracker: Tracker, ou
                  m.n_layer, m.n_hidden, m.norm, m.dropout, ", direct connections" if m.direct else "", m.init,
                  model.num_params(), cfg.optim.name, cfg.optim.lr, cfg.optim.schedule, device,
                  torch.get_num_threads())
+        if cfg.mode != "train":
+            return _tool(cfg, model, optimizer, g, Xtr, Ytr, tracker, out_dir, t_start, device)
         try:
             best_val, best_step, train_time, best_state = _loop(cfg, model, optimizer, g, Xtr, Ytr, Xdev, Ydev,
                                                                 tracker)
@@ -149,7 +152,7 @@ def train(cfg: Config, data: Dataset, device: torch.device, tracker: Tracker, ou
                     best_val_loss=best_val, cfg=cfg, itos=data.vocab.itos)
     wall = time.perf_counter() - t_start
     summary = {
-        "status": "finished",
+        "status": "finished", "mode": "train",
         "train_loss": train_loss, "dev_loss": dev_loss,
         "best_dev_loss": best_val, "best_dev_step": best_step,
         "steps": steps, "batch_size": t.batch_size if m.type == "nplm" else None,
@@ -222,6 +225,26 @@ def _loop(cfg: Config, model: NPLM, optimizer: torch.optim.Optimizer, g: torch.G
                      f" val/loss {val_loss:.4f} |" if evaluate else "", lr, rate,
                      _hms((t.steps - step - 1) / rate))
     return best_val, best_step, train_time, best_state
+
+
+def _tool(cfg: Config, model: NPLM, optimizer: torch.optim.Optimizer, g: torch.Generator, Xtr: torch.Tensor,
+          Ytr: torch.Tensor, tracker: Tracker, out_dir: Path, t_start: float, device: torch.device) -> float:
+    """mode=lr_find or mode=overfit_batch (nplm/tools.py) instead of training: its plot, verdict and
+    summary. Returns the lowest smoothed loss (lr_find) or the final batch loss (overfit_batch)."""
+    t0 = time.perf_counter()
+    if cfg.mode == "lr_find":
+        result = lr_find(cfg, model, optimizer, g, Xtr, Ytr, tracker, out_dir)
+        value = result["min_smoothed_loss"]
+    else:
+        result = overfit_batch(cfg, model, optimizer, g, Xtr, Ytr, tracker)
+        value = result["overfit_loss"]
+    tracker.write_summary({
+        "status": "finished", "mode": cfg.mode, **result, "train_loss": None, "dev_loss": None,
+        "wall_time_s": time.perf_counter() - t_start, "train_time_s": time.perf_counter() - t0,
+        "num_params": model.num_params(), "seed": cfg.seed, "device": str(device),
+        "threads": torch.get_num_threads(), **provenance(), "config": dataclasses.asdict(cfg)})
+    log.info("saved to %s", out_dir)
+    return value
 
 
 def _diverged(cfg: Config, model: NPLM, step: int, loss: float, tracker: Tracker,
