@@ -73,6 +73,8 @@ class TrainConfig:
     threads: int = 0  # torch CPU threads; 0 = torch's default
     num_samples: int = 20  # names sampled at the end of the run
     keep_best: bool = False  # end with the weights of the best dev evaluation, not the last step's
+    ema: float = 0.0  # decay of an exponential moving average of the weights, used for evaluation and
+    # kept at the end (Polyak averaging; 0.999 averages over ~1,000 steps); 0 = off
 
 
 @dataclass
@@ -155,6 +157,8 @@ def validate(cfg: Config) -> Config:
         _check(value >= 1, f"{key}={value} must be at least 1")
     _check(t.steps >= 0, f"train.steps={t.steps} must be 0 or more")
     _check(t.threads >= 0, f"train.threads={t.threads} must be 0 (torch's default) or more")
+    _check(0 <= t.ema < 1, f"train.ema={t.ema} must be in [0, 1): the decay of the weights' moving average, "
+           "0 = off")
     _check(t.num_samples >= 0, f"train.num_samples={t.num_samples} must be 0 or more")
     _check_choice(m.init, INITS, "model.init")
     _check_choice(o.name, OPTIMIZERS, "optim.name")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from nplm.checkpoint import CKPT_NAME, save_checkpoint
 from nplm.config import Config, ConfigError
@@ -181,10 +182,13 @@ def _loop(cfg: Config, model: NPLM, optimizer: torch.optim.Optimizer, g: torch.G
           Xtr: torch.Tensor, Ytr: torch.Tensor, Xdev: torch.Tensor, Ydev: torch.Tensor,
           tracker: Tracker) -> tuple[float, int, float, dict | None]:
     """The training loop: minibatch steps, a metrics row every log_interval, the full dev split
-    every eval_interval. Returns (best dev loss, its step, training seconds, the weights then if
-    train.keep_best); raises Diverged."""
+    every eval_interval (of the weights' moving average if train.ema). Returns (best dev loss, its
+    step, training seconds, the weights then if train.keep_best); raises Diverged."""
     o, t, device = cfg.optim, cfg.train, Xtr.device
     best_val, best_step, val_loss, best_state = math.inf, -1, math.nan, None
+    # Polyak averaging: evaluate (and end with) a moving average of the weights, buffers included
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(t.ema), use_buffers=True) if t.ema else None
+    evaluated = ema.module if ema is not None else model
     train_time, t_log, steps_since_log = 0.0, time.perf_counter(), 0
     for step in range(t.steps):
         t0 = time.perf_counter()
@@ -198,6 +202,8 @@ def _loop(cfg: Config, model: NPLM, optimizer: torch.optim.Optimizer, g: torch.G
         if o.grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
         optimizer.step()
+        if ema is not None:
+            ema.update_parameters(model)
         train_time += time.perf_counter() - t0
         steps_since_log += 1
         if device.type == "cpu" and not math.isfinite(loss.item()):  # cheap on CPU: stop at once
@@ -213,17 +219,19 @@ def _loop(cfg: Config, model: NPLM, optimizer: torch.optim.Optimizer, g: torch.G
             if not math.isfinite(row["train/loss"]):
                 raise Diverged(step + 1, row["train/loss"], train_time)
             if evaluate:
-                val_loss = split_loss(model, Xdev, Ydev, t.eval_chunk)
+                val_loss = split_loss(evaluated, Xdev, Ydev, t.eval_chunk)
                 row["val/loss"] = val_loss
                 if val_loss < best_val:
                     best_val, best_step = val_loss, step + 1
                     if t.keep_best:
-                        best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                        best_state = {k: v.detach().clone() for k, v in evaluated.state_dict().items()}
             tracker.log(row)
             log.info("step %*d/%d | train/loss %.4f |%s lr %.2e | %.0f steps/s | %s left",
                      len(str(t.steps)), step + 1, t.steps, row["train/loss"],
                      f" val/loss {val_loss:.4f} |" if evaluate else "", lr, rate,
                      _hms((t.steps - step - 1) / rate))
+    if ema is not None:  # end with the averaged weights, the ones every evaluation measured
+        model.load_state_dict(ema.module.state_dict())
     return best_val, best_step, train_time, best_state
 
 

@@ -154,6 +154,20 @@ def test_keep_best_reports_the_best_evaluated_weights(tmp_path):
     assert s["dev_loss"] == pytest.approx(min(vals), abs=1e-9)
 
 
+def test_ema_evaluates_and_keeps_the_averaged_weights_without_changing_training(tmp_path):
+    common = ["wandb.mode=disabled", "optim.schedule=constant", "optim.lr=0.1"]
+    train(tmp_path / "plain", *common)
+    train(tmp_path / "ema", *common, "train.ema=0.9")
+    plain, ema = read_metrics(tmp_path / "plain"), read_metrics(tmp_path / "ema")
+    assert [r["train/loss"] for r in plain] == [r["train/loss"] for r in ema]  # the same training steps
+    assert [r["val/loss"] for r in plain] != [r["val/loss"] for r in ema]  # evaluated: the average
+    s = json.loads((tmp_path / "ema" / "summary.json").read_text())
+    assert s["dev_loss"] == pytest.approx(float(ema[-1]["val/loss"]), abs=1e-9)  # and kept at the end
+    model, _, _ = load_model(tmp_path / "ema")
+    plain_model, _, _ = load_model(tmp_path / "plain")
+    assert not torch.equal(model.C, plain_model.C)
+
+
 def test_fast_experiment_beats_the_lecture(tmp_path):
     run_cmd([ROOT / "train.py", "experiment=fast", "device=cpu", "wandb.mode=disabled", f"hydra.run.dir={tmp_path}"])
     s = json.loads((tmp_path / "summary.json").read_text())
