@@ -13,6 +13,7 @@ import torch
 from omegaconf import OmegaConf
 
 from nplm.config import Config, validate
+from nplm.mixture import Mixture
 from nplm.model import NPLM
 from nplm.ngram import NGram
 
@@ -58,15 +59,23 @@ def load_checkpoint(run_dir: str | Path) -> tuple[dict, Config]:
     return state, validate(cfg)
 
 
-def load_model(run_dir: str | Path, device: str = "cpu") -> tuple[NPLM | NGram, Config, dict]:
+def load_model(run_dir: str | Path, device: str = "cpu") -> tuple[NPLM | NGram | Mixture, Config, dict]:
     """The trained model of a run (in eval mode, on `device`), its config and its checkpoint dict."""
     state, cfg = load_checkpoint(run_dir)
     m = cfg.model
     if m.type == "ngram":
         return NGram(m.order, len(state["itos"]), m.block_size).load_counts(state["model"]).eval(), cfg, state
     model = NPLM(m, len(state["itos"]))
+    weights = state["model"]
+    if m.mix_order:  # the paper's mixture: the network, the n-gram's counts, the network's weight
+        parts = {name: {k.split(".", 1)[1]: v for k, v in weights.items() if k.startswith(name + ".")}
+                 for name in ("nplm", "ngram")}
+        weights = parts["nplm"]
+        ngram = NGram(m.mix_order, len(state["itos"]), m.block_size).load_counts(parts["ngram"])
     try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as e:
+        model.load_state_dict(weights)
+        if m.mix_order:
+            model = Mixture(model, ngram, float(state["model"]["weight"]))
+    except (RuntimeError, KeyError) as e:
         raise CheckpointError(f"the checkpoint's weights do not fit its config: {str(e).splitlines()[0]}") from None
     return model.to(device).eval(), cfg, state

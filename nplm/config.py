@@ -1,6 +1,8 @@
 """Configuration: the typed schema every YAML file in conf/ is checked against, and its validation.
 
-The dataclasses give types only; the values live in conf/*.yaml (one source of truth). Hydra merges
+The dataclasses give types; the values of the core recipe live in conf/*.yaml. Options added later
+(off unless asked for) have their defaults here, so that checkpoints written before an option
+existed still load with it off. Hydra merges
 the YAML into this schema, so an unknown key or a wrong type fails at composition; `validate`
 then checks ranges and names once at start-up, with messages that say how to fix the problem.
 """
@@ -46,6 +48,8 @@ class ModelConfig:
     dropout: float = 0.0  # nplm: dropout after each tanh, while training
     direct: bool = False  # nplm: the paper's direct connections from the embeddings to the output
     order: int = 0  # ngram: n, the characters of an n-gram (context + next)
+    mix_order: int = 0  # nplm: interpolate the trained network with a Kneser-Ney n-gram of this order,
+    # weight fitted on dev (the paper's mixture, nplm/mixture.py); 0 = off
 
 
 @dataclass
@@ -79,15 +83,15 @@ class TrainConfig:
 
 @dataclass
 class LRFindConfig:  # mode=lr_find: one step at each of `steps` lrs, exponentially spaced min_lr..max_lr
-    steps: int = MISSING
-    min_lr: float = MISSING
-    max_lr: float = MISSING
+    steps: int = 1000
+    min_lr: float = 1e-4
+    max_lr: float = 10.0
 
 
 @dataclass
 class OverfitBatchConfig:  # mode=overfit_batch: train on one fixed minibatch of train.batch_size
-    steps: int = MISSING
-    tolerance: float = MISSING  # pass when the batch loss ends within this of the lowest possible
+    steps: int = 1000
+    tolerance: float = 0.05  # pass when the batch loss ends within this of the lowest possible
 
 
 @dataclass
@@ -107,7 +111,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
-    mode: str = MISSING  # train | lr_find | overfit_batch (nplm/tools.py)
+    mode: str = "train"  # train | lr_find | overfit_batch (nplm/tools.py)
     lr_find: LRFindConfig = field(default_factory=LRFindConfig)
     overfit_batch: OverfitBatchConfig = field(default_factory=OverfitBatchConfig)
     device: str = MISSING  # auto | cpu | cuda | cuda:N
@@ -151,6 +155,9 @@ def validate(cfg: Config) -> Config:
             _check(value >= 1, f"{key}={value} must be at least 1")
         _check_choice(m.norm, NORMS, "model.norm")
         _check(0 <= m.dropout < 1, f"model.dropout={m.dropout} must be in [0, 1)")
+        _check(m.mix_order == 0 or 1 <= m.mix_order <= min(10, m.block_size + 1),
+               f"model.mix_order={m.mix_order} must be 0 (off) or an n-gram order from 1 to "
+               f"{min(10, m.block_size + 1)} (at most model.block_size + 1)")
     for key, value in (("model.block_size", m.block_size), ("train.batch_size", t.batch_size),
                        ("train.eval_interval", t.eval_interval), ("train.log_interval", t.log_interval),
                        ("train.eval_chunk", t.eval_chunk)):

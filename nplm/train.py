@@ -22,6 +22,7 @@ from nplm.checkpoint import CKPT_NAME, save_checkpoint
 from nplm.config import Config, ConfigError
 from nplm.data import SPLITS, Dataset, load_dataset
 from nplm.evaluate import split_loss
+from nplm.mixture import Mixture, fit_weight
 from nplm.model import NPLM
 from nplm.ngram import NGram
 from nplm.optim import lr_at, make_optimizer
@@ -94,6 +95,7 @@ def train(cfg: Config, data: Dataset, device: torch.device, tracker: Tracker, ou
     """Fit the model (the training loop, or counting for model=ngram), then record the final
     losses, samples, plots, checkpoint and summary. Returns the final dev loss (inf if diverged)."""
     m, t = cfg.model, cfg.train
+    mix: dict = {}  # model.mix_order: the mixture's weight and its parts' dev losses
     Xtr, Ytr = data.X["train"].to(device), data.Y["train"].to(device)
     Xdev, Ydev = data.X["dev"].to(device), data.Y["dev"].to(device)
     log.info("data: %d words (train/dev/test %d/%d/%d), vocab_size %d (derived from the data), "
@@ -134,9 +136,13 @@ def train(cfg: Config, data: Dataset, device: torch.device, tracker: Tracker, ou
         if t.keep_best and best_state is not None:
             model.load_state_dict(best_state)
             log.info("keep_best: ending with the weights of step %d (dev loss %.4f)", best_step, best_val)
+        if m.mix_order:
+            model, mix = _mix(cfg, model, data.vocab.size, Xtr, Ytr, Xdev, Ydev)
 
     train_loss = split_loss(model, Xtr, Ytr, t.eval_chunk)
     dev_loss = split_loss(model, Xdev, Ydev, t.eval_chunk)
+    if m.mix_order:  # the network's own best is not comparable with the mixture's loss
+        best_val, best_step = dev_loss, steps
     if dev_loss < best_val:
         best_val, best_step = dev_loss, steps
     if m.type == "ngram":  # its one row of metrics: the fitted model
@@ -161,6 +167,7 @@ def train(cfg: Config, data: Dataset, device: torch.device, tracker: Tracker, ou
         "steps_per_s": steps / train_time if steps and train_time else None,
         "num_params": model.num_params(), "vocab_size": data.vocab.size,
         "seed": cfg.seed, "device": str(device), "threads": torch.get_num_threads(),
+        **mix,
         **provenance(),
         "config": dataclasses.asdict(cfg),
     }
@@ -233,6 +240,22 @@ def _loop(cfg: Config, model: NPLM, optimizer: torch.optim.Optimizer, g: torch.G
     if ema is not None:  # end with the averaged weights, the ones every evaluation measured
         model.load_state_dict(ema.module.state_dict())
     return best_val, best_step, train_time, best_state
+
+
+def _mix(cfg: Config, model: NPLM, vocab_size: int, Xtr: torch.Tensor, Ytr: torch.Tensor, Xdev: torch.Tensor,
+         Ydev: torch.Tensor) -> tuple[Mixture, dict]:
+    """model.mix_order: the paper's mixture of the trained network with a Kneser-Ney n-gram built
+    from the training split, the network's weight fitted on dev. Returns it and what to record."""
+    order = cfg.model.mix_order
+    ngram = NGram(order, vocab_size, cfg.model.block_size).fit(Xtr, Ytr)
+    weight = fit_weight(model, ngram, Xdev, Ydev, cfg.train.eval_chunk)
+    mixture = Mixture(model, ngram, weight)
+    nplm_dev = split_loss(model, Xdev, Ydev, cfg.train.eval_chunk)
+    ngram_dev = split_loss(ngram, Xdev, Ydev, cfg.train.eval_chunk)
+    log.info("mixture: %.3f x network (dev %.4f) + %.3f x Kneser-Ney %d-gram (dev %.4f, %s counts), "
+             "weight fitted on dev", weight, nplm_dev, 1 - weight, order, ngram_dev, f"{ngram.num_params():,}")
+    return mixture, {"mix_order": order, "mix_weight": weight, "nplm_dev_loss": nplm_dev,
+                     "ngram_dev_loss": ngram_dev, "ngram_counts": ngram.num_params()}
 
 
 def _tool(cfg: Config, model: NPLM, optimizer: torch.optim.Optimizer, g: torch.Generator, Xtr: torch.Tensor,

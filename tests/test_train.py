@@ -53,6 +53,18 @@ def test_checkpoint_loads_safely_and_reproduces_dev_loss(tiny_run):
     assert json.loads((tiny_run / "eval_dev.json").read_text())["loss"] == pytest.approx(dev, abs=1e-6)
 
 
+def test_checkpoint_from_before_later_options_still_loads(tiny_run, tmp_path):
+    """Options added after a checkpoint was written load as off (their defaults)."""
+    state = torch.load(tiny_run / "ckpt.pt", weights_only=True)
+    for key in ("mode", "lr_find", "overfit_batch"):
+        del state["config"][key]
+    for group, key in (("model", "mix_order"), ("train", "ema"), ("model", "n_layer"), ("optim", "grad_clip")):
+        del state["config"][group][key]
+    torch.save(state, tmp_path / "ckpt.pt")
+    model, cfg, _ = load_model(tmp_path / "ckpt.pt")
+    assert cfg.mode == "train" and cfg.model.mix_order == 0 and cfg.train.ema == 0 and cfg.model.n_layer == 1
+
+
 def test_test_split_only_when_asked(tiny_run):
     assert not (tiny_run / "eval_test.json").exists()
     summary = json.loads((tiny_run / "summary.json").read_text())

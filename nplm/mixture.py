@@ -1,0 +1,72 @@
+"""The paper's mixture: the network interpolated with a Kneser-Ney count model (Bengio et al. 2003,
+section 4: "mixture of the neural network with a trigram").
+
+    P(w | context) = weight * P_nplm(w | context) + (1 - weight) * P_ngram(w | context)
+
+`model.mix_order=N` builds the N-gram from the training split after training and fits `weight` on
+the dev split (the mixture's log-likelihood is concave in the weight: its maximum is found by
+bisection on the derivative). The mixture then is the run's model: its losses are reported, it is sampled and saved.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from nplm.model import NPLM
+from nplm.ngram import NGram
+
+
+class Mixture(nn.Module):
+    def __init__(self, nplm: NPLM, ngram: NGram, weight: float):
+        super().__init__()
+        self.nplm, self.ngram = nplm, ngram
+        self.block_size, self.vocab_size = nplm.block_size, nplm.vocab_size
+        self.register_buffer("weight", torch.tensor(weight, dtype=torch.float64))
+
+    @property
+    def C(self) -> torch.Tensor:  # the network's embeddings, for the embedding plot
+        return self.nplm.C
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
+        """idx (B, block_size) -> mixed log-probabilities (B, vocab_size) as logits, and the mean NLL."""
+        logp_nn = F.log_softmax(self.nplm(idx)[0].double(), dim=-1)
+        logp_ng = self.ngram(idx)[0].to(logp_nn.device).double()  # already log-probabilities
+        w = self.weight.item()
+        logits = torch.logaddexp(logp_nn + math.log(w), logp_ng + math.log1p(-w)) if 0 < w < 1 \
+            else (logp_nn if w >= 1 else logp_ng)
+        logits = logits.float()
+        loss = None if targets is None else F.cross_entropy(logits, targets)
+        return logits, loss
+
+    def num_params(self) -> int:
+        """The network's parameters (the n-gram's counts are reported apart, as ngram_counts)."""
+        return self.nplm.num_params()
+
+
+@torch.inference_mode()
+def fit_weight(nplm: NPLM, ngram: NGram, X: torch.Tensor, Y: torch.Tensor, chunk: int = 4096) -> float:
+    """The network's weight in [0, 1] that maximises the mixture's likelihood of (X, Y)."""
+    was_training = nplm.training
+    nplm.eval()
+    p_nn, p_ng = [], []
+    for i in range(0, len(X), chunk):
+        x, y = X[i:i + chunk], Y[i:i + chunk]
+        p_nn.append(F.softmax(nplm(x)[0].double(), dim=-1).gather(1, y[:, None]).squeeze(1).cpu())
+        p_ng.append(ngram.log_prob(x.cpu(), y.cpu()).exp())
+    nplm.train(was_training)
+    a, b = torch.cat(p_nn), torch.cat(p_ng)
+    # The mean log-likelihood, mean(log(w a + (1 - w) b)), is concave in w: its derivative
+    # mean((a - b) / (w a + (1 - w) b)) falls as w grows. The maximum is where it crosses zero.
+    slope = lambda w: ((a - b) / (w * a + (1 - w) * b).clamp(min=1e-300)).mean().item()  # noqa: E731
+    if slope(0.0) <= 0:
+        return 0.0
+    if slope(1.0) >= 0:
+        return 1.0
+    lo, hi = 0.0, 1.0
+    for _ in range(50):  # bisection: 2^-50, exact in float64 terms
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if slope(mid) > 0 else (lo, mid)
+    return (lo + hi) / 2
