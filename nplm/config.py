@@ -57,6 +57,8 @@ class OptimConfig:
     name: str = MISSING  # sgd | adamw
     lr: float = MISSING  # peak learning rate
     weight_decay: float = 0.0
+    decay_all: bool = False  # weight decay on every parameter; default: the weight matrices only (not the
+    # embeddings, biases or norm gains)
     momentum: float = 0.0  # sgd only
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adamw only
     schedule: str = MISSING  # constant | step | cosine (linear warmup, then cosine to min_lr) | onecycle

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from decimal import Decimal
 
 import torch
 
@@ -9,9 +10,11 @@ from nplm.config import OptimConfig
 
 
 def make_optimizer(model: torch.nn.Module, o: OptimConfig) -> torch.optim.Optimizer:
-    """Weight decay applies to the weight matrices only, not to the embedding table or the biases."""
-    decay = [p for name, p in model.named_parameters() if p.dim() >= 2 and name != "C"]  # W's, direct
-    no_decay = [p for name, p in model.named_parameters() if not (p.dim() >= 2 and name != "C")]  # C, b's, norms
+    """Weight decay applies to the weight matrices only, not to the embedding table, the biases or the
+    norms' gains, unless optim.decay_all."""
+    decays = lambda name, p: o.decay_all or (p.dim() >= 2 and name != "C")  # noqa: E731  W's, direct
+    decay = [p for name, p in model.named_parameters() if decays(name, p)]
+    no_decay = [p for name, p in model.named_parameters() if not decays(name, p)]  # C, b's, norms
     groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if o.name == "sgd":
         return SGD(groups, lr=o.lr, momentum=o.momentum)
@@ -50,7 +53,9 @@ def lr_at(step: int, o: OptimConfig, total_steps: int) -> float:
     if o.schedule == "constant":
         return o.lr
     if o.schedule == "step":  # the lecture: 0.1, then x0.1 from step 100,000
-        return o.lr * o.decay_factor ** sum(step >= s for s in o.decay_steps)
+        # in decimal, as written by hand: 0.1 x 0.1 is the lecture's 0.01, not 0.010000000000000002
+        n = sum(step >= s for s in o.decay_steps)
+        return float(Decimal(repr(o.lr)) * Decimal(repr(o.decay_factor)) ** n)
     if o.schedule == "onecycle":  # Smith's one-cycle: lr/25 up to lr (linear), then cosine to min_lr
         warmup = o.warmup_steps or int(0.3 * total_steps)
         if step < warmup:

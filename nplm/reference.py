@@ -5,6 +5,8 @@ Kept as the reference that the runner is checked against (same losses) and bench
 """
 from __future__ import annotations
 
+import time
+
 import torch
 import torch.nn.functional as F
 
@@ -13,8 +15,9 @@ from nplm.data import load_dataset
 
 def lecture_loop(steps: int = 200_000, batch_size: int = 32, seed: int = 2147483647,
                  n_embd: int = 10, block_size: int = 3, n_hidden: int = 200,
-                 decay_step: int = 100_000) -> dict:
-    """Train the lecture MLP exactly as the notebook does; return the parameters and full-split losses."""
+                 decay_step: int = 100_000, lr: float = 0.1) -> dict:
+    """Train the lecture MLP exactly as the notebook does (lr, then lr / 10 from decay_step);
+    return the parameters, the full-split losses and the seconds the training loop took."""
     data = load_dataset(None, 0.8, 0.1, 42, block_size)
     Xtr, Ytr, Xdev, Ydev = data.X["train"], data.Y["train"], data.X["dev"], data.Y["dev"]
     V = data.vocab.size
@@ -28,6 +31,7 @@ def lecture_loop(steps: int = 200_000, batch_size: int = 32, seed: int = 2147483
     for p in parameters:
         p.requires_grad = True
 
+    t0 = time.perf_counter()
     for i in range(steps):
         ix = torch.randint(0, Xtr.shape[0], (batch_size,), generator=g)
         emb = C[Xtr[ix]]
@@ -37,9 +41,10 @@ def lecture_loop(steps: int = 200_000, batch_size: int = 32, seed: int = 2147483
         for p in parameters:
             p.grad = None
         loss.backward()
-        lr = 0.1 if i < decay_step else 0.01
+        step_lr = lr if i < decay_step else lr / 10
         for p in parameters:
-            p.data += -lr * p.grad
+            p.data += -step_lr * p.grad
+    train_time = time.perf_counter() - t0
 
     def split_loss(X, Y):
         with torch.no_grad():
@@ -47,4 +52,4 @@ def lecture_loop(steps: int = 200_000, batch_size: int = 32, seed: int = 2147483
             return F.cross_entropy(h @ W2 + b2, Y).item()
 
     return {"params": [p.detach() for p in parameters],
-            "train_loss": split_loss(Xtr, Ytr), "dev_loss": split_loss(Xdev, Ydev)}
+            "train_loss": split_loss(Xtr, Ytr), "dev_loss": split_loss(Xdev, Ydev), "train_time_s": train_time}

@@ -98,7 +98,7 @@ def test_direct_connections_start_at_zero_and_learn():
     assert with_direct.direct.grad.abs().sum() > 0
 
 
-def test_weight_decay_only_on_weight_matrices():
+def test_weight_decay_only_on_weight_matrices_unless_asked():
     from nplm.config import OptimConfig
     from nplm.optim import make_optimizer
     model = deep(norm="layernorm", direct=True)
@@ -106,3 +106,7 @@ def test_weight_decay_only_on_weight_matrices():
     decayed = {id(p) for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
     names = {n for n, p in model.named_parameters() if id(p) in decayed}
     assert names == {"hidden.0.weight", "hidden.1.weight", "out.weight", "direct"}
+    opt = make_optimizer(model, OptimConfig(name="adamw", lr=0.01, schedule="constant", weight_decay=0.1,
+                                            decay_all=True))
+    decayed = {id(p) for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    assert decayed == {id(p) for p in model.parameters()}  # asked for: everything, C and norms included

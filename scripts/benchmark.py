@@ -1,0 +1,202 @@
+"""Benchmark the runner against the plain reference loop, side by side in one invocation.
+
+    python scripts/benchmark.py                      # everything, 3 repeats (~6 minutes on 2 cores)
+    python scripts/benchmark.py --only steps memory  # some of it
+    python scripts/benchmark.py --repeats 5 --out outputs/benchmark/today.json
+
+Every measurement runs in a fresh process (so peak RSS is its own), the reference and the runner
+alternating, and the table shows medians and ratios (issue 5's targets beside them):
+
+- steps:   steps/s of the lecture recipe, batch 32, one thread: nplm/reference.py vs
+           `python train.py experiment=lecture` (and that both reach the same loss).
+- fast:    training time until dev < 2.17 with `experiment=fast` (time-to-target).
+- sweep:   wall time of a 16-run grid of lecture-size models (4 learning rates x 4 seeds): 16
+           reference loops one after another vs one `train.py -m` sweep (joblib, all cores).
+- startup: wall time of `python train.py train.steps=0` vs `python -c "import torch"`.
+- memory:  peak RSS of the lecture run vs the reference loop.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PARTS = ("steps", "fast", "sweep", "startup", "memory")
+QUIET = {"WANDB_MODE": "disabled", "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0"}
+
+REFERENCE = """
+import json, sys, time, torch
+from nplm.reference import lecture_loop
+torch.set_num_threads(1)
+runs = json.loads(sys.argv[1])
+t0 = time.perf_counter()
+out = [lecture_loop(**kw) for kw in runs]
+print(json.dumps({"wall_s": time.perf_counter() - t0, "train_time_s": sum(o["train_time_s"] for o in out),
+                  "dev_loss": out[-1]["dev_loss"], "train_loss": out[-1]["train_loss"]}))
+"""
+
+
+def timed(cmd: list[str], env: dict | None = None) -> tuple[float, int, str]:
+    """Run cmd; return (wall seconds, peak RSS in MB of that process, stdout). Exits on failure."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=err, env={**os.environ, **QUIET, **(env or {})})
+        _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage: its peak RSS
+        wall = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        if proc.returncode:
+            sys.exit(f"error: {' '.join(map(str, cmd[:4]))} ... exited {proc.returncode}:\n{err.read()[-2000:]}")
+        return wall, usage.ru_maxrss // 1024, out.read()
+
+
+def reference(runs: list[dict]) -> tuple[dict, int]:
+    wall, rss, out = timed([sys.executable, "-c", REFERENCE, json.dumps(runs)])
+    return json.loads(out.strip().splitlines()[-1]) | {"process_wall_s": wall}, rss
+
+
+def runner(*overrides: str) -> tuple[dict, float, int]:
+    with tempfile.TemporaryDirectory() as tmp:
+        wall, rss, _ = timed([sys.executable, "train.py", *overrides, f"hydra.run.dir={tmp}/run",
+                              f"hydra.sweep.dir={tmp}/sweep"])
+        summary = Path(tmp, "run", "summary.json")
+        return (json.loads(summary.read_text()) if summary.exists() else {}), wall, rss
+
+
+def bench_steps(repeats: int, steps: int) -> dict:
+    ref, run, ref_loss, run_loss = [], [], None, None
+    for _ in range(repeats):
+        r, _ = reference([{"steps": steps, "decay_step": steps // 2}])
+        ref.append(steps / r["train_time_s"])
+        ref_loss = r["dev_loss"]
+        s, _, _ = runner("experiment=lecture", f"train.steps={steps}", f"optim.decay_steps=[{steps // 2}]",
+                         f"train.eval_interval={steps}", "train.num_samples=0")
+        run.append(s["steps_per_s"])
+        run_loss = s["dev_loss"]
+    return {"reference_steps_per_s": statistics.median(ref), "runner_steps_per_s": statistics.median(run),
+            "ratio": statistics.median(run) / statistics.median(ref), "steps": steps,
+            "reference_dev_loss": ref_loss, "runner_dev_loss": run_loss, "target": ">= 5x"}
+
+
+def bench_fast(repeats: int) -> dict:
+    times, losses = [], []
+    for _ in range(max(5, repeats)):
+        s, _, _ = runner("experiment=fast", "train.num_samples=0")
+        times.append(s["train_time_s"])
+        losses.append(s["dev_loss"])
+    return {"train_time_s": statistics.median(times), "all_s": times, "dev_loss": losses[-1],
+            "reached": all(v < 2.17 for v in losses), "target": "<= 1 s"}
+
+
+def bench_sweep(repeats: int, steps: int) -> dict:
+    lrs, seeds = (0.03, 0.05, 0.1, 0.2), (1, 2, 3, 4)
+    runs = [{"steps": steps, "decay_step": steps, "lr": lr, "seed": seed} for lr in lrs for seed in seeds]
+    ref, run = [], []
+    for _ in range(repeats):
+        r, _ = reference(runs)
+        ref.append(r["process_wall_s"])
+        _, wall, _ = runner("-m", "+launcher=parallel", "experiment=lecture", f"train.steps={steps}",
+                            f"train.eval_interval={steps}", "train.num_samples=0",
+                            f"optim.lr={','.join(map(str, lrs))}", f"seed={','.join(map(str, seeds))}")
+        run.append(wall)
+    return {"reference_wall_s": statistics.median(ref), "runner_wall_s": statistics.median(run),
+            "ratio": statistics.median(ref) / statistics.median(run), "runs": 16, "steps_per_run": steps,
+            "target": ">= 8x"}
+
+
+def bench_startup(repeats: int) -> dict:
+    torch_only, runner_walls = [], []
+    for _ in range(max(5, repeats)):
+        torch_only.append(timed([sys.executable, "-c", "import torch"])[0])
+        runner_walls.append(runner("train.steps=0", "train.num_samples=0")[1])
+    return {"runner_wall_s": statistics.median(runner_walls), "import_torch_s": statistics.median(torch_only),
+            "target": "<= 3 s"}
+
+
+def bench_memory(repeats: int, steps: int) -> dict:
+    ref, run = [], []
+    for _ in range(repeats):
+        ref.append(reference([{"steps": steps}])[1])
+        run.append(runner("experiment=lecture", f"train.steps={steps}", "train.num_samples=0")[2])
+    return {"reference_peak_rss_mb": statistics.median(ref), "runner_peak_rss_mb": statistics.median(run),
+            "ratio": statistics.median(run) / statistics.median(ref), "steps": steps, "target": "<= 400 MB"}
+
+
+def table(results: dict) -> str:
+    rows = []
+    if "steps" in results:
+        r = results["steps"]
+        rows.append(("lecture recipe steps/s (1 thread)", f"{r['reference_steps_per_s']:,.0f}",
+                     f"{r['runner_steps_per_s']:,.0f}", f"{r['ratio']:.2f}x", r["target"]))
+        rows.append(("  dev loss after those steps", f"{r['reference_dev_loss']:.4f}", f"{r['runner_dev_loss']:.4f}",
+                     f"{r['runner_dev_loss'] - r['reference_dev_loss']:+.4f}", "within 0.01"))
+    if "fast" in results:
+        r = results["fast"]
+        rows.append(("experiment=fast: training s to dev < 2.17", "", f"{r['train_time_s']:.2f}",
+                     "" if r["reached"] else "NOT REACHED", r["target"]))
+    if "sweep" in results:
+        r = results["sweep"]
+        rows.append((f"16-run grid, {r['steps_per_run']:,} steps each: wall s", f"{r['reference_wall_s']:.1f}",
+                     f"{r['runner_wall_s']:.1f}", f"{r['ratio']:.2f}x", r["target"]))
+    if "startup" in results:
+        r = results["startup"]
+        rows.append(("start-up: train.py with 0 steps, wall s", f"{r['import_torch_s']:.2f} (import torch)",
+                     f"{r['runner_wall_s']:.2f}", "", r["target"]))
+    if "memory" in results:
+        r = results["memory"]
+        rows.append((f"peak RSS MB, lecture recipe {r['steps']:,} steps", f"{r['reference_peak_rss_mb']:.0f}",
+                     f"{r['runner_peak_rss_mb']:.0f}", f"{r['ratio']:.2f}x", r["target"]))
+    head = ("figure", "reference loop", "runner", "ratio", "target")
+    widths = [max(len(str(row[i])) for row in [head, *rows]) for i in range(5)]
+    fmt = lambda row: "| " + " | ".join(str(c).ljust(w) for c, w in zip(row, widths)) + " |"  # noqa: E731
+    return "\n".join([fmt(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(fmt, rows)])
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="+", choices=PARTS, default=list(PARTS), help="which figures to measure")
+    parser.add_argument("--repeats", type=int, default=3, help="repeats per figure (fast, startup: at least 5)")
+    parser.add_argument("--steps", type=int, default=20_000, help="steps of the lecture recipe for steps/memory")
+    parser.add_argument("--sweep-steps", type=int, default=2_000, help="steps of each of the 16 sweep runs")
+    parser.add_argument("--out", type=Path, help="JSON file (default outputs/benchmark/<date_time>.json)")
+    args = parser.parse_args(argv)
+    if args.repeats < 1 or args.steps < 2 or args.sweep_steps < 1:
+        parser.error("--repeats and --sweep-steps must be at least 1, --steps at least 2")
+    out = args.out or ROOT / "outputs" / "benchmark" / f"{time.strftime('%Y-%m-%d_%H-%M-%S')}.json"
+    results = {}
+    for part in PARTS:
+        if part not in args.only:
+            continue
+        print(f"measuring {part} ...", file=sys.stderr, flush=True)
+        if part == "steps":
+            results[part] = bench_steps(args.repeats, args.steps)
+        elif part == "fast":
+            results[part] = bench_fast(args.repeats)
+        elif part == "sweep":
+            results[part] = bench_sweep(args.repeats, args.sweep_steps)
+        elif part == "startup":
+            results[part] = bench_startup(args.repeats)
+        else:
+            results[part] = bench_memory(args.repeats, args.steps)
+    import torch
+    machine = {"date": time.strftime("%Y-%m-%d"), "cpu": platform.processor() or platform.machine(),
+               "cores": len(os.sched_getaffinity(0)), "torch": torch.__version__, "python": platform.python_version(),
+               "repeats": args.repeats}
+    print(f"{machine['date']}, {machine['cores']} cores, torch {machine['torch']}, medians of {args.repeats}+ runs")
+    print(table(results))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"machine": machine, "results": results}, indent=2) + "\n")
+    print(f"written: {out}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
