@@ -8,17 +8,20 @@
 """
 import logging
 import math
+import os
 import sys
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
 
-from nplm.cli import USER_ERRORS
+from nplm.cli import USER_ERRORS, config_error_line, fail
 from nplm.config import register_schema, to_config
-from nplm.sweep import finished_dev_loss, job_name, write_report_if_sweep
+from nplm.sweep import finished_dev_loss, job_name, sweep_started, write_report_if_sweep
 from nplm.tracking import save_summary
 from nplm.train import run
 
@@ -56,7 +59,22 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    # Composition errors (unknown keys, wrong types, bad override syntax, a missing config) come
+    # back here as exceptions and leave as one line and exit 2. HYDRA_FULL_ERROR=1 is the debug
+    # flag: then Hydra's full traceback is shown instead.
+    debug = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         main()
+    except (HydraException, OmegaConfBaseException) as e:
+        if debug:
+            raise
+        fail(config_error_line(e))
+    except Exception as e:
+        if debug or not sweep_started():
+            raise  # a bug, not bad input: the traceback is what a report needs
+        # a multirun: every job ran; the failed ones are recorded in their folders and the report
+        fail(f"a job of the sweep failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+             "the leaderboard lists every job with its status and error", code=1)
     finally:
         write_report_if_sweep()

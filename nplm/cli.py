@@ -27,6 +27,23 @@ def parse_args(argv: list[str], usage: str, defaults: dict) -> tuple[str, dict]:
     return argv[0], opts
 
 
+def config_error_line(e: Exception) -> str:
+    """Hydra's and OmegaConf's several-line composition errors as one line with what to do."""
+    from hydra.errors import MissingConfigException
+    if isinstance(e, MissingConfigException):
+        first = str(e).strip().splitlines()[0]
+        options = list(e.options or [])
+        return first + (f"; available: {', '.join(options)}" if options else "")
+    cause = e.__cause__ if isinstance(e.__cause__, Exception) else None
+    lines = [ln.strip() for err in (e, cause) if err is not None for ln in str(err).splitlines()
+             if ln.strip() and not ln.startswith((" ", "\t")) and "HYDRA_FULL_ERROR" not in ln
+             and not ln.startswith("To append to your config")]
+    message = "; ".join(ln.rstrip(".") for ln in lines) or type(e).__name__
+    if "Key '" in message and " not in " in message:  # an unknown key
+        message += "; check its spelling (python train.py --cfg job prints every key and its value)"
+    return message
+
+
 def fail(message: str, code: int = 2) -> None:
     print(message if code == 0 else f"error: {message}", file=sys.stdout if code == 0 else sys.stderr)
     sys.exit(code)

@@ -8,6 +8,7 @@ then checks ranges and names once at start-up, with messages that say how to fix
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from typing import Optional
@@ -200,8 +201,24 @@ def validate(cfg: Config) -> Config:
     return cfg
 
 
+def _unknown_keys(node: DictConfig, schema: type, prefix: str = "") -> list[str]:
+    """Keys of node (added with +key=...) that the schema does not have, as dotted paths."""
+    fields = {f.name: f.type for f in dataclasses.fields(schema)}
+    unknown = []
+    for key in node.keys():
+        if key not in fields:
+            unknown.append(prefix + str(key))
+        elif dataclasses.is_dataclass(sub := getattr(schema(), key, None)) and isinstance(node[key], DictConfig):
+            unknown += _unknown_keys(node[key], type(sub), f"{prefix}{key}.")
+    return unknown
+
+
 def to_config(cfg: DictConfig) -> Config:
     """Turn Hydra's composed DictConfig into validated plain dataclasses."""
+    unknown = _unknown_keys(cfg, Config)
+    if unknown:
+        raise ConfigError(f"unknown key {', '.join(map(repr, unknown))}: the config has no such key; check its "
+                          "spelling (python train.py --cfg job prints every key and its value)")
     obj = OmegaConf.to_object(cfg)
     assert isinstance(obj, Config), f"expected the nplm schema, got {type(obj).__name__}"
     return validate(obj)

@@ -80,12 +80,19 @@ class SweepCallback(Callback):
                  _sweep_dir, resume, _sweep_dir)
 
 
+def sweep_started() -> bool:
+    """Whether this process launched a multirun (its jobs have folders and a report)."""
+    return _sweep_dir is not None
+
+
 def write_report_if_sweep() -> None:
     """After a multirun (finished or not), summarise its folder; never raises."""
     if _sweep_dir is None or not _sweep_dir.is_dir():
         return
     try:
-        from nplm.report import load_jobs, write_report
+        from nplm.report import job_dirs, load_jobs, write_report
+        if not job_dirs(_sweep_dir):
+            return  # no job started (a bad override stopped the sweep first): nothing to report
         out = write_report([_sweep_dir], _sweep_dir)
         status = load_jobs([_sweep_dir])["status"].value_counts().to_dict()
         print(f"sweep of {sum(status.values())} jobs ({', '.join(f'{n} {s}' for s, n in status.items())}); "

@@ -2,7 +2,7 @@
 import pytest
 from hydra.errors import ConfigCompositionException
 
-from conftest import CONF, compose_cfg
+from conftest import CONF, ROOT, compose_cfg, run_cmd
 from nplm.config import ConfigError, to_config
 from nplm.optim import lr_at
 
@@ -57,6 +57,35 @@ def test_overrides_apply():
 def test_unknown_keys_and_wrong_types_fail_at_composition(override):
     with pytest.raises(ConfigCompositionException):
         compose_cfg([override])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["model.n_embed=10"], "Could not override 'model.n_embed'; Key 'n_embed' not in 'ModelConfig'; check its spelling"),
+    (["+model.n_embed=10"], "unknown key 'model.n_embed': the config has no such key"),
+    (["+foo=1"], "unknown key 'foo'"),
+    (["model.n_embd=ten"], "model.n_embd=ten; Value 'ten' of type 'str' could not be converted to Integer"),
+    (["model=transformer"], "Could not find 'model/transformer'; available: ngram, nplm"),
+    (["+sweep=nope"], "Could not find 'sweep/nope'; available: best, grid, lr_batch, optuna, seeds"),
+    (["model.n_embd=[1,2"], "no viable alternative at input '[1,2'"),
+    (["-m", "model.n_embed=1,2"], "Key 'n_embed' not in 'ModelConfig'"),
+])
+def test_composition_errors_are_one_line_and_exit_2(tmp_path, args, message):
+    proc = run_cmd([ROOT / "train.py", *args, f"hydra.run.dir={tmp_path}/r", f"hydra.sweep.dir={tmp_path}/s"],
+                   check=False)
+    assert proc.returncode == 2
+    errors = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.startswith("error:") or "[ERROR]" in ln]
+    assert len(errors) == 1 and "error: " in errors[0] and message in errors[0]
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert not (tmp_path / "r" / "summary.json").exists()  # nothing was trained
+
+
+def test_hydra_full_error_is_the_debug_flag(tmp_path):
+    import os
+    import subprocess
+    import sys
+    proc = subprocess.run([sys.executable, ROOT / "train.py", "model.n_embed=10", f"hydra.run.dir={tmp_path}"],
+                          capture_output=True, text=True, env={**os.environ, "HYDRA_FULL_ERROR": "1"}, cwd=ROOT)
+    assert proc.returncode != 0 and "Traceback" in proc.stderr
 
 
 @pytest.mark.parametrize("override, message", [
