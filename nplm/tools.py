@@ -18,6 +18,7 @@ import torch
 
 from nplm.config import Config
 from nplm.model import NPLM
+from nplm.optim import lr_at
 from nplm.plots import _pyplot
 from nplm.tracking import Tracker
 
@@ -122,7 +123,6 @@ def overfit_batch(cfg: Config, model: NPLM, optimizer: torch.optim.Optimizer, g:
     """Train on one fixed minibatch of train.batch_size examples for overfit_batch.steps steps with
     the configured optimiser and schedule; a correct model and pipeline drive the loss on that batch
     (measured in eval mode, so without dropout) down to its floor. Reports pass or fail."""
-    from nplm.optim import lr_at
     steps, device = cfg.overfit_batch.steps, Xtr.device
     ix = torch.randint(0, len(Xtr), (cfg.train.batch_size,), generator=g).to(device)
     xb, yb = Xtr[ix], Ytr[ix]
