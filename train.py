@@ -5,10 +5,12 @@
     python train.py -m model.n_embd=2,10,24           # a multirun sweep, one folder per job
     python train.py +sweep=grid                       # a named sweep from conf/sweep/
     python train.py experiment=lecture                # makemore part 2, exactly
+    python train.py resume=outputs/runs/<run>         # continue an interrupted run in its folder
 """
 import logging
 import math
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -19,14 +21,17 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
+from nplm.checkpoint import STATE_NAME
 from nplm.cli import USER_ERRORS, config_error_line, fail
 from nplm.config import register_schema, to_config
-from nplm.sweep import finished_dev_loss, job_name, sweep_started, write_report_if_sweep
+from nplm.resume import Interrupted, check_resumable, claim, continue_from, resume_dir
+from nplm.sweep import finished_dev_loss, job_name, sweep_folder, sweep_started, write_report_if_sweep
 from nplm.tracking import save_summary
 from nplm.train import run
 
 log = logging.getLogger("nplm")
 register_schema()
+_run_dir: Path | None = None  # the folder of the run in progress, for the message if it is interrupted
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -34,20 +39,25 @@ def main(cfg: DictConfig) -> float:
     hc = HydraConfig.get()
     out_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
+    global _run_dir
+    _run_dir = out_dir
     try:
-        config = to_config(cfg)
-        done = finished_dev_loss(out_dir, config)
-        if done is not None:
-            log.info("skipping job %s: it finished already in %s (dev loss %.4f)", hc.job.num, out_dir, done)
-            return done
-        group, name = (hc.sweep.dir, job_name(hc.sweep.dir, list(hc.overrides.task), hc.job.num)) if multirun \
-            else (None, None)
-        dev_loss = run(config, out_dir, group=group, name=name)
-        if not math.isfinite(dev_loss):
-            if not multirun:
-                sys.exit(1)  # diverged: the message is logged, the record is in the run folder
-            return math.inf  # sweepers minimise it: never NaN
-        return dev_loss
+        with claim(out_dir):
+            config = to_config(cfg)
+            if not config.resume:
+                done = finished_dev_loss(out_dir, config)
+                if done is not None:
+                    log.info("skipping job %s: it finished already in %s (dev loss %.4f)", hc.job.num, out_dir, done)
+                    return done
+            config, state = continue_from(out_dir, config, list(hc.overrides.task))
+            group, name = (hc.sweep.dir, job_name(hc.sweep.dir, list(hc.overrides.task), hc.job.num)) if multirun \
+                else (None, None)
+            dev_loss = run(config, out_dir, group=group, name=name, resume=state)
+            if not math.isfinite(dev_loss):
+                if not multirun:
+                    sys.exit(1)  # diverged: the message is logged, the record is in the run folder
+                return math.inf  # sweepers minimise it: never NaN
+            return dev_loss
     except USER_ERRORS as e:
         if multirun:
             if not (out_dir / "summary.json").exists():  # the sweep's report lists the failed job
@@ -58,6 +68,20 @@ def main(cfg: DictConfig) -> float:
         sys.exit(2)
 
 
+def redirect_resume() -> None:
+    """`resume=<folder>`: check the folder before Hydra makes anything, then run in it."""
+    folder = resume_dir(sys.argv[1:])
+    if folder is not None:
+        if "-m" in sys.argv or "--multirun" in sys.argv:
+            fail("resume= continues one run; to resume a sweep, run its command again with "
+                 "hydra.sweep.dir=<its folder>")
+        try:
+            check_resumable(folder)
+        except USER_ERRORS as e:
+            fail(str(e))
+        sys.argv.append(f"hydra.run.dir={folder}")
+
+
 if __name__ == "__main__":
     # Composition errors (unknown keys, wrong types, bad override syntax, a missing config) come
     # back here as exceptions and leave as one line and exit 2. HYDRA_FULL_ERROR=1 is the debug
@@ -65,7 +89,17 @@ if __name__ == "__main__":
     debug = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
+        redirect_resume()
         main()
+    except (Interrupted, KeyboardInterrupt) as e:  # the run saved its state (if training began) and its record
+        signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
+        if sweep_started():
+            hint = f"to go on, run the same command with hydra.sweep.dir={sweep_folder()}"
+        elif _run_dir is not None and (_run_dir / STATE_NAME).is_file():
+            hint = f"its state is saved; to go on: python train.py resume={_run_dir}"
+        else:
+            hint = "nothing to resume: it stopped before training began"
+        fail(f"{e or 'interrupted'}; {hint}", code=128 + signum)
     except (HydraException, OmegaConfBaseException) as e:
         if debug:
             raise

@@ -1,7 +1,10 @@
 """Checkpoints: save a run (model, optimizer, step, vocabulary, config) atomically; load it safely.
 
-Contents follow nanoGPT. Everything is tensors and plain Python values, so loading uses
-torch.load(weights_only=True), which never unpickles arbitrary objects.
+Two files per run folder. `ckpt.pt`, written when a run finishes: the trained model, for sample,
+evaluate and later commands (contents follow nanoGPT). `last.pt`, written during training: the whole
+training state, for resuming (nplm/resume.py); removed when the run finishes. Everything is tensors
+and plain Python values, so loading uses torch.load(weights_only=True), which never unpickles
+arbitrary objects.
 """
 from __future__ import annotations
 
@@ -10,14 +13,15 @@ import os
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 
-from nplm.config import Config, validate
+from nplm.config import Config, from_dict
 from nplm.mixture import Mixture
 from nplm.model import NPLM
 from nplm.ngram import NGram
 
 CKPT_NAME = "ckpt.pt"
+STATE_NAME = "last.pt"
+STATE_FORMAT = "nplm-train-state-1"
 
 
 class CheckpointError(ValueError):
@@ -35,9 +39,41 @@ def save_checkpoint(path: Path, *, model, optimizer, step: int, best_val_loss: f
         "config": dataclasses.asdict(cfg),
         "itos": itos,
     }
+    save_atomic(state, path)
+
+
+def save_atomic(state: dict, path: Path) -> None:
+    """torch.save to a temporary file, flushed to disk, then renamed: whoever reads `path`, and a
+    process killed mid-write, sees the old file or the new one, never half of one."""
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # atomic: a reader sees the old file or the new one, never half of one
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_train_state(run_dir: Path) -> dict:
+    """The training state a run saved to resume from (last.pt), checked; CheckpointError if unusable."""
+    path = Path(run_dir) / STATE_NAME
+    if not path.is_file():
+        raise CheckpointError(f"{str(run_dir)!r} holds no saved training state ({STATE_NAME}); give the folder "
+                              "of an interrupted run (its summary.json says status interrupted)")
+    state = _load(path)
+    if state.get("format") != STATE_FORMAT:
+        raise CheckpointError(f"{str(path)!r} is not an nplm training state (no {STATE_FORMAT} format tag)")
+    return state
+
+
+def _load(path: Path) -> dict:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, foreign or unsafe pickles all land here
+        raise CheckpointError(f"{str(path)!r} is not a readable nplm checkpoint ({type(e).__name__}); "
+                              "it may be truncated or from another program") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{str(path)!r} is not an nplm checkpoint")
+    return state
 
 
 def load_checkpoint(run_dir: str | Path) -> tuple[dict, Config]:
@@ -46,17 +82,15 @@ def load_checkpoint(run_dir: str | Path) -> tuple[dict, Config]:
     if path.is_dir():
         path = path / CKPT_NAME
     if not path.is_file():
+        if (path.parent / STATE_NAME).is_file():
+            raise CheckpointError(f"the run in {str(path.parent)!r} has not finished (it was interrupted); "
+                                  f"finish it with: python train.py resume={path.parent}")
         raise CheckpointError(f"no checkpoint at {str(path)!r}; give the folder of a finished run "
                               "(it holds ckpt.pt)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated, foreign or unsafe pickles all land here
-        raise CheckpointError(f"{str(path)!r} is not a readable nplm checkpoint ({type(e).__name__}); "
-                              "it may be truncated or from another program") from None
-    if not isinstance(state, dict) or state.get("format") != "nplm-checkpoint-1":
+    state = _load(path)
+    if state.get("format") != "nplm-checkpoint-1":
         raise CheckpointError(f"{str(path)!r} is not an nplm checkpoint (no nplm format tag)")
-    cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), state["config"]))
-    return state, validate(cfg)
+    return state, from_dict(state["config"])
 
 
 def load_model(run_dir: str | Path, device: str = "cpu") -> tuple[NPLM | NGram | Mixture, Config, dict]:

@@ -119,16 +119,26 @@ class Config:
     overfit_batch: OverfitBatchConfig = field(default_factory=OverfitBatchConfig)
     device: str = MISSING  # auto | cpu | cuda | cuda:N
     seed: int = MISSING  # seeds the training generator: parameter init, then minibatch draws
+    resume: Optional[str] = None  # the folder of an interrupted run to continue (nplm/resume.py)
 
 
 def register_schema() -> None:
     """Make the schema available to conf/config.yaml's defaults list as `nplm_schema`, and the
-    resolvers `${nplm.cores:}` (CPU cores this process may use) and `${nplm.context:order}`."""
+    resolvers `${nplm.cores:}` (CPU cores this process may use), `${nplm.context:order}` and
+    `${nplm.hydra_subdir:output_dir}`."""
     ConfigStore.instance().store(name="nplm_schema", node=Config)
     if not OmegaConf.has_resolver("nplm.cores"):
         OmegaConf.register_new_resolver("nplm.cores", lambda: len(os.sched_getaffinity(0)))
     if not OmegaConf.has_resolver("nplm.context"):  # an n-gram of order n reads n - 1 characters
         OmegaConf.register_new_resolver("nplm.context", lambda order: max(1, int(order) - 1))
+    if not OmegaConf.has_resolver("nplm.hydra_subdir"):  # Hydra's record of the command that made a folder
+        OmegaConf.register_new_resolver("nplm.hydra_subdir", _hydra_subdir)
+
+
+def _hydra_subdir(output_dir: str) -> str | None:
+    """hydra.output_subdir: `.hydra` in a new folder; None (Hydra writes no record) in a folder that
+    has one, so a re-run sweep, a resume or a refused command never overwrites the original record."""
+    return None if os.path.isdir(os.path.join(output_dir, ".hydra")) else ".hydra"
 
 
 def _check(ok: bool, message: str) -> None:
@@ -211,6 +221,12 @@ def _unknown_keys(node: DictConfig, schema: type, prefix: str = "") -> list[str]
         elif dataclasses.is_dataclass(sub := getattr(schema(), key, None)) and isinstance(node[key], DictConfig):
             unknown += _unknown_keys(node[key], type(sub), f"{prefix}{key}.")
     return unknown
+
+
+def from_dict(saved: dict) -> Config:
+    """A config saved as a plain dict (checkpoints, training states) as validated dataclasses; keys
+    added to the schema since it was saved take their defaults (off)."""
+    return validate(OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), saved)))
 
 
 def to_config(cfg: DictConfig) -> Config:

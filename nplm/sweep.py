@@ -85,6 +85,11 @@ def sweep_started() -> bool:
     return _sweep_dir is not None
 
 
+def sweep_folder() -> Path | None:
+    """The folder of the multirun this process launched, if any."""
+    return _sweep_dir
+
+
 def write_report_if_sweep() -> None:
     """After a multirun (finished or not), summarise its folder; never raises."""
     if _sweep_dir is None or not _sweep_dir.is_dir():

@@ -33,16 +33,30 @@ def wandb_mode(cfg: WandbConfig) -> str:
 
 
 class Tracker:
+    """Records one run. With `resume_step`, continues the record of an interrupted run: metrics.csv
+    keeps its rows up to that step (later ones, logged after the last saved state, are dropped, as
+    the resumed run logs them again) and the W&B run `wandb_id` is continued."""
+
     def __init__(self, out_dir: Path, wb: WandbConfig, config: dict, group: str | None = None,
-                 name: str | None = None):
+                 name: str | None = None, resume_step: int | None = None, wandb_id: str | None = None):
         self.out_dir = out_dir
         out_dir.mkdir(parents=True, exist_ok=True)
-        self._file = open(out_dir / "metrics.csv", "w", newline="")
+        path, tmp = out_dir / "metrics.csv", out_dir / "metrics.csv.tmp"
+        with open(tmp, "w", newline="") as f:  # then renamed: a kill now loses no rows
+            writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
+            writer.writeheader()
+            writer.writerows(_rows_up_to(path, resume_step) if resume_step is not None else [])
+        os.replace(tmp, path)
+        self._file = open(path, "a", newline="")
         self._csv = csv.DictWriter(self._file, fieldnames=METRIC_COLUMNS)
-        self._csv.writeheader()
-        self.run = self._start_wandb(wb, config, wb.group or group, wb.name or name)
+        self.run = self._start_wandb(wb, config, wb.group or group, wb.name or name, wandb_id)
 
-    def _start_wandb(self, wb: WandbConfig, config: dict, group: str | None, name: str | None):
+    @property
+    def wandb_id(self) -> str | None:
+        return self.run.id if self.run is not None else None
+
+    def _start_wandb(self, wb: WandbConfig, config: dict, group: str | None, name: str | None,
+                     run_id: str | None):
         mode = wandb_mode(wb)
         if mode == "disabled":
             return None
@@ -50,6 +64,7 @@ class Tracker:
             import wandb
             return wandb.init(mode=mode, dir=str(self.out_dir), project=wb.project, entity=wb.entity,
                               group=group, name=name, tags=list(wb.tags), config=config,
+                              id=run_id, resume="allow" if run_id else None,
                               reinit="finish_previous", settings=wandb.Settings(init_timeout=60, silent=True))
         except Exception as e:  # no network, no key, a full disk...: the local files are the record
             log.warning("W&B could not start (%s: %s); logging to local files only",
@@ -105,6 +120,15 @@ def save_summary(out_dir: Path, summary: dict) -> None:
     tmp = out_dir / "summary.json.tmp"
     tmp.write_text(json.dumps(summary, indent=2) + "\n")
     os.replace(tmp, out_dir / "summary.json")
+
+
+def _rows_up_to(path: Path, step: int) -> list[dict]:
+    """The rows of a metrics.csv with step <= `step` (an absent or unreadable file: none)."""
+    try:
+        with open(path, newline="") as f:
+            return [row for row in csv.DictReader(f) if row.get("step", "").isdigit() and int(row["step"]) <= step]
+    except OSError:
+        return []
 
 
 def _fmt(v):

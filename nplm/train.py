@@ -18,7 +18,7 @@ import torch
 from omegaconf import OmegaConf
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from nplm.checkpoint import CKPT_NAME, save_checkpoint
+from nplm.checkpoint import CKPT_NAME, STATE_FORMAT, STATE_NAME, save_atomic, save_checkpoint
 from nplm.config import Config, ConfigError
 from nplm.data import SPLITS, Dataset, load_dataset
 from nplm.evaluate import split_loss
@@ -27,6 +27,7 @@ from nplm.model import NPLM
 from nplm.ngram import NGram
 from nplm.optim import lr_at, make_optimizer
 from nplm.plots import plot_embedding, plot_losses
+from nplm.resume import Interrupted, StopSignals
 from nplm.sample import label_words, sample_words
 from nplm.tools import lr_find, overfit_batch
 from nplm.tracking import Tracker, save_summary
@@ -49,11 +50,14 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def run(cfg: Config, out_dir: Path, group: str | None = None, name: str | None = None) -> float:
+def run(cfg: Config, out_dir: Path, group: str | None = None, name: str | None = None,
+        resume: dict | None = None) -> float:
     """Train one model as `cfg` says, record it in `out_dir`, and return the final dev loss.
 
-    `group` and `name` label the W&B run (a sweep's folder and the job's overrides). If anything
-    raises, summary.json still records the run as failed (or interrupted), with the error.
+    `group` and `name` label the W&B run (a sweep's folder and the job's overrides). `resume` is the
+    training state an interrupted run saved in out_dir (nplm/resume.py): training continues from it.
+    If anything raises, summary.json still records the run as failed (or interrupted), with the
+    error; SIGINT and SIGTERM during training save the state first.
     """
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
@@ -62,28 +66,35 @@ def run(cfg: Config, out_dir: Path, group: str | None = None, name: str | None =
         cfg.data.path = str(Path(cfg.data.path).expanduser().resolve())
     (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
     tracker, failed = None, True
-    try:
-        device = resolve_device(cfg.device)
-        if cfg.train.threads:
-            torch.set_num_threads(cfg.train.threads)
-        data = load_dataset(cfg.data.path, cfg.data.train_frac, cfg.data.dev_frac, cfg.data.split_seed,
-                            cfg.model.block_size)
-        tracker = Tracker(out_dir, cfg.wandb, dataclasses.asdict(cfg), group, name)
-        dev_loss = train(cfg, data, device, tracker, out_dir, t_start)
-        failed = False
-        return dev_loss
-    except BaseException as e:
-        summary = {"status": "interrupted" if isinstance(e, KeyboardInterrupt) else "failed",
-                   "error": f"{type(e).__name__}: {e}", "wall_time_s": time.perf_counter() - t_start,
-                   "seed": cfg.seed, **provenance(), "config": dataclasses.asdict(cfg)}
-        if tracker is not None:
-            tracker.write_summary(summary)
-        else:
-            save_summary(out_dir, summary)
-        raise
-    finally:
-        if tracker is not None:
-            tracker.close(failed=failed)
+    with StopSignals() as stop:
+        try:
+            device = resolve_device(cfg.device)
+            if cfg.train.threads:
+                torch.set_num_threads(cfg.train.threads)
+            data = load_dataset(cfg.data.path, cfg.data.train_frac, cfg.data.dev_frac, cfg.data.split_seed,
+                                cfg.model.block_size)
+            tracker = Tracker(out_dir, cfg.wandb, dataclasses.asdict(cfg), group, name,
+                              resume_step=resume["step"] if resume else None,
+                              wandb_id=resume["wandb_id"] if resume else None)
+            dev_loss = train(cfg, data, device, tracker, out_dir, t_start, stop, resume)
+            failed = False
+            (out_dir / STATE_NAME).unlink(missing_ok=True)  # finished: ckpt.pt is the record now
+            return dev_loss
+        except BaseException as e:
+            interrupted = isinstance(e, (KeyboardInterrupt, Interrupted))
+            summary = {"status": "interrupted" if interrupted else "failed",
+                       "error": f"{type(e).__name__}: {e}", "wall_time_s": time.perf_counter() - t_start,
+                       "seed": cfg.seed, **provenance(), "config": dataclasses.asdict(cfg)}
+            if (out_dir / STATE_NAME).is_file():
+                summary["resume_command"] = f"python train.py resume={out_dir}"
+            if tracker is not None:
+                tracker.write_summary(summary)
+            else:
+                save_summary(out_dir, summary)
+            raise
+        finally:
+            if tracker is not None:
+                tracker.close(failed=failed)
 
 
 class Diverged(Exception):
@@ -91,7 +102,7 @@ class Diverged(Exception):
 
 
 def train(cfg: Config, data: Dataset, device: torch.device, tracker: Tracker, out_dir: Path,
-          t_start: float) -> float:
+          t_start: float, stop: StopSignals, resume: dict | None = None) -> float:
     """Fit the model (the training loop, or counting for model=ngram), then record the final
     losses, samples, plots, checkpoint and summary. Returns the final dev loss (inf if diverged)."""
     m, t = cfg.model, cfg.train
@@ -119,6 +130,13 @@ def train(cfg: Config, data: Dataset, device: torch.device, tracker: Tracker, ou
         model.init_weights(m.init, g)
         model.to(device)
         optimizer = make_optimizer(model, cfg.optim)
+        if resume:  # the interrupted run's weights, optimiser and generators, as they were at its step
+            model.load_state_dict(resume["model"])
+            optimizer.load_state_dict(resume["optimizer"])
+            g.set_state(resume["rng"]["train"])
+            torch.set_rng_state(resume["rng"]["torch"])
+            if resume["rng"]["cuda"] is not None:
+                torch.cuda.set_rng_state_all(resume["rng"]["cuda"])
         log.info("model: n_embd %d, block_size %d, %d x n_hidden %d, norm %s, dropout %g%s, init %s, "
                  "%d parameters; %s lr %g (%s); device %s, %d CPU thread(s)", m.n_embd, m.block_size,
                  m.n_layer, m.n_hidden, m.norm, m.dropout, ", direct connections" if m.direct else "", m.init,
@@ -126,12 +144,17 @@ def train(cfg: Config, data: Dataset, device: torch.device, tracker: Tracker, ou
                  torch.get_num_threads())
         if cfg.mode != "train":
             return _tool(cfg, model, optimizer, g, Xtr, Ytr, tracker, out_dir, t_start, device)
+        if resume:
+            log.info("resuming at step %d of %d from %s", resume["step"], t.steps, out_dir / STATE_NAME)
         try:
+            stop.defer(True)
             best_val, best_step, train_time, best_state = _loop(cfg, model, optimizer, g, Xtr, Ytr, Xdev, Ydev,
-                                                                tracker)
+                                                                tracker, stop, resume)
         except Diverged as e:
             step, loss, train_time = e.args
             return _diverged(cfg, model, step, loss, tracker, t_start, train_time)
+        finally:
+            stop.defer(False)
         steps = t.steps
         if t.keep_best and best_state is not None:
             model.load_state_dict(best_state)
@@ -167,6 +190,7 @@ def train(cfg: Config, data: Dataset, device: torch.device, tracker: Tracker, ou
         "steps_per_s": steps / train_time if steps and train_time else None,
         "num_params": model.num_params(), "vocab_size": data.vocab.size,
         "seed": cfg.seed, "device": str(device), "threads": torch.get_num_threads(),
+        "resumed_at": (resume["resumed_at"] + [resume["step"]]) if resume else [],
         **mix,
         **provenance(),
         "config": dataclasses.asdict(cfg),
@@ -187,17 +211,37 @@ def train(cfg: Config, data: Dataset, device: torch.device, tracker: Tracker, ou
 
 def _loop(cfg: Config, model: NPLM, optimizer: torch.optim.Optimizer, g: torch.Generator,
           Xtr: torch.Tensor, Ytr: torch.Tensor, Xdev: torch.Tensor, Ydev: torch.Tensor,
-          tracker: Tracker) -> tuple[float, int, float, dict | None]:
+          tracker: Tracker, stop: StopSignals, resume: dict | None) -> tuple[float, int, float, dict | None]:
     """The training loop: minibatch steps, a metrics row every log_interval, the full dev split
-    every eval_interval (of the weights' moving average if train.ema). Returns (best dev loss, its
-    step, training seconds, the weights then if train.keep_best); raises Diverged."""
+    every eval_interval (of the weights' moving average if train.ema) followed by a save of the
+    training state, and on SIGINT/SIGTERM a save and Interrupted. Starts where `resume` left off.
+    Returns (best dev loss, its step, training seconds, the weights then if train.keep_best);
+    raises Diverged."""
     o, t, device = cfg.optim, cfg.train, Xtr.device
     best_val, best_step, val_loss, best_state = math.inf, -1, math.nan, None
     # Polyak averaging: evaluate (and end with) a moving average of the weights, buffers included
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(t.ema), use_buffers=True) if t.ema else None
     evaluated = ema.module if ema is not None else model
-    train_time, t_log, steps_since_log = 0.0, time.perf_counter(), 0
-    for step in range(t.steps):
+    train_time, t_log, steps_since_log, start = 0.0, time.perf_counter(), 0, 0
+    if resume:
+        start, train_time, val_loss = resume["step"], resume["train_time"], resume["val_loss"]
+        best_val, best_step, best_state = resume["best_val_loss"], resume["best_step"], resume["best_state"]
+        if ema is not None:
+            ema.load_state_dict(resume["ema"])
+
+    def save_state(step: int) -> None:  # everything the rest of the run depends on, as of `step`
+        save_atomic({
+            "format": STATE_FORMAT, "step": step, "config": dataclasses.asdict(cfg),
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "ema": ema.state_dict() if ema is not None else None,
+            "rng": {"train": g.get_state(), "torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else None},
+            "best_val_loss": best_val, "best_step": best_step, "best_state": best_state,
+            "train_time": train_time, "val_loss": val_loss, "wandb_id": tracker.wandb_id,
+            "resumed_at": (resume["resumed_at"] + [resume["step"]]) if resume else [],
+        }, tracker.out_dir / STATE_NAME)
+
+    for step in range(start, t.steps):
         t0 = time.perf_counter()
         lr = lr_at(step, o, t.steps)
         for group in optimizer.param_groups:
@@ -237,6 +281,12 @@ def _loop(cfg: Config, model: NPLM, optimizer: torch.optim.Optimizer, g: torch.G
                      len(str(t.steps)), step + 1, t.steps, row["train/loss"],
                      f" val/loss {val_loss:.4f} |" if evaluate else "", lr, rate,
                      _hms((t.steps - step - 1) / rate))
+            if evaluate:
+                save_state(step + 1)
+        if stop.signum is not None:  # SIGINT/SIGTERM came during this step: save (unless just saved), stop
+            if not evaluate:
+                save_state(step + 1)
+            raise Interrupted(stop.signum, step + 1)
     if ema is not None:  # end with the averaged weights, the ones every evaluation measured
         model.load_state_dict(ema.module.state_dict())
     return best_val, best_step, train_time, best_state

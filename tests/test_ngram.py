@@ -51,6 +51,7 @@ def test_ngram_run_is_saved_sampleable_and_evaluable(tmp_path):
     assert len(run_cmd(["scripts/sample.py", run_dir, "n=4"]).stdout.splitlines()) == 4
 
 
+@pytest.mark.slow
 def test_ngram_orders_sweep(tmp_path):
     sweep = tmp_path / "s"
     run_cmd([ROOT / "train.py", "-m", *TINY, "model=ngram", "model.order=2,3", "wandb.mode=disabled",

@@ -73,12 +73,14 @@ def test_resume_skips_finished_jobs(tmp_path):
 def test_finished_run_of_another_config_is_never_overwritten(tmp_path):
     sweep = tmp_path / "s"
     run_cmd([ROOT / "train.py", "-m", *QUICK, "seed=1", f"hydra.sweep.dir={sweep}"])
-    before = (sweep / "0" / "summary.json").read_text()
+    record = ["summary.json", "config.yaml", "metrics.csv", ".hydra/config.yaml", ".hydra/overrides.yaml"]
+    before = [(sweep / "0" / name).read_text() for name in record]
     proc = run_cmd([ROOT / "train.py", "-m", *QUICK, "seed=9", f"hydra.sweep.dir={sweep}"], check=False)
     assert proc.returncode != 0 and "never overwritten" in proc.stdout + proc.stderr
-    assert (sweep / "0" / "summary.json").read_text() == before
+    assert [(sweep / "0" / name).read_text() for name in record] == before
 
 
+@pytest.mark.slow
 def test_report_compares_several_sweeps(tmp_path):
     for name, values in (("a", "model.n_embd=2,4"), ("b", "model.n_embd=6")):
         run_cmd([ROOT / "train.py", "-m", *QUICK, values, f"hydra.sweep.dir={tmp_path / name}"])
@@ -111,6 +113,7 @@ def test_wandb_sweep_config_drives_train_py():
     to_config(compose_cfg(overrides))  # unknown keys or wrong types would fail here
 
 
+@pytest.mark.slow
 def test_optional_launchers_and_optuna(tmp_path):
     """The presets with the optional plugins, where installed (pip install -e '.[parallel,slurm,optuna]')."""
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher")

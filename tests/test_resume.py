@@ -1,0 +1,195 @@
+"""Interruption and resume for real: a training process is sent SIGTERM or SIGINT, or killed with
+SIGKILL (also in the middle of writing its checkpoint), then resumed with `train.py resume=<folder>`;
+it must end with exactly the losses of the same run left alone."""
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import ROOT, TINY, compose_cfg, run_cmd, train
+from nplm.checkpoint import STATE_NAME
+from nplm.config import ConfigError, to_config
+from nplm.resume import claim, resume_config
+
+# Dropout, weight averaging and keep_best: every piece of state a resumed run must get back. The
+# wide layer makes each save take long enough to be caught in the middle of one.
+RUN = ["train.steps=300", "train.eval_interval=50", "train.log_interval=10", "model.n_hidden=1000",
+       "model.dropout=0.1", "train.ema=0.9", "train.keep_best=true", "wandb.mode=disabled"]
+
+
+def losses(run_dir):
+    """(step, train/loss, val/loss) of every metrics row: all that must match (not the timings)."""
+    with open(run_dir / "metrics.csv", newline="") as f:
+        return [(r["step"], r["train/loss"], r["val/loss"]) for r in csv.DictReader(f)]
+
+
+def summary(run_dir):
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def start(run_dir, *overrides):
+    return subprocess.Popen([sys.executable, ROOT / "train.py", *TINY, *RUN, *overrides, f"hydra.run.dir={run_dir}"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "HYDRA_FULL_ERROR": "0"})
+
+
+def wait_for(condition, proc, timeout=120):
+    t0 = time.monotonic()
+    while not condition():
+        assert proc.poll() is None, f"the run ended before it could be interrupted: {proc.communicate()}"
+        assert time.monotonic() - t0 < timeout, "timed out waiting for the run"
+        time.sleep(0.001)
+
+
+def logged_step(run_dir):
+    try:
+        rows = losses(run_dir)
+    except (OSError, KeyError):
+        return 0
+    return int(rows[-1][0]) if rows else 0
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("resume") / "whole"
+    train(run_dir, *RUN)
+    return run_dir
+
+
+def test_sigterm_saves_and_resume_ends_with_the_same_losses(uninterrupted, tmp_path):
+    sig = signal.SIGTERM
+    run_dir = tmp_path / "run"
+    proc = start(run_dir)
+    wait_for(lambda: logged_step(run_dir) >= 120, proc)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + sig, err
+    assert f"interrupted by {sig.name} at step" in err and f"python train.py resume={run_dir}" in err
+    assert "Traceback" not in err
+    s = summary(run_dir)
+    assert s["status"] == "interrupted" and s["resume_command"] == f"python train.py resume={run_dir}"
+    stopped = torch.load(run_dir / STATE_NAME, weights_only=True)["step"]
+    assert 120 <= stopped < 300
+
+    # what does not change the results may change on resuming: threads, logging, samples
+    proc = run_cmd([ROOT / "train.py", f"resume={run_dir}", "train.num_samples=3", "train.threads=1"])
+    assert f"resuming at step {stopped} of 300" in proc.stdout
+    assert losses(run_dir) == losses(uninterrupted)
+    s = summary(run_dir)
+    assert s["status"] == "finished" and s["resumed_at"] == [stopped]
+    assert s["config"]["train"]["num_samples"] == 3 and len((run_dir / "samples.tsv").read_text().splitlines()) == 4
+    assert s["dev_loss"] == summary(uninterrupted)["dev_loss"]
+    assert not (run_dir / STATE_NAME).exists()  # finished: ckpt.pt is the record
+
+
+def test_sigkill_during_a_checkpoint_write_loses_nothing_saved(uninterrupted, tmp_path):
+    """SIGKILL while last.pt.tmp is being written (the wide layer makes each write take a while):
+    the previous state survives whole, and resuming from it still ends exactly as the run left alone."""
+    run_dir = tmp_path / "run"
+    tmp = run_dir / (STATE_NAME + ".tmp")
+    proc = start(run_dir)
+    wait_for(lambda: (run_dir / STATE_NAME).exists() and tmp.exists(), proc)
+    proc.kill()
+    proc.communicate(timeout=60)
+    assert tmp.exists() and tmp.stat().st_size < (run_dir / STATE_NAME).stat().st_size  # caught half-written
+    assert not (run_dir / "summary.json").exists()  # killed: no chance to write anything
+
+    proc = run_cmd([ROOT / "train.py", f"resume={run_dir}"])
+    assert "resuming at step" in proc.stdout
+    assert losses(run_dir) == losses(uninterrupted)
+
+
+@pytest.mark.slow
+def test_sigkill_between_checkpoints_drops_the_rows_after_the_last_save(uninterrupted, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = start(run_dir)
+    wait_for(lambda: logged_step(run_dir) >= 180 and logged_step(run_dir) % 50 != 0, proc)
+    proc.kill()
+    proc.communicate(timeout=60)
+    saved = torch.load(run_dir / STATE_NAME, weights_only=True)["step"]
+    assert logged_step(run_dir) > saved  # rows logged after the last save: logged again on resume
+    run_cmd([ROOT / "train.py", f"resume={run_dir}"])
+    assert losses(run_dir) == losses(uninterrupted)
+
+
+@pytest.fixture(scope="module")
+def interrupted(tmp_path_factory):
+    """A run stopped with Ctrl-C (SIGINT) after its first save, as a user would stop it."""
+    run_dir = tmp_path_factory.mktemp("resume") / "interrupted"
+    proc = start(run_dir)
+    wait_for(lambda: (run_dir / STATE_NAME).exists(), proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    return run_dir, proc.returncode, err
+
+
+def test_ctrl_c_saves_and_says_how_to_resume(interrupted):
+    run_dir, code, err = interrupted
+    assert code == 130 and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("error: interrupted by SIGINT at step ")
+    assert err.strip().endswith(f"to go on: python train.py resume={run_dir}")
+    assert summary(run_dir)["status"] == "interrupted"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["resume={tmp}/nowhere"], "no such run folder"),
+    (["resume={tmp}"], "holds no saved training state"),
+    (["resume={truncated}"], "not a readable nplm checkpoint"),
+    (["resume={finished}"], "finished already"),
+    (["resume={interrupted}", "model.n_embd=8"], "model.n_embd cannot be changed"),
+    (["-m", "resume={interrupted}"], "to resume a sweep"),
+])
+def test_bad_resume_is_one_line_and_exit_2(uninterrupted, interrupted, tmp_path, args, message):
+    run_dir = interrupted[0]
+    before = {p.name: p.stat().st_mtime_ns for p in run_dir.iterdir() if p.name != "train.log"}
+    truncated = tmp_path / "truncated"
+    truncated.mkdir()
+    data = (run_dir / STATE_NAME).read_bytes()
+    (truncated / STATE_NAME).write_bytes(data[:len(data) // 2])
+    args = [a.format(tmp=tmp_path, finished=uninterrupted, interrupted=run_dir, truncated=truncated) for a in args]
+    proc = run_cmd([ROOT / "train.py", *args], check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out
+    assert message in out.strip().splitlines()[-1] and "Traceback" not in out
+    assert not (tmp_path / "nowhere").exists()  # nothing made for a bad command
+    assert {p.name: p.stat().st_mtime_ns for p in run_dir.iterdir() if p.name != "train.log"} == before  # untouched
+
+
+def test_resume_keeps_the_saved_config_and_allows_only_what_changes_no_result():
+    saved, given = to_config(compose_cfg(["model.n_embd=8"])), to_config(compose_cfg(TINY))
+    with pytest.raises(ConfigError, match="model.n_embd, experiment cannot be changed"):
+        resume_config(saved, given, ["resume=x", "model.n_embd=4", "experiment=fast"])
+    cfg = resume_config(saved, given, ["resume=x", "train.steps=60", "train.threads=1"])
+    assert (cfg.model.n_embd, cfg.train.steps, cfg.train.threads, cfg.resume) == (8, 60, 1, None)
+
+
+def test_one_process_at_a_time_trains_in_a_folder(tmp_path):
+    """Two runs started in the same second (or a resume while the run goes on) would share a folder:
+    the second gets an error and the first's files are left alone."""
+    with claim(tmp_path):  # as a running training process holds it
+        proc = train(tmp_path, "wandb.mode=disabled", check=False)
+    assert proc.returncode == 2 and "another process is training in" in proc.stdout + proc.stderr
+    assert not {"config.yaml", "metrics.csv", "summary.json"} & {p.name for p in tmp_path.iterdir()}
+
+
+@pytest.mark.slow
+def test_interrupted_sweep_goes_on_with_its_own_command(tmp_path):
+    sweep = tmp_path / "sweep"
+    cmd = [ROOT / "train.py", "-m", "seed=1,2", *TINY, *RUN, f"hydra.sweep.dir={sweep}"]
+    proc = subprocess.Popen([sys.executable, *map(str, cmd)], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: (sweep / "1" / STATE_NAME).exists(), proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and f"run the same command with hydra.sweep.dir={sweep}" in err
+    assert summary(sweep / "0")["status"] == "finished" and summary(sweep / "1")["status"] == "interrupted"
+    proc = run_cmd(cmd)
+    assert "skipping job 0" in proc.stdout and "resuming at step" in proc.stdout
+    assert summary(sweep / "1")["status"] == "finished" and summary(sweep / "1")["resumed_at"]
+    assert (sweep / "leaderboard.csv").exists()
