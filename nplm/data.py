@@ -55,6 +55,15 @@ def load_words(path: str | Path | None = None) -> list[str]:
 class Vocab:
     itos: list[str]  # index -> character; itos[0] is the boundary '.'
 
+    def encode(self, text: str) -> torch.Tensor:
+        """The indices of text's characters (every one must be in the vocabulary), int64."""
+        if not text:
+            return torch.zeros(0, dtype=torch.long)
+        points = torch.frombuffer(bytearray(text.encode("utf-32-le")), dtype=torch.int32).long()
+        table = torch.full((max(map(ord, self.itos)) + 1,), -1, dtype=torch.long)
+        table[torch.tensor([ord(ch) for ch in self.itos])] = torch.arange(len(self.itos))
+        return table[points]
+
     @classmethod
     def from_words(cls, words: list[str]) -> "Vocab":
         return cls([BOUNDARY] + sorted(set("".join(words))))
@@ -86,17 +95,18 @@ def split_words(words: list[str], train_frac: float, dev_frac: float, seed: int)
 
 
 def build_examples(words: list[str], vocab: Vocab, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every (context, next character) pair: X (N, block_size) and Y (N,), both int64."""
-    stoi = vocab.stoi
-    xs, ys = [], []
-    for w in words:
-        context = [0] * block_size
-        for ch in w + BOUNDARY:
-            ix = stoi[ch]
-            xs.append(context)
-            ys.append(ix)
-            context = context[1:] + [ix]
-    return torch.tensor(xs, dtype=torch.long).view(-1, block_size), torch.tensor(ys, dtype=torch.long)
+    """Every (context, next character) pair: X (N, block_size) and Y (N,), both int64, in the lecture's
+    order: word by word, each word's characters and then the boundary, the context starting as
+    block_size boundaries. Built as one stream, each word preceded by block_size boundaries, from
+    which the contexts are gathered at once (the lecture's loop over characters takes ~10x longer)."""
+    pad = BOUNDARY * block_size
+    stream = vocab.encode("".join(pad + w + BOUNDARY for w in words))
+    lengths = torch.tensor([block_size + len(w) + 1 for w in words], dtype=torch.long)
+    starts = torch.cumsum(lengths, 0) - lengths
+    within = torch.arange(len(stream)) - torch.repeat_interleave(starts, lengths)  # position in its word's part
+    targets = torch.nonzero(within >= block_size).squeeze(1)
+    X = stream[targets.unsqueeze(1) - block_size + torch.arange(block_size)]
+    return X.view(-1, block_size), stream[targets]
 
 
 @dataclass

@@ -18,7 +18,7 @@ import torch
 
 from nplm.config import Config
 from nplm.model import NPLM
-from nplm.optim import lr_at
+from nplm.optim import Optimizer, lr_at
 from nplm.plots import _pyplot
 from nplm.tracking import Tracker
 
@@ -27,7 +27,7 @@ SMOOTHING = 0.98  # EMA of the minibatch loss: the curve is read from the smooth
 STOP_FACTOR = 4.0  # stop the range test once the smoothed loss is this many times its minimum
 
 
-def lr_find(cfg: Config, model: NPLM, optimizer: torch.optim.Optimizer, g: torch.Generator,
+def lr_find(cfg: Config, model: NPLM, optimizer: Optimizer, g: torch.Generator,
             Xtr: torch.Tensor, Ytr: torch.Tensor, tracker: Tracker, out_dir: Path) -> dict:
     """The lecture's learning-rate range test: one step at each of lr_find.steps learning rates,
     spaced exponentially from min_lr to max_lr, recording the minibatch loss; stops early when the
@@ -118,7 +118,7 @@ def batch_loss_floor(X: torch.Tensor, Y: torch.Tensor) -> float:
     return total / len(Y)
 
 
-def overfit_batch(cfg: Config, model: NPLM, optimizer: torch.optim.Optimizer, g: torch.Generator,
+def overfit_batch(cfg: Config, model: NPLM, optimizer: Optimizer, g: torch.Generator,
                   Xtr: torch.Tensor, Ytr: torch.Tensor, tracker: Tracker) -> dict:
     """Train on one fixed minibatch of train.batch_size examples for overfit_batch.steps steps with
     the configured optimiser and schedule; a correct model and pipeline drive the loss on that batch

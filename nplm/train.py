@@ -25,7 +25,7 @@ from nplm.evaluate import split_loss
 from nplm.mixture import Mixture, fit_weight
 from nplm.model import NPLM
 from nplm.ngram import NGram
-from nplm.optim import lr_at, make_optimizer
+from nplm.optim import Optimizer, lr_at, make_optimizer
 from nplm.plots import plot_embedding, plot_losses
 from nplm.resume import Interrupted, StopSignals
 from nplm.sample import label_words, sample_words
@@ -209,7 +209,7 @@ def train(cfg: Config, data: Dataset, device: torch.device, tracker: Tracker, ou
     return dev_loss
 
 
-def _loop(cfg: Config, model: NPLM, optimizer: torch.optim.Optimizer, g: torch.Generator,
+def _loop(cfg: Config, model: NPLM, optimizer: Optimizer, g: torch.Generator,
           Xtr: torch.Tensor, Ytr: torch.Tensor, Xdev: torch.Tensor, Ydev: torch.Tensor,
           tracker: Tracker, stop: StopSignals, resume: dict | None) -> tuple[float, int, float, dict | None]:
     """The training loop: minibatch steps, a metrics row every log_interval, the full dev split
@@ -308,7 +308,7 @@ def _mix(cfg: Config, model: NPLM, vocab_size: int, Xtr: torch.Tensor, Ytr: torc
                      "ngram_dev_loss": ngram_dev, "ngram_counts": ngram.num_params()}
 
 
-def _tool(cfg: Config, model: NPLM, optimizer: torch.optim.Optimizer, g: torch.Generator, Xtr: torch.Tensor,
+def _tool(cfg: Config, model: NPLM, optimizer: Optimizer, g: torch.Generator, Xtr: torch.Tensor,
           Ytr: torch.Tensor, tracker: Tracker, out_dir: Path, t_start: float, device: torch.device) -> float:
     """mode=lr_find or mode=overfit_batch (nplm/tools.py) instead of training: its plot, verdict and
     summary. Returns the lowest smoothed loss (lr_find) or the final batch loss (overfit_batch)."""

@@ -81,3 +81,20 @@ def test_missing_file(tmp_path):
 def test_too_few_words_for_three_splits():
     with pytest.raises(DataError, match="too few"):
         split_words(["ab", "cd", "ef"], 0.8, 0.1, 42)
+
+
+@pytest.mark.parametrize("block_size", [1, 3, 8])
+def test_examples_are_the_lectures_loop_exactly(block_size):
+    """build_examples gathers from one stream; it must equal the lecture's loop over characters,
+    non-ASCII characters and one-letter words included."""
+    words = load_words(None)[:500] + ["zoë", "ñ", "a", "日本"]
+    vocab = Vocab.from_words(words)
+    xs, ys = [], []
+    for w in words:
+        context = [0] * block_size
+        for ch in w + ".":
+            xs.append(context)
+            ys.append(vocab.stoi[ch])
+            context = context[1:] + [vocab.stoi[ch]]
+    X, Y = build_examples(words, vocab, block_size)
+    assert X.tolist() == xs and Y.tolist() == ys
