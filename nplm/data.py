@@ -37,7 +37,9 @@ def load_words(path: str | Path | None = None) -> list[str]:
     except IsADirectoryError:
         raise DataError(f"data.path={str(path)!r} is a directory; point it at a text file") from None
     except UnicodeDecodeError as e:
-        raise DataError(f"data file {str(path)!r} is not UTF-8 text (byte {e.start}); convert it to UTF-8") from None
+        line = e.object[:e.start].count(b"\n") + 1
+        raise DataError(f"data file {str(path)!r} is not UTF-8 text (line {line}, byte {e.start}); "
+                        "convert it to UTF-8") from None
     except OSError as e:
         raise DataError(f"cannot read data file {str(path)!r}: {e.strerror}") from None
     words = [w.strip() for w in text.splitlines()]

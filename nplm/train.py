@@ -8,7 +8,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 import platform
+import resource
 import subprocess
 import sys
 import time
@@ -190,6 +192,7 @@ def train(cfg: Config, data: Dataset, device: torch.device, tracker: Tracker, ou
         "steps_per_s": steps / train_time if steps and train_time else None,
         "num_params": model.num_params(), "vocab_size": data.vocab.size,
         "seed": cfg.seed, "device": str(device), "threads": torch.get_num_threads(),
+        "rss_mb": rss_mb(), "peak_rss_mb": peak_rss_mb(),
         "resumed_at": (resume["resumed_at"] + [resume["step"]]) if resume else [],
         **mix,
         **provenance(),
@@ -346,6 +349,19 @@ def provenance() -> dict:
         "torch": torch.__version__, "python": platform.python_version(),
         "platform": platform.platform(), **_git_state(), "command": " ".join(sys.argv),
     }
+
+
+def rss_mb() -> float | None:
+    """The resident memory of this process now, in MB (None where /proc is not there)."""
+    try:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def peak_rss_mb() -> float:
+    """The most resident memory this process has used so far, in MB (in a sweep: all jobs so far)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def _git_state() -> dict:

@@ -7,6 +7,7 @@ import pytest
 from conftest import CONF, ROOT, TINY, compose_cfg, run_cmd
 from nplm.config import to_config
 from nplm.sweep import swept_keys
+from wandb_records import offline_runs, summarise
 
 QUICK = [*TINY, "train.steps=20", "train.eval_interval=10", "train.log_interval=10", "wandb.mode=disabled"]
 SWEEPS = sorted(p.stem for p in (CONF / "sweep").glob("*.yaml"))
@@ -154,3 +155,19 @@ def test_dashboard_renders_in_headless_chromium(tmp_path):
     assert pixels.shape[:2] == (1600, 1200)
     # a page of text alone is mostly white; the inlined plots add colour: many distinct pixel values
     assert len({tuple(p) for p in pixels[::8, ::8, :3].reshape(-1, 3).round(2).tolist()}) > 200
+
+
+@pytest.mark.slow
+def test_fifty_jobs_in_one_process_all_recorded_memory_flat_wandb_finished(tmp_path):
+    sweep = tmp_path / "s50"
+    run_cmd([ROOT / "train.py", "-m", "seed=range(50)", *TINY, "train.steps=20", "train.eval_interval=10",
+             "train.log_interval=10", "wandb.mode=offline", f"hydra.sweep.dir={sweep}"], timeout=600)
+    summaries = [json.loads((sweep / str(j) / "summary.json").read_text()) for j in range(50)]
+    assert [s["status"] for s in summaries] == ["finished"] * 50
+    assert sorted(s["seed"] for s in summaries) == list(range(50))
+    assert summaries[49]["rss_mb"] - summaries[4]["rss_mb"] < 50, [s["rss_mb"] for s in summaries]
+    for j in (0, 25, 49):
+        (run,) = offline_runs(sweep / str(j))
+        assert summarise(run)["exit_code"] == 0
+    board = pd.read_csv(sweep / "leaderboard.csv")
+    assert len(board) == 50 and (board["status"] == "finished").all()

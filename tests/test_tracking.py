@@ -73,3 +73,55 @@ def test_failed_job_finishes_its_wandb_run_and_the_next_job_gets_its_own(tmp_pat
     assert wb1["run"].display_name == "train.batch_size=8"
     assert wb1["config"]["train"]["batch_size"] == 8
     assert wb1["summary"]["status"] == "finished" and wb0["summary"]["status"] == "failed"
+
+
+SECRETS = {"WANDB_API_KEY": "0123456789abcdef0123456789abcdef01234567", "MY_SERVICE_TOKEN": "hunter2-hunter2"}
+
+
+def assert_no_secret_in(run_dir, *texts):
+    for path in [p for p in run_dir.rglob("*") if p.is_file()]:
+        data = path.read_bytes()
+        assert not any(v.encode() in data for v in SECRETS.values()), f"a secret is in {path}"
+    assert not any(v in t for v in SECRETS.values() for t in texts)
+
+
+def run_with_secrets(run_dir, *overrides):
+    env_backup = dict(os.environ)
+    try:
+        os.environ.update(SECRETS)
+        return train(run_dir, *overrides)
+    finally:
+        os.environ.clear()
+        os.environ.update(env_backup)
+
+
+def test_secrets_in_the_environment_end_up_nowhere(tmp_path):
+    """An API key and another secret in the environment: not in the config, logs, summary, checkpoint
+    or the offline W&B run (its transaction log, metadata and output included)."""
+    proc = run_with_secrets(tmp_path / "r", "wandb.mode=offline")
+    assert offline_runs(tmp_path / "r")
+    assert_no_secret_in(tmp_path / "r", proc.stdout, proc.stderr)
+
+
+@pytest.mark.slow
+def test_secrets_end_up_nowhere_when_online_wandb_cannot_start(tmp_path):
+    """Online, with the key set and no server (W&B gives up after its 60 s timeout)."""
+    os.environ["WANDB_BASE_URL"] = "http://127.0.0.1:9"  # nothing listens there
+    try:
+        proc = run_with_secrets(tmp_path / "r", "wandb.mode=online")
+    finally:
+        del os.environ["WANDB_BASE_URL"]
+    assert "W&B could not start" in proc.stdout + proc.stderr
+    assert_no_secret_in(tmp_path / "r", proc.stdout, proc.stderr)
+
+
+def test_wandb_that_cannot_write_its_folder_does_not_stop_training(tmp_path):
+    """W&B's folder cannot be made (as when its disk is full or it is not writable): one warning, and
+    the run's own files are the whole record."""
+    run_dir = tmp_path / "r"
+    run_dir.mkdir()
+    (run_dir / "wandb").write_text("not a folder")
+    proc = train(run_dir, "wandb.mode=offline")
+    assert "W&B could not start" in proc.stdout + proc.stderr
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "finished"
+    assert len((run_dir / "metrics.csv").read_text().splitlines()) > 1 and (run_dir / "ckpt.pt").is_file()

@@ -1,0 +1,142 @@
+"""Bad input, through the real commands: every mistake gets one line saying what is wrong and how to
+fix it, exit code 2, no traceback, and no training. The commands run a few at a time in parallel
+(each is a separate process that stops within seconds); the longer lists are `slow` (run in CI),
+and tests/test_config.py and tests/test_data.py check the same messages in-process."""
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+
+from conftest import ROOT, TINY
+
+
+def run_all(commands: dict) -> dict:
+    """{name: argv} -> {name: CompletedProcess}, three at a time."""
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0", "WANDB_MODE": "disabled"}
+
+    def one(argv):
+        return subprocess.run([sys.executable, *map(str, argv)], cwd=ROOT, capture_output=True, text=True,
+                              timeout=300, env=env)
+    with ThreadPoolExecutor(3) as pool:
+        return dict(zip(commands, pool.map(one, commands.values())))
+
+
+def assert_one_line_error(proc, message, where=None):
+    out = (proc.stdout + proc.stderr).strip()
+    assert proc.returncode == 2, out
+    assert "Traceback" not in out, out
+    last = out.splitlines()[-1]
+    assert message in last and "error" in last.lower(), out
+    if where is not None:  # no training happened: at most a record saying the run failed, and why
+        assert not (where / "ckpt.pt").exists() and not (where / "last.pt").exists()
+        if (where / "summary.json").exists():
+            summary = json.loads((where / "summary.json").read_text())
+            assert summary["status"] == "failed" and message in summary["error"]
+
+
+CONFIG_ERRORS = {  # override -> what the one line must say
+    "model.n_embd=0": "model.n_embd=0 must be at least 1",
+    "model.n_hidden=-3": "model.n_hidden=-3 must be at least 1",
+    "model.block_size=0": "model.block_size=0 must be at least 1",
+    "optim.lr=0": "optim.lr=0.0 must be positive",
+    "optim.lr=-0.1": "optim.lr=-0.1 must be positive",
+    "data.train_frac=1.2": "data.train_frac=1.2 must be between 0 and 1",
+    "data.dev_frac=0.3": "must be below 1 so the test split is not empty",
+    "train.eval_interval=0": "train.eval_interval=0 must be at least 1",
+    "train.batch_size=1000000": "larger than the 182625 training examples; lower train.batch_size",
+    "optim.name=adam": "optim.name='adam' is not known; use one of: sgd, adamw",
+    "optim.schedule=linear": "use one of: constant, step, cosine, onecycle",
+    "model.init=xavier": "model.init='xavier' is not known; use one of: lecture, scaled",
+    "device=tpu": "device='tpu' is not known; use auto, cpu, cuda or cuda:N",
+    "model.n_embed=10": "Key 'n_embed' not in 'ModelConfig'",
+    "train.steps=many": "Value 'many' of type 'str' could not be converted to Integer",
+}
+
+
+@pytest.mark.slow
+def test_config_mistakes(tmp_path):
+    runs = run_all({o: [ROOT / "train.py", *TINY, o, f"hydra.run.dir={tmp_path / str(i)}"]
+                    for i, o in enumerate(CONFIG_ERRORS)})
+    for i, (override, message) in enumerate(CONFIG_ERRORS.items()):
+        assert_one_line_error(runs[override], message, tmp_path / str(i))
+
+
+@pytest.mark.slow
+def test_data_mistakes(tmp_path):
+    files = {
+        "empty": (b"", "holds no words; it needs one word per line"),
+        "blank": (b"\n   \n\n", "holds no words"),
+        "latin1": (b"anna\nren\xe9e\n", "is not UTF-8 text (line 2, byte 8); convert it to UTF-8"),
+        "boundary": (b"anna\nj.r.\nbob\n", "contain the boundary character '.' (first: 'j.r.'); remove it"),
+        "three": (b"anna\nbob\ncarl\n", "3 words are too few"),
+    }
+    commands = {}
+    for name, (content, _) in files.items():
+        (tmp_path / f"{name}.txt").write_bytes(content)
+        commands[name] = [ROOT / "train.py", *TINY, f"data.path={tmp_path / name}.txt",
+                          f"hydra.run.dir={tmp_path / name}"]
+    (tmp_path / "folder.txt").mkdir()  # a path that cannot be read as a file
+    commands["missing"] = [ROOT / "train.py", *TINY, f"data.path={tmp_path / 'nope.txt'}",
+                           f"hydra.run.dir={tmp_path / 'missing'}"]
+    commands["folder"] = [ROOT / "train.py", *TINY, f"data.path={tmp_path / 'folder.txt'}",
+                          f"hydra.run.dir={tmp_path / 'folder'}"]
+    runs = run_all(commands)
+    for name, (_, message) in files.items():
+        assert_one_line_error(runs[name], message, tmp_path / name)
+    assert_one_line_error(runs["missing"], "does not exist", tmp_path / "missing")
+    assert_one_line_error(runs["folder"], "is a directory; point it at a text file", tmp_path / "folder")
+
+
+class RunsCode:
+    """Unpickling this runs a shell command: what a malicious checkpoint would do."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_checkpoint_mistakes_and_a_malicious_pickle(tiny_run, tmp_path):
+    marker = tmp_path / "code-ran"
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    torch.save({"format": "nplm-checkpoint-1", "model": RunsCode(marker)}, evil / "ckpt.pt")
+    (evil / "last.pt").write_bytes((evil / "ckpt.pt").read_bytes())
+    torch.load(evil / "ckpt.pt", weights_only=False)  # loaded unsafely, the file does run code ...
+    assert marker.exists()
+    marker.unlink()
+    truncated, foreign = tmp_path / "truncated", tmp_path / "foreign"
+    truncated.mkdir()
+    foreign.mkdir()
+    data = (tiny_run / "ckpt.pt").read_bytes()
+    (truncated / "ckpt.pt").write_bytes(data[:len(data) // 3])
+    (truncated / "last.pt").write_bytes(data[:len(data) // 3])
+    torch.save({"weights": torch.zeros(3)}, foreign / "ckpt.pt")  # a torch file of another program
+    (foreign / "last.pt").write_bytes((foreign / "ckpt.pt").read_bytes())
+    commands = {}
+    for name, folder in (("evil", evil), ("truncated", truncated), ("foreign", foreign),
+                         ("missing", tmp_path / "none")):
+        commands["sample " + name] = [ROOT / "scripts/sample.py", folder]
+        commands["evaluate " + name] = [ROOT / "scripts/evaluate.py", folder, "split=dev"]
+        commands["resume " + name] = [ROOT / "train.py", f"resume={folder}"]
+    runs = run_all(commands)
+    for tool in ("sample", "evaluate", "resume"):
+        assert_one_line_error(runs[f"{tool} evil"], "not a readable nplm checkpoint")
+        assert_one_line_error(runs[f"{tool} truncated"], "not a readable nplm checkpoint")
+        assert_one_line_error(runs[f"{tool} foreign"], "not an nplm")
+    assert_one_line_error(runs["sample missing"], "no checkpoint at")
+    assert_one_line_error(runs["evaluate missing"], "no checkpoint at")
+    assert_one_line_error(runs["resume missing"], "no such run folder")
+    assert not marker.exists()  # ... but never here: every command loads with weights_only=True
+    assert not (tmp_path / "none").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_cuda_without_a_gpu(tmp_path):
+    (proc,) = run_all({"cuda": [ROOT / "train.py", *TINY, "device=cuda", f"hydra.run.dir={tmp_path}"]}).values()
+    assert_one_line_error(proc, "device=cuda but torch sees no CUDA GPU here; use device=cpu or device=auto")
