@@ -21,3 +21,23 @@ def test_cuda_run_matches_cpu_closely(tmp_path):
 def test_auto_picks_the_gpu(tmp_path):
     train(tmp_path / "r", "device=auto")
     assert json.loads((tmp_path / "r" / "summary.json").read_text())["device"].startswith("cuda")
+
+
+def test_interrupted_cuda_run_resumes(tmp_path):
+    """SIGTERM on the GPU, then resume=: the CUDA generator's state comes back too. The GPU's
+    scatter-adds (the embedding's gradient) are not bitwise deterministic, so: equal to rounding."""
+    from test_resume import RUN, losses, start, summary, wait_for
+    from conftest import ROOT, run_cmd
+    import signal
+    train(tmp_path / "whole", *RUN, "device=cuda")
+    run_dir = tmp_path / "run"
+    proc = start(run_dir, "device=cuda")
+    wait_for(lambda: (run_dir / "last.pt").exists(), proc)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=60)
+    assert proc.returncode == 143 and summary(run_dir)["status"] == "interrupted"
+    run_cmd([ROOT / "train.py", f"resume={run_dir}"])
+    s, whole = summary(run_dir), summary(tmp_path / "whole")
+    assert s["status"] == "finished" and s["resumed_at"] and s["device"].startswith("cuda")
+    assert [r[0] for r in losses(run_dir)] == [r[0] for r in losses(tmp_path / "whole")]
+    assert s["dev_loss"] == pytest.approx(whole["dev_loss"], abs=2e-3)
