@@ -57,6 +57,21 @@ def test_failed_job_does_not_stop_the_sweep_and_is_reported(tmp_path):
     assert "1 failed" in (sweep / "dashboard.html").read_text()
 
 
+def test_diverging_job_stops_at_once_is_recorded_and_the_sweep_goes_on(tmp_path):
+    sweep = tmp_path / "s"
+    proc = run_cmd([ROOT / "train.py", "-m", *TINY, "train.steps=40", "optim.name=sgd", "optim.lr=3e38,0.01",
+                    "wandb.mode=offline", f"hydra.sweep.dir={sweep}"], check=False)
+    out = proc.stdout + proc.stderr
+    assert "diverged: the training loss is" in out and "lower optim.lr" in out
+    bad, good = (json.loads((sweep / j / "summary.json").read_text()) for j in "01")
+    assert bad["status"] == "diverged" and bad["diverged_step"] <= 5 and bad["dev_loss"] is None
+    assert good["status"] == "finished"
+    (run,) = offline_runs(sweep / "0")
+    assert summarise(run)["summary"]["status"] == "diverged"  # W&B says so too
+    board = pd.read_csv(sweep / "leaderboard.csv")
+    assert list(board["status"]) == ["finished", "diverged"]
+
+
 def test_resume_skips_finished_jobs(tmp_path):
     sweep = tmp_path / "s"
     args = [ROOT / "train.py", "-m", *QUICK, "seed=1,2,3", f"hydra.sweep.dir={sweep}"]
