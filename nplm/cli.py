@@ -5,7 +5,7 @@ import sys
 
 from nplm.checkpoint import CheckpointError, load_model
 from nplm.config import ConfigError
-from nplm.data import DataError, load_dataset
+from nplm.data import DataError, load_data
 
 USER_ERRORS = (ConfigError, DataError, CheckpointError)
 
@@ -54,7 +54,7 @@ def load_run(run_dir: str):
     try:
         model, cfg, state = load_model(run_dir)
         d = cfg.data
-        data = load_dataset(d.path, d.train_frac, d.dev_frac, d.split_seed, cfg.model.block_size)
+        data = load_data(d, cfg.model.block_size)
     except USER_ERRORS as e:
         fail(str(e))
     if data.vocab.itos != state["itos"]:

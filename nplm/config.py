@@ -16,6 +16,8 @@ from typing import Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from nplm.data import asset_path
+
 MODEL_TYPES = ("nplm", "ngram")
 INITS = ("lecture", "scaled")
 NORMS = ("none", "batchnorm", "layernorm")
@@ -23,6 +25,7 @@ OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("constant", "step", "cosine", "onecycle")
 WANDB_MODES = ("online", "offline", "disabled")
 MODES = ("train", "lr_find", "overfit_batch")
+LEVELS = ("char", "word")
 
 
 class ConfigError(ValueError):
@@ -31,10 +34,14 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    path: Optional[str] = None  # one word per line; None = the bundled names.txt
-    train_frac: float = MISSING  # first fraction of the shuffled words -> train
+    path: Optional[str] = None  # one word (level=word: one sentence) per line; None = the bundled names.txt
+    train_frac: float = MISSING  # first fraction of the shuffled words (level=word: of the lines, in order)
     dev_frac: float = MISSING  # next fraction -> dev; the rest -> test
-    split_seed: int = MISSING  # Python random.Random(split_seed).shuffle(words)
+    split_seed: int = MISSING  # Python random.Random(split_seed).shuffle(words); level=word: unused
+    level: str = "char"  # char (names, makemore) | word (sentences, Bengio et al.; nplm/data.py)
+    lowercase: bool = False  # level=word: fold case before tokenising
+    min_count: int = 1  # level=word: words seen fewer times in the training split become <unk>
+    max_vocab: int = 0  # level=word: keep at most this many tokens (</s> and <unk> included); 0 = all
 
 
 @dataclass
@@ -124,13 +131,15 @@ class Config:
 
 def register_schema() -> None:
     """Make the schema available to conf/config.yaml's defaults list as `nplm_schema`, and the
-    resolvers `${nplm.cores:}` (CPU cores this process may use), `${nplm.context:order}` and
-    `${nplm.hydra_subdir:output_dir}`."""
+    resolvers `${nplm.cores:}` (CPU cores this process may use), `${nplm.context:order}`,
+    `${nplm.asset:name}` (a data file shipped in the package) and `${nplm.hydra_subdir:output_dir}`."""
     ConfigStore.instance().store(name="nplm_schema", node=Config)
     if not OmegaConf.has_resolver("nplm.cores"):
         OmegaConf.register_new_resolver("nplm.cores", lambda: len(os.sched_getaffinity(0)))
     if not OmegaConf.has_resolver("nplm.context"):  # an n-gram of order n reads n - 1 characters
         OmegaConf.register_new_resolver("nplm.context", lambda order: max(1, int(order) - 1))
+    if not OmegaConf.has_resolver("nplm.asset"):  # the path of a data file shipped in the package
+        OmegaConf.register_new_resolver("nplm.asset", lambda name: str(asset_path(name)))
     if not OmegaConf.has_resolver("nplm.hydra_subdir"):  # Hydra's record of the command that made a folder
         OmegaConf.register_new_resolver("nplm.hydra_subdir", _hydra_subdir)
 
@@ -158,6 +167,13 @@ def validate(cfg: Config) -> Config:
     _check(d.train_frac + d.dev_frac < 1,
            f"data.train_frac + data.dev_frac = {d.train_frac + d.dev_frac:g} must be below 1 "
            "so the test split is not empty")
+    _check_choice(d.level, LEVELS, "data.level")
+    _check(d.min_count >= 1, f"data.min_count={d.min_count} must be at least 1")
+    _check(d.max_vocab == 0 or d.max_vocab >= 3, f"data.max_vocab={d.max_vocab} must be 0 (no limit) or at least 3")
+    if d.level == "word":
+        _check(m.type == "nplm" and not m.mix_order,
+               "the Kneser-Ney count model (model=ngram, model.mix_order) works at data.level=char only so far; "
+               "leave them out at data.level=word")
     _check_choice(m.type, MODEL_TYPES, "model")
     if m.type == "ngram":
         _check(1 <= m.order <= 10, f"model.order={m.order} must be between 1 and 10")

@@ -1,12 +1,22 @@
-"""Data: read a one-word-per-line file, build the character vocabulary, split by words, make examples.
+"""Data: read a text file, build the vocabulary, split it, make (context, next token) examples.
 
-Follows makemore part 2 exactly (REFERENCE.md): '.' is index 0 and marks both the start and the
-end of a word; the words are shuffled once with random.Random(split_seed) and cut into
-train/dev/test by word, so one name's examples never straddle two splits.
+data.level=char (default) follows makemore part 2 exactly (REFERENCE.md): one word per line, '.'
+is index 0 and marks both the start and the end of a word; the words are shuffled once with
+random.Random(split_seed) and cut into train/dev/test by word, so one name's examples never
+straddle two splits.
+
+data.level=word is Bengio et al.'s setting: each line is a sentence, tokenised into words and
+punctuation marks (TOKEN below; data.lowercase folds case first); `</s>` is index 0 and marks both
+the start and the end of a line, as '.' does for names; `<unk>` stands for every word seen fewer
+than data.min_count times in the training split (or outside the data.max_vocab most frequent).
+The lines are cut in order, not shuffled: the first train_frac of them train, the next dev_frac
+dev, the rest test, as the paper cut its corpus by position.
 """
 from __future__ import annotations
 
 import random
+import re
+from collections import Counter
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -15,6 +25,8 @@ import torch
 
 BOUNDARY = "."
 SPLITS = ("train", "dev", "test")
+EOS, UNK = "</s>", "<unk>"  # data.level=word: the line boundary (index 0) and the unknown word (index 1)
+TOKEN = re.compile(r"\w+(?:'\w+)*|[^\w\s]")  # a word (letters, digits, _, inner apostrophes) or one mark
 
 
 class DataError(ValueError):
@@ -23,16 +35,21 @@ class DataError(ValueError):
 
 def bundled_names_path() -> Path:
     """The names.txt shipped inside the package (works from any directory, installed or not)."""
-    return Path(str(resources.files("nplm") / "assets" / "names.txt"))
+    return asset_path("names.txt")
 
 
-def load_words(path: str | Path | None = None) -> list[str]:
-    """Read one word per line. Surrounding whitespace is stripped and blank lines are skipped."""
+def asset_path(name: str) -> Path:
+    """A data file shipped inside the package (nplm/assets/)."""
+    return Path(str(resources.files("nplm") / "assets" / name))
+
+
+def read_lines(path: str | Path | None = None, what: str = "word") -> list[str]:
+    """The non-blank lines of a UTF-8 file, surrounding whitespace stripped."""
     path = Path(path) if path else bundled_names_path()
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise DataError(f"data file {str(path)!r} does not exist; set data.path to a one-word-per-line "
+        raise DataError(f"data file {str(path)!r} does not exist; set data.path to a one-{what}-per-line "
                         "text file, or leave it unset for the bundled names") from None
     except IsADirectoryError:
         raise DataError(f"data.path={str(path)!r} is a directory; point it at a text file") from None
@@ -42,14 +59,21 @@ def load_words(path: str | Path | None = None) -> list[str]:
                         "convert it to UTF-8") from None
     except OSError as e:
         raise DataError(f"cannot read data file {str(path)!r}: {e.strerror}") from None
-    words = [w.strip() for w in text.splitlines()]
-    words = [w for w in words if w]
-    if not words:
-        raise DataError(f"data file {str(path)!r} holds no words; it needs one word per line")
+    lines = [w.strip() for w in text.splitlines()]
+    lines = [w for w in lines if w]
+    if not lines:
+        raise DataError(f"data file {str(path)!r} holds no {what}s; it needs one {what} per line")
+    return lines
+
+
+def load_words(path: str | Path | None = None) -> list[str]:
+    """Read one word per line. Surrounding whitespace is stripped and blank lines are skipped."""
+    words = read_lines(path)
     bad = [w for w in words if BOUNDARY in w]
     if bad:
-        raise DataError(f"{len(bad)} word(s) in {str(path)!r} contain the boundary character "
-                        f"{BOUNDARY!r} (first: {bad[0]!r}); remove it from the data")
+        where = str(path or bundled_names_path())
+        raise DataError(f"{len(bad)} word(s) in {where!r} contain the boundary character {BOUNDARY!r} "
+                        f"(first: {bad[0]!r}); remove it from the data")
     return words
 
 
@@ -103,25 +127,73 @@ def build_examples(words: list[str], vocab: Vocab, block_size: int) -> tuple[tor
     which the contexts are gathered at once (the lecture's loop over characters takes ~10x longer)."""
     pad = BOUNDARY * block_size
     stream = vocab.encode("".join(pad + w + BOUNDARY for w in words))
-    lengths = torch.tensor([block_size + len(w) + 1 for w in words], dtype=torch.long)
+    return _gather(stream, torch.tensor([block_size + len(w) + 1 for w in words], dtype=torch.long), block_size)
+
+
+def build_token_examples(lines: list[list[int]], block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same for lines of token indices (data.level=word): each line's tokens, then </s> (0)."""
+    stream = torch.tensor([i for line in lines for i in [0] * block_size + line + [0]], dtype=torch.long)
+    return _gather(stream, torch.tensor([block_size + len(line) + 1 for line in lines], dtype=torch.long),
+                   block_size)
+
+
+def _gather(stream: torch.Tensor, lengths: torch.Tensor, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """X, Y from a stream of parts (lengths), each block_size boundaries and then its tokens."""
     starts = torch.cumsum(lengths, 0) - lengths
-    within = torch.arange(len(stream)) - torch.repeat_interleave(starts, lengths)  # position in its word's part
+    within = torch.arange(len(stream)) - torch.repeat_interleave(starts, lengths)  # position in its part
     targets = torch.nonzero(within >= block_size).squeeze(1)
     X = stream[targets.unsqueeze(1) - block_size + torch.arange(block_size)]
     return X.view(-1, block_size), stream[targets]
 
 
 @dataclass
+class WordVocab:
+    """data.level=word: itos[0] = </s>, itos[1] = <unk>, then the kept words, most frequent first."""
+    itos: list[str]
+
+    @classmethod
+    def from_lines(cls, lines: list[list[str]], min_count: int, max_size: int) -> WordVocab:
+        counts = Counter(t for line in lines for t in line)
+        kept = sorted((w for w, c in counts.items() if c >= min_count), key=lambda w: (-counts[w], w))
+        return cls([EOS, UNK] + (kept[:max_size - 2] if max_size else kept))
+
+    @property
+    def stoi(self) -> dict[str, int]:
+        if not hasattr(self, "_stoi"):
+            self._stoi = {w: i for i, w in enumerate(self.itos)}
+        return self._stoi
+
+    @property
+    def size(self) -> int:
+        return len(self.itos)
+
+    def encode_tokens(self, tokens: list[str]) -> list[int]:
+        stoi = self.stoi
+        return [stoi.get(t, 1) for t in tokens]
+
+    def decode(self, idx: list[int]) -> str:
+        return " ".join(self.itos[i] for i in idx)
+
+
+def tokenize(line: str, lowercase: bool) -> list[str]:
+    """A line's words and punctuation marks (TOKEN), case folded if asked."""
+    return TOKEN.findall(line.lower() if lowercase else line)
+
+
+@dataclass
 class Dataset:
     """The words of each split, the vocabulary, and the (X, Y) examples of each split."""
-    vocab: Vocab
-    words: dict[str, list[str]]
+    vocab: Vocab | WordVocab
+    words: dict[str, list[str]]  # data.level=word: the lines, tokens joined by spaces
     X: dict[str, torch.Tensor]
     Y: dict[str, torch.Tensor]
 
 
 def load_dataset(path: str | Path | None, train_frac: float, dev_frac: float, split_seed: int,
-                 block_size: int) -> Dataset:
+                 block_size: int, level: str = "char", lowercase: bool = False, min_count: int = 1,
+                 max_vocab: int = 0) -> Dataset:
+    if level == "word":
+        return _load_word_dataset(path, train_frac, dev_frac, block_size, lowercase, min_count, max_vocab)
     words = load_words(path)
     vocab = Vocab.from_words(words)  # from all words, as the lecture does: every split is encodable
     splits = split_words(words, train_frac, dev_frac, split_seed)
@@ -129,3 +201,26 @@ def load_dataset(path: str | Path | None, train_frac: float, dev_frac: float, sp
     for name, ws in splits.items():
         X[name], Y[name] = build_examples(ws, vocab, block_size)
     return Dataset(vocab, splits, X, Y)
+
+
+def _load_word_dataset(path, train_frac: float, dev_frac: float, block_size: int, lowercase: bool,
+                       min_count: int, max_vocab: int) -> Dataset:
+    lines = [tokens for tokens in (tokenize(line, lowercase) for line in read_lines(path, "sentence")) if tokens]
+    n1, n2 = int(train_frac * len(lines)), int((train_frac + dev_frac) * len(lines))
+    parts = {"train": lines[:n1], "dev": lines[n1:n2], "test": lines[n2:]}  # in order, by position
+    empty = [name for name, part in parts.items() if not part]
+    if empty:
+        raise DataError(f"{len(lines)} lines are too few: the {', '.join(empty)} split(s) would be empty; "
+                        "use more text or change data.train_frac / data.dev_frac")
+    vocab = WordVocab.from_lines(parts["train"], min_count, max_vocab)  # from the training split only
+    X, Y = {}, {}
+    for name, part in parts.items():
+        X[name], Y[name] = build_token_examples([vocab.encode_tokens(t) for t in part], block_size)
+    sentences = {name: [" ".join(t) for t in part] for name, part in parts.items()}
+    return Dataset(vocab, sentences, X, Y)
+
+
+def load_data(d, block_size: int) -> Dataset:
+    """The dataset a config's `data` section (nplm.config.DataConfig) describes."""
+    return load_dataset(d.path, d.train_frac, d.dev_frac, d.split_seed, block_size, d.level, d.lowercase,
+                        d.min_count, d.max_vocab)

@@ -1,9 +1,11 @@
-"""Evaluation: the mean cross-entropy (nats per character) of a whole split, in chunks.
+"""Evaluation: the mean cross-entropy (nats per character, or per word) of a whole split, in chunks.
 
 Chunks of `chunk` rows under inference mode keep peak memory flat and run faster than one pass
 over the whole split (REFERENCE.md).
 """
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -23,3 +25,8 @@ def split_loss(model: torch.nn.Module, X: torch.Tensor, Y: torch.Tensor, chunk: 
         total += F.cross_entropy(logits, Y[i:i + chunk].to(device), reduction="sum").double()
     model.train(was_training)
     return (total / len(X)).item()
+
+
+def perplexity(loss: float) -> float:
+    """exp(loss): the loss in nats per token as perplexity (inf past what a float holds)."""
+    return math.exp(loss) if loss < 700 else math.inf

@@ -63,15 +63,24 @@ def embedding_2d(C: torch.Tensor) -> tuple[torch.Tensor, str]:
     return centred @ V[:2].T, f"PCA, {explained:.0%} of variance"
 
 
-def plot_embedding(C: torch.Tensor, itos: list[str], path: Path, title: str = "") -> Path:
-    """Every character at its (projected) embedding, as in the lecture's scatter of C."""
+def plot_embedding(C: torch.Tensor, itos: list[str], path: Path, title: str = "", limit: int = 150) -> Path:
+    """Every character at its (projected) embedding, as in the lecture's scatter of C; of a word
+    vocabulary (most frequent first) the first `limit` words."""
     plt = _pyplot()
     xy, how = embedding_2d(C)
-    fig, ax = plt.subplots(figsize=(6, 6), dpi=110)
-    ax.scatter(xy[:, 0], xy[:, 1], s=220, color="tab:blue", alpha=0.85)
-    for (x, y), ch in zip(xy.tolist(), itos):
-        ax.text(x, y, ch, ha="center", va="center", color="white", fontsize=10, fontweight="bold")
-    ax.set_title(f"{title or 'character embeddings'} ({how})")
+    words = len(itos) > limit or any(len(t) > 1 for t in itos[1:])
+    xy, itos = xy[:limit], itos[:limit]
+    fig, ax = plt.subplots(figsize=(9, 9) if words else (6, 6), dpi=110)
+    if words:
+        ax.scatter(xy[:, 0], xy[:, 1], s=8, color="tab:blue", alpha=0.6)
+        for (x, y), w in zip(xy.tolist(), itos):
+            ax.annotate(w, (x, y), fontsize=7, xytext=(2, 2), textcoords="offset points")
+    else:
+        ax.scatter(xy[:, 0], xy[:, 1], s=220, color="tab:blue", alpha=0.85)
+        for (x, y), ch in zip(xy.tolist(), itos):
+            ax.text(x, y, ch, ha="center", va="center", color="white", fontsize=10, fontweight="bold")
+    default = f"the {len(itos)} most frequent words' embeddings" if words else "character embeddings"
+    ax.set_title(f"{title or default} ({how})")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)

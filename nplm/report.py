@@ -88,6 +88,8 @@ def count_baseline(df: pd.DataFrame, order: int = 6) -> tuple[str, float] | None
     keys = ["data.path", "data.train_frac", "data.dev_frac", "data.split_seed"]
     if not set(keys) <= set(df.columns) or len(df[keys].astype(str).drop_duplicates()) != 1:
         return None
+    if "data.level" in df.columns and (df["data.level"] != "char").any():
+        return None  # the count model works on characters only so far
     from nplm.data import load_dataset
     from nplm.ngram import NGram
     path, train_frac, dev_frac, split_seed = df[keys].iloc[0]

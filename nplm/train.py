@@ -22,8 +22,8 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from nplm.checkpoint import CKPT_NAME, STATE_FORMAT, STATE_NAME, save_atomic, save_checkpoint
 from nplm.config import Config, ConfigError
-from nplm.data import SPLITS, Dataset, load_dataset
-from nplm.evaluate import split_loss
+from nplm.data import SPLITS, Dataset, load_data
+from nplm.evaluate import perplexity, split_loss
 from nplm.mixture import Mixture, fit_weight
 from nplm.model import NPLM
 from nplm.ngram import NGram
@@ -73,8 +73,7 @@ def run(cfg: Config, out_dir: Path, group: str | None = None, name: str | None =
             device = resolve_device(cfg.device)
             if cfg.train.threads:
                 torch.set_num_threads(cfg.train.threads)
-            data = load_dataset(cfg.data.path, cfg.data.train_frac, cfg.data.dev_frac, cfg.data.split_seed,
-                                cfg.model.block_size)
+            data = load_data(cfg.data, cfg.model.block_size)
             tracker = Tracker(out_dir, cfg.wandb, dataclasses.asdict(cfg), group, name,
                               resume_step=resume["step"] if resume else None,
                               wandb_id=resume["wandb_id"] if resume else None)
@@ -111,8 +110,9 @@ def train(cfg: Config, data: Dataset, device: torch.device, tracker: Tracker, ou
     mix: dict = {}  # model.mix_order: the mixture's weight and its parts' dev losses
     Xtr, Ytr = data.X["train"].to(device), data.Y["train"].to(device)
     Xdev, Ydev = data.X["dev"].to(device), data.Y["dev"].to(device)
-    log.info("data: %d words (train/dev/test %d/%d/%d), vocab_size %d (derived from the data), "
-             "examples train/dev/test %d/%d/%d", sum(map(len, data.words.values())),
+    unit = "words" if cfg.data.level == "char" else "lines"
+    log.info("data: %d %s (train/dev/test %d/%d/%d), vocab_size %d (derived from the data), "
+             "examples train/dev/test %d/%d/%d", sum(map(len, data.words.values())), unit,
              *(len(data.words[s]) for s in SPLITS), data.vocab.size, *(len(data.X[s]) for s in SPLITS))
     if m.type == "ngram":
         t0 = time.perf_counter()
@@ -187,6 +187,9 @@ def train(cfg: Config, data: Dataset, device: torch.device, tracker: Tracker, ou
         "status": "finished", "mode": "train",
         "train_loss": train_loss, "dev_loss": dev_loss,
         "best_dev_loss": best_val, "best_dev_step": best_step,
+        # perplexity: exp(loss in nats per token), the paper's measure at word level
+        "train_ppl": perplexity(train_loss), "dev_ppl": perplexity(dev_loss), "best_dev_ppl": perplexity(best_val),
+        "level": cfg.data.level,
         "steps": steps, "batch_size": t.batch_size if m.type == "nplm" else None,
         "wall_time_s": wall, "train_time_s": train_time,
         "steps_per_s": steps / train_time if steps and train_time else None,
@@ -204,11 +207,13 @@ def train(cfg: Config, data: Dataset, device: torch.device, tracker: Tracker, ou
         log.info("done: train loss %.4f | dev loss %.4f | %s counts | %.1f s wall (%.2f s counting)",
                  train_loss, dev_loss, f"{model.num_params():,}", wall, train_time)
     else:
-        log.info("done: train loss %.4f | dev loss %.4f (best %.4f at step %d) | %s parameters | "
-                 "%.1f s wall (%.1f s training, %.0f steps/s)", train_loss, dev_loss, best_val, best_step,
-                 f"{model.num_params():,}", wall, train_time, summary["steps_per_s"] or 0)
+        log.info("done: train loss %.4f | dev loss %.4f (best %.4f at step %d) | perplexity train %.2f, dev %.2f | "
+                 "%s parameters | %.1f s wall (%.1f s training, %.0f steps/s)", train_loss, dev_loss, best_val,
+                 best_step, summary["train_ppl"], summary["dev_ppl"], f"{model.num_params():,}", wall, train_time,
+                 summary["steps_per_s"] or 0)
     log.info("saved to %s", out_dir)
-    log.info("samples: %s", ", ".join(f"{w} ({lab})" if lab != "new" else w for w, lab in samples))
+    sep = ", " if cfg.data.level == "char" else " | "  # sentences hold commas
+    log.info("samples: %s", sep.join(f"{w} ({lab})" if lab != "new" else w for w, lab in samples))
     return dev_loss
 
 
@@ -220,7 +225,7 @@ def _loop(cfg: Config, model: NPLM, optimizer: Optimizer, g: torch.Generator,
     training state, and on SIGINT/SIGTERM a save and Interrupted. Starts where `resume` left off.
     Returns (best dev loss, its step, training seconds, the weights then if train.keep_best);
     raises Diverged."""
-    o, t, device = cfg.optim, cfg.train, Xtr.device
+    o, t, device, word = cfg.optim, cfg.train, Xtr.device, cfg.data.level == "word"
     best_val, best_step, val_loss, best_state = math.inf, -1, math.nan, None
     # Polyak averaging: evaluate (and end with) a moving average of the weights, buffers included
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(t.ema), use_buffers=True) if t.ema else None
@@ -274,7 +279,7 @@ def _loop(cfg: Config, model: NPLM, optimizer: Optimizer, g: torch.Generator,
                 raise Diverged(step + 1, row["train/loss"], train_time)
             if evaluate:
                 val_loss = split_loss(evaluated, Xdev, Ydev, t.eval_chunk)
-                row["val/loss"] = val_loss
+                row["val/loss"], row["val/ppl"] = val_loss, perplexity(val_loss)
                 if val_loss < best_val:
                     best_val, best_step = val_loss, step + 1
                     if t.keep_best:
@@ -282,7 +287,8 @@ def _loop(cfg: Config, model: NPLM, optimizer: Optimizer, g: torch.Generator,
             tracker.log(row)
             log.info("step %*d/%d | train/loss %.4f |%s lr %.2e | %.0f steps/s | %s left",
                      len(str(t.steps)), step + 1, t.steps, row["train/loss"],
-                     f" val/loss {val_loss:.4f} |" if evaluate else "", lr, rate,
+                     (f" val/loss {val_loss:.4f}" + (f" (ppl {perplexity(val_loss):.1f})" if word else "") + " |")
+                     if evaluate else "", lr, rate,
                      _hms((t.steps - step - 1) / rate))
             if evaluate:
                 save_state(step + 1)

@@ -1,4 +1,5 @@
-"""Evaluate a saved run on one split (nats per character), and record it as eval_<split>.json in the run.
+"""Evaluate a saved run on one split (nats per token, and perplexity), and record it as eval_<split>.json
+in the run.
 
     python scripts/evaluate.py outputs/runs/2026-11-22/16-13-37 split=test
 The test split is evaluated only here, only when asked for.
@@ -9,7 +10,7 @@ from pathlib import Path
 
 from nplm.cli import fail, load_run, parse_args
 from nplm.data import SPLITS
-from nplm.evaluate import split_loss
+from nplm.evaluate import perplexity, split_loss
 
 USAGE = "python scripts/evaluate.py <run dir> [split=dev|train|test] [chunk=4096]"
 
@@ -21,8 +22,10 @@ def main(argv: list[str]) -> None:
     model, _, state, data = load_run(run_dir)
     split = opts["split"]
     loss = split_loss(model, data.X[split], data.Y[split], opts["chunk"])
-    result = {"split": split, "loss": loss, "examples": len(data.X[split]), "step": state["step"]}
-    print(f"{split} loss {loss:.4f} ({len(data.X[split]):,} examples, step {state['step']:,})")
+    result = {"split": split, "loss": loss, "perplexity": perplexity(loss), "examples": len(data.X[split]),
+              "step": state["step"]}
+    print(f"{split} loss {loss:.4f}, perplexity {perplexity(loss):.2f} ({len(data.X[split]):,} examples, "
+          f"step {state['step']:,})")
     if Path(run_dir).is_dir():
         (Path(run_dir) / f"eval_{split}.json").write_text(json.dumps(result, indent=2) + "\n")
 

@@ -8,6 +8,7 @@ from nplm.optim import lr_at
 
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
+DATA = sorted(p.stem for p in (CONF / "data").glob("*.yaml"))
 
 
 def test_every_yaml_starts_with_the_command_that_uses_it():
@@ -24,6 +25,18 @@ def test_default_config_composes():
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_experiments_compose(name):
     to_config(compose_cfg([f"experiment={name}"]))
+
+
+@pytest.mark.parametrize("name", DATA)
+def test_data_presets_compose(name):
+    cfg = to_config(compose_cfg([f"data={name}"]))
+    assert cfg.data.level == ("word" if name == "shakespeare" else "char")
+
+
+def test_count_model_is_refused_at_word_level():
+    for override in ("model=ngram", "model.mix_order=3"):
+        with pytest.raises(ConfigError, match="data.level=char only so far"):
+            to_config(compose_cfg(["data=shakespeare", override]))
 
 
 @pytest.mark.parametrize("name", MODELS)
