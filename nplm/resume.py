@@ -5,8 +5,9 @@
   evaluation and when a signal asks the run to stop. A signal lets the current step finish, saves,
   and ends the run with status `interrupted`; a second Ctrl-C stops at once.
 - `python train.py resume=<run folder>` continues that run in its own folder with its own saved
-  config. Only settings that do not change what is computed may be given with it (RESUMABLE);
-  anything else is refused. The resumed run ends with the same losses as an uninterrupted one.
+  config. Only RESUMABLE settings may be given with it (train.steps, to train longer, and settings
+  that change no loss); anything else is refused. Without train.steps, the resumed run ends with
+  exactly the losses of an uninterrupted one.
 - One process at a time trains in a folder (`claim`): two runs started in the same second, or a
   resume while the run still goes on, get an error instead of writing over each other.
 - A sweep job whose folder holds the saved state of the same config resumes by itself, so the
@@ -26,7 +27,8 @@ from pathlib import Path
 from nplm.checkpoint import STATE_NAME, load_train_state
 from nplm.config import Config, ConfigError, from_dict, validate
 
-# Settings a resumed run may change: how long it trains, how it reports, how many threads it uses.
+# Settings a resumed run may change: how long it trains (the schedule follows the new length), how it
+# reports, how many threads it uses.
 RESUMABLE = ("train.steps", "train.threads", "train.log_interval", "train.num_samples", "wandb.mode")
 
 
