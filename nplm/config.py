@@ -170,15 +170,12 @@ def validate(cfg: Config) -> Config:
     _check_choice(d.level, LEVELS, "data.level")
     _check(d.min_count >= 1, f"data.min_count={d.min_count} must be at least 1")
     _check(d.max_vocab == 0 or d.max_vocab >= 3, f"data.max_vocab={d.max_vocab} must be 0 (no limit) or at least 3")
-    if d.level == "word":
-        _check(m.type == "nplm" and not m.mix_order,
-               "the Kneser-Ney count model (model=ngram, model.mix_order) works at data.level=char only so far; "
-               "leave them out at data.level=word")
     _check_choice(m.type, MODEL_TYPES, "model")
     if m.type == "ngram":
         _check(1 <= m.order <= 10, f"model.order={m.order} must be between 1 and 10")
-        _check(m.block_size == max(1, m.order - 1),
-               f"model.block_size={m.block_size} is derived from the order for model=ngram; set model.order instead")
+        _check(m.block_size >= max(1, m.order - 1),
+               f"model.block_size={m.block_size} is too short for model.order={m.order}: an n-gram reads n - 1 "
+               "tokens of context; raise model.block_size (or leave it out: model=ngram derives it)")
     else:
         for key, value in (("model.n_embd", m.n_embd), ("model.n_hidden", m.n_hidden), ("model.n_layer", m.n_layer)):
             _check(value >= 1, f"{key}={value} must be at least 1")

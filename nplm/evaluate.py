@@ -21,8 +21,12 @@ def split_loss(model: torch.nn.Module, X: torch.Tensor, Y: torch.Tensor, chunk: 
     device = model_device(model)
     total = torch.zeros((), dtype=torch.float64, device=device)
     for i in range(0, len(X), chunk):
-        logits, _ = model(X[i:i + chunk].to(device))
-        total += F.cross_entropy(logits, Y[i:i + chunk].to(device), reduction="sum").double()
+        x, y = X[i:i + chunk].to(device), Y[i:i + chunk].to(device)
+        if hasattr(model, "target_log_prob"):  # count models and mixtures: the target's probability only
+            total -= model.target_log_prob(x, y).sum().to(device)
+        else:
+            logits, _ = model(x)
+            total += F.cross_entropy(logits, y, reduction="sum").double()
     model.train(was_training)
     return (total / len(X)).item()
 

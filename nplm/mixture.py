@@ -41,6 +41,15 @@ class Mixture(nn.Module):
         loss = None if targets is None else F.cross_entropy(logits, targets)
         return logits, loss
 
+    def target_log_prob(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """log(w P_net(target) + (1 - w) P_ngram(target)) of each row, float64 (for evaluation)."""
+        logp_nn = F.log_softmax(self.nplm(idx)[0].double(), dim=-1).gather(1, targets[:, None]).squeeze(1).cpu()
+        logp_ng = self.ngram.target_log_prob(idx, targets)
+        w = self.weight.item()
+        if 0 < w < 1:
+            return torch.logaddexp(logp_nn + math.log(w), logp_ng + math.log1p(-w))
+        return logp_nn if w >= 1 else logp_ng
+
     def num_params(self) -> int:
         """The network's parameters (the n-gram's counts are reported apart, as ngram_counts)."""
         return self.nplm.num_params()

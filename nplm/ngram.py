@@ -16,6 +16,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from nplm.config import ConfigError
+
+
+def max_order(vocab_size: int) -> int:
+    """The highest order whose n-grams fit one int64 key (base vocab_size)."""
+    n = 1
+    while vocab_size ** (n + 1) < 2 ** 63:
+        n += 1
+    return n
+
 
 def _pack(ctx: torch.Tensor, V: int) -> torch.Tensor:
     """Integer key of each row of ctx (N, k), base V; k = 0 gives 0."""
@@ -46,6 +56,10 @@ class NGram(nn.Module):
     def fit(self, X: torch.Tensor, Y: torch.Tensor) -> "NGram":
         """Count every n-gram of the training examples and derive the discounts."""
         V, X, Y = self.vocab_size, X.cpu(), Y.cpu()
+        if V ** self.order >= 2 ** 63:  # each n-gram is one int64 key, base V
+            raise ConfigError(f"a {self.order}-gram over {V:,} tokens does not fit the count model's 64-bit keys; "
+                              f"use model.order <= {max_order(V)} (or a smaller vocabulary: data.min_count, "
+                              "data.max_vocab)")
         grams = torch.cat([X[:, X.shape[1] - (self.order - 1):] if self.order > 1 else X[:, :0],
                            Y[:, None]], dim=1)  # (N, order): context then next char
         keys, counts = torch.unique(_pack(grams, V), return_counts=True)
@@ -85,6 +99,11 @@ class NGram(nn.Module):
             discounted = (c - b("discounts")[c.long().clamp(max=3)]).clamp(min=0)
             p = torch.where(total > 0, (discounted + gamma * p) / total.clamp(min=1), p)
         return p.log()
+
+    def target_log_prob(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """log P(target | context) of each row, float64: what evaluation needs, without scoring all
+        vocab_size candidates (as forward does), which matters at word level."""
+        return self.log_prob(idx.cpu(), targets.cpu())
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
         """idx (B, block_size) -> log-probabilities (B, vocab_size) as logits, and the mean NLL."""

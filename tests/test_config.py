@@ -33,12 +33,6 @@ def test_data_presets_compose(name):
     assert cfg.data.level == ("word" if name == "shakespeare" else "char")
 
 
-def test_count_model_is_refused_at_word_level():
-    for override in ("model=ngram", "model.mix_order=3"):
-        with pytest.raises(ConfigError, match="data.level=char only so far"):
-            to_config(compose_cfg(["data=shakespeare", override]))
-
-
 @pytest.mark.parametrize("name", MODELS)
 def test_models_compose(name):
     assert to_config(compose_cfg([f"model={name}"])).model.type == name

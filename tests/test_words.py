@@ -4,9 +4,12 @@ import json
 import math
 
 import pytest
+import torch
 
 from conftest import ROOT, run_cmd, train
+from nplm.config import ConfigError
 from nplm.data import EOS, UNK, WordVocab, load_dataset, tokenize
+from nplm.ngram import NGram
 
 
 def test_tokens_are_words_and_single_marks():
@@ -48,3 +51,13 @@ def test_shakespeare_preset_trains_with_perplexity_and_its_run_can_be_used(tmp_p
     out = run_cmd([ROOT / "scripts/evaluate.py", run_dir, "split=dev"]).stdout
     assert f"{s['dev_loss']:.4f}" in out
     assert run_cmd([ROOT / "scripts/sample.py", run_dir, "n=3", "seed=1"]).returncode == 0
+
+
+def test_kneser_ney_at_word_level(tmp_path):
+    """The count baseline on the same tokens and splits; orders whose keys would overflow are refused."""
+    run_dir = tmp_path / "kn"
+    train(run_dir, "data=shakespeare", "model=ngram", "model.order=3", "wandb.mode=disabled")
+    s = json.loads((run_dir / "summary.json").read_text())
+    assert s["level"] == "word" and s["status"] == "finished" and 50 < s["dev_ppl"] < 400
+    with pytest.raises(ConfigError, match="use model.order <= 4"):
+        NGram(5, 11_022, 4).fit(torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, dtype=torch.long))
