@@ -49,7 +49,7 @@ class ModelConfig:
     type: str = MISSING  # nplm (conf/model/nplm.yaml) | ngram (conf/model/ngram.yaml)
     block_size: int = MISSING  # characters of context (ngram: order - 1, at least 1)
     n_embd: int = 0  # nplm: size of each character's feature vector C[i]
-    n_hidden: int = 0  # nplm: tanh units in the hidden layer
+    n_hidden: int = 0  # nplm: tanh units in each hidden layer; 0 = no hidden layer (the paper's h = 0)
     init: str = "scaled"  # nplm: lecture (raw randn draws) | scaled (fan-in with tanh gain, small output)
     n_layer: int = 1  # nplm: hidden layers, each n_hidden wide
     norm: str = "none"  # nplm: none | batchnorm (running statistics for evaluation) | layernorm, before tanh
@@ -177,8 +177,9 @@ def validate(cfg: Config) -> Config:
                f"model.block_size={m.block_size} is too short for model.order={m.order}: an n-gram reads n - 1 "
                "tokens of context; raise model.block_size (or leave it out: model=ngram derives it)")
     else:
-        for key, value in (("model.n_embd", m.n_embd), ("model.n_hidden", m.n_hidden), ("model.n_layer", m.n_layer)):
+        for key, value in (("model.n_embd", m.n_embd), ("model.n_layer", m.n_layer)):
             _check(value >= 1, f"{key}={value} must be at least 1")
+        _check(m.n_hidden >= 0, f"model.n_hidden={m.n_hidden} must be 0 (no hidden layer) or more")
         _check_choice(m.norm, NORMS, "model.norm")
         _check(0 <= m.dropout < 1, f"model.dropout={m.dropout} must be in [0, 1)")
         _check(m.mix_order == 0 or 1 <= m.mix_order <= min(10, m.block_size + 1),

@@ -39,12 +39,13 @@ class NPLM(nn.Module):
         self.block_size, self.vocab_size = cfg.block_size, vocab_size
         fan_in = cfg.block_size * cfg.n_embd
         self.C = nn.Parameter(torch.empty(vocab_size, cfg.n_embd))  # feature vector of each token
-        widths = [fan_in] + [cfg.n_hidden] * cfg.n_layer
+        # n_hidden = 0: no hidden layer, the output reads the features themselves (the paper's h = 0)
+        widths = [fan_in] + ([cfg.n_hidden] * cfg.n_layer if cfg.n_hidden else [])
         self.hidden = nn.ModuleList(Linear(a, b) for a, b in zip(widths, widths[1:]))
         norm = {"none": lambda n: nn.Identity(), "batchnorm": nn.BatchNorm1d, "layernorm": nn.LayerNorm}[cfg.norm]
-        self.norms = nn.ModuleList(norm(cfg.n_hidden) for _ in range(cfg.n_layer))
+        self.norms = nn.ModuleList(norm(cfg.n_hidden) for _ in self.hidden)
         self.dropout = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
-        self.out = Linear(cfg.n_hidden, vocab_size)
+        self.out = Linear(widths[-1], vocab_size)
         self.direct = nn.Parameter(torch.zeros(fan_in, vocab_size)) if cfg.direct else None
 
     @torch.no_grad()

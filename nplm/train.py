@@ -139,9 +139,10 @@ def train(cfg: Config, data: Dataset, device: torch.device, tracker: Tracker, ou
             torch.set_rng_state(resume["rng"]["torch"])
             if resume["rng"]["cuda"] is not None:
                 torch.cuda.set_rng_state_all(resume["rng"]["cuda"])
-        log.info("model: n_embd %d, block_size %d, %d x n_hidden %d, norm %s, dropout %g%s, init %s, "
+        hidden = f"{m.n_layer} x n_hidden {m.n_hidden}" if m.n_hidden else "no hidden layer"
+        log.info("model: n_embd %d, block_size %d, %s, norm %s, dropout %g%s, init %s, "
                  "%d parameters; %s lr %g (%s); device %s, %d CPU thread(s)", m.n_embd, m.block_size,
-                 m.n_layer, m.n_hidden, m.norm, m.dropout, ", direct connections" if m.direct else "", m.init,
+                 hidden, m.norm, m.dropout, ", direct connections" if m.direct else "", m.init,
                  model.num_params(), cfg.optim.name, cfg.optim.lr, cfg.optim.schedule, device,
                  torch.get_num_threads())
         if cfg.mode != "train":

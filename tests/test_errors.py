@@ -40,7 +40,7 @@ def assert_one_line_error(proc, message, where=None):
 
 CONFIG_ERRORS = {  # override -> what the one line must say
     "model.n_embd=0": "model.n_embd=0 must be at least 1",
-    "model.n_hidden=-3": "model.n_hidden=-3 must be at least 1",
+    "model.n_hidden=-3": "model.n_hidden=-3 must be 0 (no hidden layer) or more",
     "model.block_size=0": "model.block_size=0 must be at least 1",
     "optim.lr=0": "optim.lr=0.0 must be positive",
     "optim.lr=-0.1": "optim.lr=-0.1 must be positive",

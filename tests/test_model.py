@@ -110,3 +110,13 @@ def test_weight_decay_only_on_weight_matrices_unless_asked():
                                             decay_all=True))
     decayed = {id(p) for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
     assert decayed == {id(p) for p in model.parameters()}  # asked for: everything, C and norms included
+
+
+def test_no_hidden_layer_is_the_papers_linear_model():
+    """n_hidden=0 (the paper's h = 0): the output layer reads the concatenated features."""
+    model = NPLM(ModelConfig(type="nplm", n_embd=8, block_size=3, n_hidden=0, init="scaled"), 27)
+    model.init_weights("scaled", torch.Generator().manual_seed(0))
+    assert len(model.hidden) == 0 and model.out.weight.shape == (24, 27)
+    assert model.num_params() == 27 * 8 + 24 * 27 + 27
+    logits, loss = model(torch.randint(0, 27, (5, 3)), torch.randint(0, 27, (5,)))
+    assert logits.shape == (5, 27) and abs(loss.item() - math.log(27)) < 0.1

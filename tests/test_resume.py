@@ -97,7 +97,8 @@ def test_sigkill_during_a_checkpoint_write_loses_nothing_saved(uninterrupted, tm
     wait_for(lambda: (run_dir / STATE_NAME).exists() and tmp.exists(), proc)
     proc.kill()
     proc.communicate(timeout=60)
-    assert tmp.exists() and tmp.stat().st_size < (run_dir / STATE_NAME).stat().st_size  # caught half-written
+    # killed before the rename: in the middle of the write (usually: the file is short) or of its flush
+    assert tmp.exists() and tmp.stat().st_size <= (run_dir / STATE_NAME).stat().st_size
     assert not (run_dir / "summary.json").exists()  # killed: no chance to write anything
 
     proc = run_cmd([ROOT / "train.py", f"resume={run_dir}"])
