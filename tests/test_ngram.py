@@ -59,4 +59,4 @@ def test_ngram_orders_sweep(tmp_path):
     devs = [json.loads((sweep / j / "summary.json").read_text())["dev_loss"] for j in "01"]
     assert devs[0] > devs[1]  # a trigram beats a bigram
     proc = train(tmp_path / "bad", "model=ngram", "model.block_size=3", check=False)
-    assert proc.returncode == 2 and "set model.order instead" in proc.stderr + proc.stdout
+    assert proc.returncode == 2 and "model.block_size=3 is too short for model.order=5" in proc.stderr + proc.stdout

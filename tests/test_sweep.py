@@ -150,6 +150,7 @@ def test_optional_launchers_and_optuna(tmp_path):
     assert set(pd.read_csv(sweep / "leaderboard.csv")["status"]) == {"diverged"}
 
 
+@pytest.mark.slow
 def test_dashboard_renders_in_headless_chromium(tmp_path):
     """Where Chromium is installed (apt-get install chromium): the page renders, images and all."""
     import shutil

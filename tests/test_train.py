@@ -166,6 +166,7 @@ def test_keep_best_reports_the_best_evaluated_weights(tmp_path):
     assert s["dev_loss"] == pytest.approx(min(vals), abs=1e-9)
 
 
+@pytest.mark.slow
 def test_ema_evaluates_and_keeps_the_averaged_weights_without_changing_training(tmp_path):
     common = ["wandb.mode=disabled", "optim.schedule=constant", "optim.lr=0.1"]
     train(tmp_path / "plain", *common)
