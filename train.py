@@ -60,7 +60,8 @@ def main(cfg: DictConfig) -> float:
             return dev_loss
     except USER_ERRORS as e:
         if multirun:
-            if not (out_dir / "summary.json").exists():  # the sweep's report lists the failed job
+            # the sweep's report lists the failed job; a folder holding another run's record is left alone
+            if not (out_dir / "summary.json").exists() and not (out_dir / "config.yaml").exists():
                 save_summary(out_dir, {"status": "failed", "error": f"{type(e).__name__}: {e}",
                                        "overrides": list(hc.overrides.task)})
             raise  # Hydra records the failed job and goes on with the others
