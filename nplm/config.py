@@ -42,6 +42,8 @@ class DataConfig:
     lowercase: bool = False  # level=word: fold case before tokenising
     min_count: int = 1  # level=word: words seen fewer times in the training split become <unk>
     max_vocab: int = 0  # level=word: keep at most this many tokens (</s> and <unk> included); 0 = all
+    train_tokens: int = 0  # level=word: split by token counts instead of fractions: the lines holding the
+    dev_tokens: int = 0  # first train_tokens tokens train, the next dev_tokens dev, the rest test; 0 = fractions
 
 
 @dataclass
@@ -83,7 +85,8 @@ class TrainConfig:
     batch_size: int = MISSING
     eval_interval: int = MISSING  # steps between full dev-split evaluations (and at the last step)
     log_interval: int = MISSING  # steps between metrics rows / progress lines
-    eval_chunk: int = 4096  # rows per chunk when evaluating a whole split (bounds memory)
+    eval_chunk: int = 4096  # rows per chunk when evaluating a whole split (bounds memory); fewer with a large
+    # vocabulary, so a chunk's logits stay cache-sized (nplm/evaluate.py)
     threads: int = 0  # torch CPU threads; 0 = torch's default
     num_samples: int = 20  # names sampled at the end of the run
     keep_best: bool = False  # end with the weights of the best dev evaluation, not the last step's
@@ -170,6 +173,12 @@ def validate(cfg: Config) -> Config:
     _check_choice(d.level, LEVELS, "data.level")
     _check(d.min_count >= 1, f"data.min_count={d.min_count} must be at least 1")
     _check(d.max_vocab == 0 or d.max_vocab >= 3, f"data.max_vocab={d.max_vocab} must be 0 (no limit) or at least 3")
+    if d.train_tokens or d.dev_tokens:
+        _check(d.level == "word", "data.train_tokens / data.dev_tokens split sentences by token counts; they need "
+               "data.level=word (characters are split by data.train_frac / data.dev_frac)")
+        _check(d.train_tokens > 0 and d.dev_tokens > 0,
+               f"data.train_tokens={d.train_tokens} and data.dev_tokens={d.dev_tokens} must both be positive "
+               "(or both 0 to split by data.train_frac / data.dev_frac)")
     _check_choice(m.type, MODEL_TYPES, "model")
     if m.type == "ngram":
         _check(1 <= m.order <= 10, f"model.order={m.order} must be between 1 and 10")

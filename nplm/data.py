@@ -9,8 +9,12 @@ data.level=word is Bengio et al.'s setting: each line is a sentence, tokenised i
 punctuation marks (TOKEN below; data.lowercase folds case first); `</s>` is index 0 and marks both
 the start and the end of a line, as '.' does for names; `<unk>` stands for every word seen fewer
 than data.min_count times in the training split (or outside the data.max_vocab most frequent).
-The lines are cut in order, not shuffled: the first train_frac of them train, the next dev_frac
-dev, the rest test, as the paper cut its corpus by position.
+The lines are cut in order, not shuffled, as the paper cut its corpus by position: the first
+train_frac of them train, the next dev_frac dev, the rest test; or, with data.train_tokens and
+data.dev_tokens, by counts of tokens (the paper: the first 800,000 words train, the next 200,000
+validate): lines go to train until train_tokens tokens are reached, then to dev until dev_tokens
+more are, the rest to test. Tokens are the TOKEN matches (words and marks, not </s>); the cut
+falls at the end of the line that reaches the count, so no sentence straddles two splits.
 """
 from __future__ import annotations
 
@@ -191,9 +195,10 @@ class Dataset:
 
 def load_dataset(path: str | Path | None, train_frac: float, dev_frac: float, split_seed: int,
                  block_size: int, level: str = "char", lowercase: bool = False, min_count: int = 1,
-                 max_vocab: int = 0) -> Dataset:
+                 max_vocab: int = 0, train_tokens: int = 0, dev_tokens: int = 0) -> Dataset:
     if level == "word":
-        return _load_word_dataset(path, train_frac, dev_frac, block_size, lowercase, min_count, max_vocab)
+        return _load_word_dataset(path, train_frac, dev_frac, block_size, lowercase, min_count, max_vocab,
+                                  train_tokens, dev_tokens)
     words = load_words(path)
     vocab = Vocab.from_words(words)  # from all words, as the lecture does: every split is encodable
     splits = split_words(words, train_frac, dev_frac, split_seed)
@@ -204,14 +209,21 @@ def load_dataset(path: str | Path | None, train_frac: float, dev_frac: float, sp
 
 
 def _load_word_dataset(path, train_frac: float, dev_frac: float, block_size: int, lowercase: bool,
-                       min_count: int, max_vocab: int) -> Dataset:
+                       min_count: int, max_vocab: int, train_tokens: int = 0, dev_tokens: int = 0) -> Dataset:
     lines = [tokens for tokens in (tokenize(line, lowercase) for line in read_lines(path, "sentence")) if tokens]
-    n1, n2 = int(train_frac * len(lines)), int((train_frac + dev_frac) * len(lines))
+    if train_tokens:
+        n1 = _cut_by_tokens(lines, train_tokens)
+        n2 = n1 + _cut_by_tokens(lines[n1:], dev_tokens)
+        change = "data.train_tokens / data.dev_tokens"
+    else:
+        n1, n2 = int(train_frac * len(lines)), int((train_frac + dev_frac) * len(lines))
+        change = "data.train_frac / data.dev_frac"
     parts = {"train": lines[:n1], "dev": lines[n1:n2], "test": lines[n2:]}  # in order, by position
     empty = [name for name, part in parts.items() if not part]
     if empty:
-        raise DataError(f"{len(lines)} lines are too few: the {', '.join(empty)} split(s) would be empty; "
-                        "use more text or change data.train_frac / data.dev_frac")
+        total = sum(map(len, lines))
+        raise DataError(f"{len(lines)} lines ({total:,} tokens) are too few: the {', '.join(empty)} split(s) "
+                        f"would be empty; use more text or change {change}")
     vocab = WordVocab.from_lines(parts["train"], min_count, max_vocab)  # from the training split only
     X, Y = {}, {}
     for name, part in parts.items():
@@ -220,7 +232,17 @@ def _load_word_dataset(path, train_frac: float, dev_frac: float, block_size: int
     return Dataset(vocab, sentences, X, Y)
 
 
+def _cut_by_tokens(lines: list[list[str]], tokens: int) -> int:
+    """How many lines, from the first, it takes to hold at least `tokens` tokens (all lines if fewer)."""
+    seen = 0
+    for i, line in enumerate(lines):
+        seen += len(line)
+        if seen >= tokens:
+            return i + 1
+    return len(lines)
+
+
 def load_data(d, block_size: int) -> Dataset:
     """The dataset a config's `data` section (nplm.config.DataConfig) describes."""
     return load_dataset(d.path, d.train_frac, d.dev_frac, d.split_seed, block_size, d.level, d.lowercase,
-                        d.min_count, d.max_vocab)
+                        d.min_count, d.max_vocab, d.train_tokens, d.dev_tokens)

@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from nplm.evaluate import chunk_rows
 from nplm.model import NPLM
 from nplm.ngram import NGram
 
@@ -43,7 +44,8 @@ class Mixture(nn.Module):
 
     def target_log_prob(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """log(w P_net(target) + (1 - w) P_ngram(target)) of each row, float64 (for evaluation)."""
-        logp_nn = F.log_softmax(self.nplm(idx)[0].double(), dim=-1).gather(1, targets[:, None]).squeeze(1).cpu()
+        logits = self.nplm(idx)[0]  # the target's log-probability alone: no (B, vocab_size) float64 copy
+        logp_nn = (logits.gather(1, targets[:, None]).squeeze(1) - logits.logsumexp(-1)).double().cpu()
         logp_ng = self.ngram.target_log_prob(idx, targets)
         w = self.weight.item()
         if 0 < w < 1:
@@ -61,9 +63,11 @@ def fit_weight(nplm: NPLM, ngram: NGram, X: torch.Tensor, Y: torch.Tensor, chunk
     was_training = nplm.training
     nplm.eval()
     p_nn, p_ng = [], []
+    chunk = chunk_rows(chunk, nplm.vocab_size)
     for i in range(0, len(X), chunk):
         x, y = X[i:i + chunk], Y[i:i + chunk]
-        p_nn.append(F.softmax(nplm(x)[0].double(), dim=-1).gather(1, y[:, None]).squeeze(1).cpu())
+        logits = nplm(x)[0]
+        p_nn.append((logits.gather(1, y[:, None]).squeeze(1) - logits.logsumexp(-1)).double().exp().cpu())
         p_ng.append(ngram.log_prob(x.cpu(), y.cpu()).exp())
     nplm.train(was_training)
     a, b = torch.cat(p_nn), torch.cat(p_ng)

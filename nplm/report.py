@@ -42,7 +42,8 @@ def load_jobs(sweep_dirs: list[Path]) -> pd.DataFrame:
                 continue  # a tool's run (mode=lr_find, overfit_batch): no dev loss to rank
             row = {"sweep": sweep.name, "job": job.name, "path": str(job), "status": summary.get("status"),
                    "error": summary.get("error", "")}
-            for key in ("dev_loss", "best_dev_loss", "train_loss", "num_params", "wall_time_s", "steps_per_s"):
+            for key in ("dev_loss", "best_dev_loss", "train_loss", "dev_ppl", "train_ppl", "num_params",
+                        "wall_time_s", "steps_per_s"):
                 row[key] = summary.get(key, math.nan)
             config = summary.get("config") or _config_from_hydra(job)
             if config:
@@ -74,30 +75,41 @@ def swept_columns(df: pd.DataFrame) -> list[str]:
     return [c for c in config_cols if df[c].astype(str).nunique(dropna=False) > 1]
 
 
+def word_level(df: pd.DataFrame) -> bool:
+    """Whether the jobs model words (data.level=word): perplexity is their figure, 2.17 is not their bar."""
+    return "data.level" in df.columns and (df["data.level"] == "word").any()
+
+
 def leaderboard(df: pd.DataFrame, swept: list[str]) -> pd.DataFrame:
-    cols = (["sweep"] if df["sweep"].nunique() > 1 else []) + ["job"] + swept + RESULT_COLUMNS + ["error"]
+    results = RESULT_COLUMNS[:1] + ["dev_ppl"] + RESULT_COLUMNS[1:] if word_level(df) else RESULT_COLUMNS
+    cols = (["sweep"] if df["sweep"].nunique() > 1 else []) + ["job"] + swept + results + ["error"]
     board = df.sort_values("dev_loss", na_position="last")[cols].reset_index(drop=True)
     board.index = board.index + 1
     board.index.name = "rank"
     return board
 
 
-def count_baseline(df: pd.DataFrame, order: int = 6) -> tuple[str, float] | None:
+def count_baseline(df: pd.DataFrame) -> tuple[str, float] | None:
     """The Kneser-Ney n-gram's dev loss on the data and split the jobs used (if they all used one):
-    the bar a neural model has to clear to be worth its training (REFERENCE.md)."""
-    keys = ["data.path", "data.train_frac", "data.dev_frac", "data.split_seed"]
-    if not set(keys) <= set(df.columns) or len(df[keys].astype(str).drop_duplicates()) != 1:
+    the bar a neural model has to clear to be worth its training (REFERENCE.md). Order 6 for
+    characters, 5 (or the most the vocabulary allows) for words."""
+    from nplm.config import DataConfig
+    from nplm.data import load_data
+    from nplm.ngram import NGram, max_order
+    keys = [c for c in df.columns if c.startswith("data.")]
+    if not keys or len(df[keys].astype(str).drop_duplicates()) != 1:
         return None
-    if "data.level" in df.columns and (df["data.level"] != "char").any():
-        return None  # the count model works on characters only so far
-    from nplm.data import load_dataset
-    from nplm.ngram import NGram
-    path, train_frac, dev_frac, split_seed = df[keys].iloc[0]
+    fields = DataConfig.__dataclass_fields__
+    given = {k.split(".", 1)[1]: None if pd.isna(v) else getattr(v, "item", lambda: v)()  # numpy -> Python
+             for k, v in df[keys].iloc[0].items() if k.split(".", 1)[1] in fields}
+    d = DataConfig(**{name: f.default for name, f in fields.items() if name not in given}, **given)
+    order = 6 if d.level == "char" else 5
     try:
-        data = load_dataset(None if pd.isna(path) else path, train_frac, dev_frac, int(split_seed), order - 1)
-    except ValueError:  # the data moved or changed since the sweep: no baseline, the rest stands
+        data = load_data(d, order - 1)
+    except (ValueError, TypeError):  # the data moved or changed since the sweep: no baseline, the rest stands
         return None
-    model = NGram(order, data.vocab.size, order - 1).fit(data.X["train"], data.Y["train"])
+    order = min(order, max_order(data.vocab.size))
+    model = NGram(order, data.vocab.size, data.X["train"].shape[1]).fit(data.X["train"], data.Y["train"])
     return f"Kneser-Ney {order}-gram", -model.log_prob(data.X["dev"], data.Y["dev"]).mean().item()
 
 
@@ -121,6 +133,7 @@ def make_plots(df: pd.DataFrame, swept: list[str], out_dir: Path,
                baseline: tuple[str, float] | None = None) -> dict[str, Path]:
     plt = _pyplot()
     done = df[df["status"] == "finished"]
+    words = word_level(df)
     plots: dict[str, Path] = {}
     if done.empty:
         return plots
@@ -134,7 +147,8 @@ def make_plots(df: pd.DataFrame, swept: list[str], out_dir: Path,
         ax.plot(means.index, means.values, color="tab:orange", marker="o", label="mean")
         if numeric and x.min() > 0 and x.max() / x.min() >= 10:
             ax.set_xscale("log")
-        ax.axhline(LECTURE_DEV, color="grey", ls="--", lw=0.8, label="lecture 2.17")
+        if not words:
+            ax.axhline(LECTURE_DEV, color="grey", ls="--", lw=0.8, label="lecture 2.17")
         if baseline:
             ax.axhline(baseline[1], color="tab:red", ls=":", lw=1, label=f"{baseline[0]} {baseline[1]:.4f}")
         ax.set_xlabel(col)
@@ -169,7 +183,8 @@ def make_plots(df: pd.DataFrame, swept: list[str], out_dir: Path,
             ax.plot(*zip(*curves["train/loss"]), color=color, alpha=0.25, lw=0.8)
         if curves["val/loss"]:
             ax.plot(*zip(*curves["val/loss"]), color=color, lw=1.8, label=f"{label} ({row['dev_loss']:.4f})")
-    ax.axhline(LECTURE_DEV, color="grey", ls="--", lw=0.8)
+    if not words:
+        ax.axhline(LECTURE_DEV, color="grey", ls="--", lw=0.8)
     if baseline:
         ax.axhline(baseline[1], color="tab:red", ls=":", lw=1)
     ax.set_yscale("log")
@@ -204,15 +219,20 @@ def dashboard_html(df: pd.DataFrame, board: pd.DataFrame, swept: list[str], plot
     if not done.empty:
         best = done.loc[done["dev_loss"].idxmin()]
         setting = ", ".join(f"{c}={best[c]}" for c in swept) or f"job {best['job']}"
-        verdict = "beats" if best["dev_loss"] < LECTURE_DEV else "does not beat"
-        n_beat = int((done["dev_loss"] < LECTURE_DEV).sum())
-        headline = (f"best dev loss <b>{best['dev_loss']:.4f}</b> ({setting}); it {verdict} the lecture's "
-                    f"{LECTURE_DEV}. {n_beat} of {len(done)} finished jobs beat it.")
+        if word_level(df):  # words: perplexity is the figure people compare; 2.17 is a character-level bar
+            headline = (f"best dev loss <b>{best['dev_loss']:.4f}</b> nats per token, perplexity "
+                        f"<b>{math.exp(best['dev_loss']):.1f}</b> ({setting}).")
+        else:
+            verdict = "beats" if best["dev_loss"] < LECTURE_DEV else "does not beat"
+            n_beat = int((done["dev_loss"] < LECTURE_DEV).sum())
+            headline = (f"best dev loss <b>{best['dev_loss']:.4f}</b> ({setting}); it {verdict} the lecture's "
+                        f"{LECTURE_DEV}. {n_beat} of {len(done)} finished jobs beat it.")
         if baseline:
             name, dev = baseline
             n_count = int((done["dev_loss"] < dev).sum())
             headline += (f"<br>Count baseline on the same split: {name}, dev loss <b>{dev:.4f}</b> "
-                         f"(red dotted line); {n_count} of {len(done)} finished jobs beat it.")
+                         f"(perplexity {math.exp(dev):.1f}; red dotted line); {n_count} of {len(done)} "
+                         "finished jobs beat it.")
     spread = ""
     if "seed" in swept and len(done) > 1:
         others = [c for c in swept if c != "seed"]

@@ -114,6 +114,9 @@ def train(cfg: Config, data: Dataset, device: torch.device, tracker: Tracker, ou
     log.info("data: %d %s (train/dev/test %d/%d/%d), vocab_size %d (derived from the data), "
              "examples train/dev/test %d/%d/%d", sum(map(len, data.words.values())), unit,
              *(len(data.words[s]) for s in SPLITS), data.vocab.size, *(len(data.X[s]) for s in SPLITS))
+    if cfg.data.level == "word":  # each line gives its tokens and </s> as targets
+        log.info("tokens train/dev/test %d/%d/%d (words and marks, </s> not counted)",
+                 *(len(data.X[s]) - len(data.words[s]) for s in SPLITS))
     if m.type == "ngram":
         t0 = time.perf_counter()
         model, optimizer = NGram(m.order, data.vocab.size, m.block_size).fit(Xtr, Ytr), None
@@ -165,8 +168,10 @@ def train(cfg: Config, data: Dataset, device: torch.device, tracker: Tracker, ou
         if m.mix_order:
             model, mix = _mix(cfg, model, data.vocab.size, Xtr, Ytr, Xdev, Ydev)
 
+    t0 = time.perf_counter()
     train_loss = split_loss(model, Xtr, Ytr, t.eval_chunk)
     dev_loss = split_loss(model, Xdev, Ydev, t.eval_chunk)
+    eval_time = time.perf_counter() - t0
     if m.mix_order:  # the network's own best is not comparable with the mixture's loss
         best_val, best_step = dev_loss, steps
     if dev_loss < best_val:
@@ -194,6 +199,9 @@ def train(cfg: Config, data: Dataset, device: torch.device, tracker: Tracker, ou
         "steps": steps, "batch_size": t.batch_size if m.type == "nplm" else None,
         "wall_time_s": wall, "train_time_s": train_time,
         "steps_per_s": steps / train_time if steps and train_time else None,
+        # throughput in tokens (characters or words): trained on per second, evaluated per second
+        "train_tokens_per_s": steps * t.batch_size / train_time if m.type == "nplm" and steps and train_time else None,
+        "eval_tokens_per_s": (len(Xtr) + len(Xdev)) / eval_time,
         "num_params": model.num_params(), "vocab_size": data.vocab.size,
         "seed": cfg.seed, "device": str(device), "threads": torch.get_num_threads(),
         "rss_mb": rss_mb(), "peak_rss_mb": peak_rss_mb(),
@@ -204,14 +212,16 @@ def train(cfg: Config, data: Dataset, device: torch.device, tracker: Tracker, ou
     }
     tracker.write_summary(summary)
 
+    tokens = "chars" if cfg.data.level == "char" else "words"
     if m.type == "ngram":
         log.info("done: train loss %.4f | dev loss %.4f | %s counts | %.1f s wall (%.2f s counting)",
                  train_loss, dev_loss, f"{model.num_params():,}", wall, train_time)
     else:
         log.info("done: train loss %.4f | dev loss %.4f (best %.4f at step %d) | perplexity train %.2f, dev %.2f | "
-                 "%s parameters | %.1f s wall (%.1f s training, %.0f steps/s)", train_loss, dev_loss, best_val,
-                 best_step, summary["train_ppl"], summary["dev_ppl"], f"{model.num_params():,}", wall, train_time,
-                 summary["steps_per_s"] or 0)
+                 "%s parameters | %.1f s wall (%.1f s training, %.0f steps/s, %s %s/s; evaluation %s %s/s)",
+                 train_loss, dev_loss, best_val, best_step, summary["train_ppl"], summary["dev_ppl"],
+                 f"{model.num_params():,}", wall, train_time, summary["steps_per_s"] or 0,
+                 f"{summary['train_tokens_per_s'] or 0:,.0f}", tokens, f"{summary['eval_tokens_per_s']:,.0f}", tokens)
     log.info("saved to %s", out_dir)
     sep = ", " if cfg.data.level == "char" else " | "  # sentences hold commas
     log.info("samples: %s", sep.join(f"{w} ({lab})" if lab != "new" else w for w, lab in samples))

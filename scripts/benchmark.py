@@ -14,6 +14,9 @@ alternating, and the table shows medians and ratios (issue 5's targets beside th
            reference loops one after another vs one `train.py -m` sweep (joblib, all cores).
 - startup: wall time of `python train.py train.steps=0` vs `python -c "import torch"`.
 - memory:  peak RSS of the lecture run vs the reference loop.
+- words:   words/s of word-level training (batch 128) and chunked evaluation: `data=shakespeare`
+           (5,989 tokens) and a synthetic Zipf corpus with a 16,000-word vocabulary, where the
+           output layer dominates; on the GPU too when there is one.
 """
 from __future__ import annotations
 
@@ -29,7 +32,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PARTS = ("steps", "fast", "sweep", "startup", "memory")
+PARTS = ("steps", "fast", "sweep", "startup", "memory", "words")
 QUIET = {"WANDB_MODE": "disabled", "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0"}
 
 REFERENCE = """
@@ -131,6 +134,40 @@ def bench_memory(repeats: int, steps: int) -> dict:
             "ratio": statistics.median(run) / statistics.median(ref), "steps": steps, "target": "<= 400 MB"}
 
 
+def zipf_corpus(path: Path, vocab: int = 16_000, tokens: int = 200_000, seed: int = 0) -> Path:
+    """A synthetic text of `tokens` words, 20 per line: every one of `vocab` words once (so the training
+    split holds them all), then draws from a Zipf law over them."""
+    import torch
+    g = torch.Generator().manual_seed(seed)
+    p = 1.0 / torch.arange(1, vocab + 1, dtype=torch.float64)
+    ids = torch.randperm(vocab, generator=g).tolist() + torch.multinomial(p, tokens - vocab, True, generator=g).tolist()
+    path.write_text("\n".join(" ".join(f"w{i}" for i in ids[j:j + 20]) for j in range(0, tokens, 20)) + "\n")
+    return path
+
+
+def bench_words(repeats: int) -> dict:
+    import torch
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        corpora = {"shakespeare": ["data=shakespeare"],
+                   "zipf16k": ["data=shakespeare", f"data.path={zipf_corpus(Path(tmp) / 'zipf.txt')}",
+                               "data.min_count=1", "data.max_vocab=16000", "data.lowercase=false",
+                               "model.n_embd=60"]}
+        for name, overrides in corpora.items():
+            for device in devices:
+                train, evaluate, vocab = [], [], None
+                for _ in range(repeats):
+                    s, _, _ = runner(*overrides, f"device={device}", "train.steps=300", "train.eval_interval=300",
+                                     "train.num_samples=0")
+                    train.append(s["train_tokens_per_s"])
+                    evaluate.append(s["eval_tokens_per_s"])
+                    vocab = s["vocab_size"]
+                out[f"{name} {device}"] = {"vocab_size": vocab, "train_words_per_s": statistics.median(train),
+                                           "eval_words_per_s": statistics.median(evaluate), "batch_size": 128}
+    return out
+
+
 def table(results: dict) -> str:
     rows = []
     if "steps" in results:
@@ -155,6 +192,9 @@ def table(results: dict) -> str:
         r = results["memory"]
         rows.append((f"peak RSS MB, lecture recipe {r['steps']:,} steps", f"{r['reference_peak_rss_mb']:.0f}",
                      f"{r['runner_peak_rss_mb']:.0f}", f"{r['ratio']:.2f}x", r["target"]))
+    for name, r in results.get("words", {}).items():
+        rows.append((f"word level, {name} ({r['vocab_size']:,} words): train / eval words/s", "",
+                     f"{r['train_words_per_s']:,.0f} / {r['eval_words_per_s']:,.0f}", "", "practical"))
     head = ("figure", "reference loop", "runner", "ratio", "target")
     widths = [max(len(str(row[i])) for row in [head, *rows]) for i in range(5)]
     fmt = lambda row: "| " + " | ".join(str(c).ljust(w) for c, w in zip(row, widths)) + " |"  # noqa: E731
@@ -185,6 +225,8 @@ def main(argv: list[str]) -> None:
             results[part] = bench_sweep(args.repeats, args.sweep_steps)
         elif part == "startup":
             results[part] = bench_startup(args.repeats)
+        elif part == "words":
+            results[part] = bench_words(args.repeats)
         else:
             results[part] = bench_memory(args.repeats, args.steps)
     import torch

@@ -106,10 +106,17 @@ def test_hydra_full_error_is_the_debug_flag(tmp_path):
     ("optim.schedule=linear", "use one of: constant, step, cosine"),
     ("model.init=xavier", "use one of: lecture, scaled"),
     ("device=tpu", "use auto, cpu, cuda or cuda:N"),
+    ("data.train_tokens=800000", "need data.level=word"),
 ])
 def test_out_of_range_values(override, message):
     with pytest.raises(ConfigError, match=message.replace(".", r"\.").replace("(", r"\(")):
         to_config(compose_cfg([override]))
+
+
+def test_token_counts_come_together():
+    with pytest.raises(ConfigError, match="must both be positive"):
+        to_config(compose_cfg(["data=shakespeare", "data.train_tokens=800000"]))
+    assert to_config(compose_cfg(["data=shakespeare", "data.train_tokens=8", "data.dev_tokens=2"])).data.dev_tokens == 2
 
 
 def test_cosine_schedule_warms_up_then_decays_to_min_lr():

@@ -41,3 +41,15 @@ def test_interrupted_cuda_run_resumes(tmp_path):
     assert s["status"] == "finished" and s["resumed_at"] and s["device"].startswith("cuda")
     assert [r[0] for r in losses(run_dir)] == [r[0] for r in losses(tmp_path / "whole")]
     assert s["dev_loss"] == pytest.approx(whole["dev_loss"], abs=2e-3)
+
+
+def test_word_level_on_the_gpu_matches_cpu_closely(tmp_path):
+    """The paper's setting on the GPU: the word-level model and its mixture with Kneser-Ney (whose
+    counts stay on the CPU) train and evaluate there, landing where the CPU run lands."""
+    run = ["data=shakespeare", "train.steps=200", "train.eval_interval=100", "model.mix_order=3",
+           "train.num_samples=3", "wandb.mode=disabled"]
+    train(tmp_path / "cpu", *run, "device=cpu")
+    train(tmp_path / "gpu", *run, "device=cuda")
+    cpu, gpu = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("cpu", "gpu"))
+    assert gpu["device"].startswith("cuda") and gpu["level"] == "word"
+    assert gpu["dev_ppl"] == pytest.approx(cpu["dev_ppl"], rel=2e-3)

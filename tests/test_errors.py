@@ -53,6 +53,7 @@ CONFIG_ERRORS = {  # override -> what the one line must say
     "model.init=xavier": "model.init='xavier' is not known; use one of: lecture, scaled",
     "device=tpu": "device='tpu' is not known; use auto, cpu, cuda or cuda:N",
     "model.n_embed=10": "Key 'n_embed' not in 'ModelConfig'",
+    "data.train_tokens=800000": "data.train_tokens / data.dev_tokens split sentences by token counts; they need",
     "train.steps=many": "Value 'many' of type 'str' could not be converted to Integer",
 }
 

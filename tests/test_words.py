@@ -3,12 +3,13 @@ perplexity, and the bundled Shakespeare preset end to end."""
 import json
 import math
 
+import pandas as pd
 import pytest
 import torch
 
 from conftest import ROOT, run_cmd, train
 from nplm.config import ConfigError
-from nplm.data import EOS, UNK, WordVocab, load_dataset, tokenize
+from nplm.data import EOS, UNK, DataError, WordVocab, load_dataset, tokenize
 from nplm.ngram import NGram
 
 
@@ -61,3 +62,36 @@ def test_kneser_ney_at_word_level(tmp_path):
     assert s["level"] == "word" and s["status"] == "finished" and 50 < s["dev_ppl"] < 400
     with pytest.raises(ConfigError, match="use model.order <= 4"):
         NGram(5, 11_022, 4).fit(torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, dtype=torch.long))
+
+
+def test_split_by_token_counts_cuts_at_line_ends(tmp_path):
+    """The paper's split: the lines holding the first train_tokens tokens train, the next dev_tokens
+    dev, the rest test, each cut at the end of the line that reaches its count."""
+    corpus = tmp_path / "text.txt"
+    corpus.write_text("\n".join(" ".join([f"w{i}"] * (i % 3 + 1)) for i in range(30)))  # 1, 2, 3, 1, ... tokens
+    d = load_dataset(corpus, 0.5, 0.1, 0, 2, level="word", train_tokens=10, dev_tokens=5)
+    tokens = {name: sum(len(line.split()) for line in lines) for name, lines in d.words.items()}
+    assert tokens == {"train": 12, "dev": 6, "test": 60 - 18}  # 1+2+3+1+2 = 9 < 10 takes one more line
+    assert d.words["train"][-1] == "w5 w5 w5" and d.words["dev"] == ["w6", "w7 w7", "w8 w8 w8"]
+    with pytest.raises(DataError, match="60 tokens.*the test split.*data.train_tokens / data.dev_tokens"):
+        load_dataset(corpus, 0.5, 0.1, 0, 2, level="word", train_tokens=50, dev_tokens=10)
+
+
+def test_word_level_sweep_reports_perplexity_beside_kneser_ney(tmp_path):
+    """A word-level sweep split by token counts: the leaderboard has perplexity, the dashboard the
+    word-level count baseline on the same split, and no character-level 2.17 bar."""
+    sweep = tmp_path / "s"
+    run_cmd([ROOT / "train.py", "-m", "data=shakespeare", "data.train_tokens=150000", "data.dev_tokens=20000",
+             "model.n_hidden=0,16", "train.steps=30", "train.eval_interval=30", "train.batch_size=32",
+             "train.num_samples=0", "wandb.mode=disabled", f"hydra.sweep.dir={sweep}"])
+    board = pd.read_csv(sweep / "leaderboard.csv")
+    assert list(board["model.n_hidden"].sort_values()) == [0, 16] and (board["status"] == "finished").all()
+    assert board["dev_ppl"].tolist() == pytest.approx([math.exp(v) for v in board["dev_loss"]], rel=1e-6)
+    html = (sweep / "dashboard.html").read_text()
+    # the baseline the dashboard names, computed here on the same split
+    d = load_dataset(ROOT / "nplm/assets/tinyshakespeare.txt", 0.8, 0.1, 42, 4, level="word", lowercase=True,
+                     min_count=2, train_tokens=150000, dev_tokens=20000)
+    kn = NGram(5, d.vocab.size, 4).fit(d.X["train"], d.Y["train"])
+    dev = -kn.log_prob(d.X["dev"], d.Y["dev"]).mean().item()
+    assert f"Kneser-Ney 5-gram, dev loss <b>{dev:.4f}</b> (perplexity {math.exp(dev):.1f}" in html
+    assert "perplexity <b>" in html and "lecture" not in html
