@@ -25,6 +25,7 @@ OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("constant", "step", "cosine", "onecycle")
 WANDB_MODES = ("online", "offline", "disabled")
 MODES = ("train", "lr_find", "overfit_batch")
+FAST = ("auto", "on", "off")
 LEVELS = ("char", "word")
 
 
@@ -90,6 +91,7 @@ class TrainConfig:
     threads: int = 0  # torch CPU threads; 0 = torch's default
     num_samples: int = 20  # names sampled at the end of the run
     keep_best: bool = False  # end with the weights of the best dev evaluation, not the last step's
+    fast: str = "auto"  # the compiled fast path (nplm/fast.py): auto (where covered and long enough) | on | off
     ema: float = 0.0  # decay of an exponential moving average of the weights, used for evaluation and
     # kept at the end (Polyak averaging; 0.999 averages over ~1,000 steps); 0 = off
 
@@ -217,6 +219,7 @@ def validate(cfg: Config) -> Config:
     _check(o.decay_factor > 0, f"optim.decay_factor={o.decay_factor} must be positive")
     _check(all(s >= 1 for s in o.decay_steps), f"optim.decay_steps={list(o.decay_steps)} must be steps >= 1")
     _check_choice(cfg.mode, MODES, "mode")
+    _check_choice(t.fast, FAST, "train.fast")
     if cfg.mode != "train":
         _check(m.type == "nplm", f"mode={cfg.mode} trains a neural model; it does nothing for model={m.type}")
     f = cfg.lr_find

@@ -29,7 +29,7 @@ from nplm.config import Config, ConfigError, from_dict, validate
 
 # Settings a resumed run may change: how long it trains (the schedule follows the new length), how it
 # reports, how many threads it uses.
-RESUMABLE = ("train.steps", "train.threads", "train.log_interval", "train.num_samples", "wandb.mode")
+RESUMABLE = ("train.steps", "train.threads", "train.log_interval", "train.num_samples", "train.fast", "wandb.mode")
 
 
 class Interrupted(BaseException):

@@ -23,6 +23,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from nplm.checkpoint import CKPT_NAME, STATE_FORMAT, STATE_NAME, save_atomic, save_checkpoint
 from nplm.config import Config, ConfigError
 from nplm.data import SPLITS, Dataset, load_data
+from nplm import fast
 from nplm.evaluate import perplexity, split_loss
 from nplm.mixture import Mixture, fit_weight
 from nplm.model import NPLM
@@ -108,6 +109,7 @@ def train(cfg: Config, data: Dataset, device: torch.device, tracker: Tracker, ou
     losses, samples, plots, checkpoint and summary. Returns the final dev loss (inf if diverged)."""
     m, t = cfg.model, cfg.train
     mix: dict = {}  # model.mix_order: the mixture's weight and its parts' dev losses
+    path: dict = {}  # the training path (nplm/fast.py)
     Xtr, Ytr = data.X["train"].to(device), data.Y["train"].to(device)
     Xdev, Ydev = data.X["dev"].to(device), data.Y["dev"].to(device)
     unit = "words" if cfg.data.level == "char" else "lines"
@@ -154,8 +156,8 @@ def train(cfg: Config, data: Dataset, device: torch.device, tracker: Tracker, ou
             log.info("resuming at step %d of %d from %s", resume["step"], t.steps, out_dir / STATE_NAME)
         try:
             stop.defer(True)
-            best_val, best_step, train_time, best_state = _loop(cfg, model, optimizer, g, Xtr, Ytr, Xdev, Ydev,
-                                                                tracker, stop, resume)
+            best_val, best_step, train_time, best_state, path = _loop(cfg, model, optimizer, g, Xtr, Ytr, Xdev,
+                                                                      Ydev, tracker, stop, resume)
         except Diverged as e:
             step, loss, train_time = e.args
             return _diverged(cfg, model, step, loss, tracker, t_start, train_time)
@@ -207,6 +209,7 @@ def train(cfg: Config, data: Dataset, device: torch.device, tracker: Tracker, ou
         "rss_mb": rss_mb(), "peak_rss_mb": peak_rss_mb(),
         "resumed_at": (resume["resumed_at"] + [resume["step"]]) if resume else [],
         **mix,
+        **path,
         **provenance(),
         "config": dataclasses.asdict(cfg),
     }
@@ -230,16 +233,18 @@ def train(cfg: Config, data: Dataset, device: torch.device, tracker: Tracker, ou
 
 def _loop(cfg: Config, model: NPLM, optimizer: Optimizer, g: torch.Generator,
           Xtr: torch.Tensor, Ytr: torch.Tensor, Xdev: torch.Tensor, Ydev: torch.Tensor,
-          tracker: Tracker, stop: StopSignals, resume: dict | None) -> tuple[float, int, float, dict | None]:
+          tracker: Tracker, stop: StopSignals, resume: dict | None) -> tuple[float, int, float, dict | None, dict]:
     """The training loop: minibatch steps, a metrics row every log_interval, the full dev split
     every eval_interval (of the weights' moving average if train.ema) followed by a save of the
     training state, and on SIGINT/SIGTERM a save and Interrupted. Starts where `resume` left off.
-    Returns (best dev loss, its step, training seconds, the weights then if train.keep_best);
-    raises Diverged."""
+    Steps go through the compiled fast path (nplm/fast.py) where it covers the run, else one at a
+    time through autograd. Returns (best dev loss, its step, training seconds, the weights then if
+    train.keep_best, which path ran); raises Diverged."""
     o, t, device, word = cfg.optim, cfg.train, Xtr.device, cfg.data.level == "word"
     best_val, best_step, val_loss, best_state = math.inf, -1, math.nan, None
     # Polyak averaging: evaluate (and end with) a moving average of the weights, buffers included
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(t.ema), use_buffers=True) if t.ema else None
+    path = {}  # which training path ran, why, and its compile time: for the summary
     evaluated = ema.module if ema is not None else model
     train_time, t_log, steps_since_log, start = 0.0, time.perf_counter(), 0, 0
     if resume:
@@ -260,23 +265,57 @@ def _loop(cfg: Config, model: NPLM, optimizer: Optimizer, g: torch.Generator,
             "resumed_at": (resume["resumed_at"] + [resume["step"]]) if resume else [],
         }, tracker.out_dir / STATE_NAME)
 
-    for step in range(start, t.steps):
+    fast_ok, why = fast.choose(cfg, device)
+    path["path"], path["path_reason"] = ("compiled" if fast_ok else "plain"), why
+    log.info("training path: %s (%s)", "compiled fast path" if fast_ok else "plain autograd", why)
+    compiled = fast.FastSteps(model) if fast_ok else None
+    step = start - 1  # the last step done (0-based)
+    while step + 1 < t.steps:
         t0 = time.perf_counter()
-        lr = lr_at(step, o, t.steps)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        ix = torch.randint(0, len(Xtr), (t.batch_size,), generator=g).to(device)
-        _, loss = model(Xtr[ix], Ytr[ix])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if o.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
-        optimizer.step()
-        if ema is not None:
-            ema.update_parameters(model)
+        # the next step that logs, evaluates or ends: a compiled call of K steps never runs past it
+        boundary = min(t.steps, *((step + 1) // n * n + n for n in (t.log_interval, t.eval_interval)))
+        if compiled is not None and boundary - (step + 1) >= compiled.K:
+            lrs = [lr_at(s, o, t.steps) for s in range(step + 1, step + 1 + compiled.K)]
+            state_before_draw = g.get_state() if compiled.compile_time is None else None
+            ix = torch.randint(0, len(Xtr), (compiled.K, t.batch_size), generator=g)
+            try:
+                losses = compiled(Xtr, Ytr, ix, lrs)
+            except Exception as e:  # no C++ compiler, an Inductor bug: the plain path does the same work
+                if compiled.compile_time is not None:
+                    raise
+                log.warning("the fast path failed to compile (%s: %s); training on the plain path",
+                            type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+                path["path"], path["path_reason"], compiled = "plain", f"compiling failed: {type(e).__name__}", None
+                g.set_state(state_before_draw)
+                continue
+            if compiled.compile_time is not None and "compile_time_s" not in path:
+                path["compile_time_s"] = compiled.compile_time
+                log.info("compiled in %.1f s (Inductor caches it on disk: later runs of this shape start "
+                         "sooner)", compiled.compile_time)
+                t0 = t_log = time.perf_counter()  # compiling is not training: neither the K steps' share
+                steps_since_log = -compiled.K
+            bad = torch.nonzero(~torch.isfinite(losses))
+            finite = len(bad) == 0  # else stop at the first step whose loss was not finite
+            n = compiled.K if finite else int(bad[0]) + 1
+            step, lr, loss = step + n, lrs[n - 1], losses[n - 1]
+        else:
+            step, n = step + 1, 1
+            lr = lr_at(step, o, t.steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            ix = torch.randint(0, len(Xtr), (t.batch_size,), generator=g).to(device)
+            _, loss = model(Xtr[ix], Ytr[ix])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if o.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
+            optimizer.step()
+            if ema is not None:
+                ema.update_parameters(model)
+            finite = device.type != "cpu" or math.isfinite(loss.item())  # cheap on CPU: stop at once
         train_time += time.perf_counter() - t0
-        steps_since_log += 1
-        if device.type == "cpu" and not math.isfinite(loss.item()):  # cheap on CPU: stop at once
+        steps_since_log += n
+        if not finite:
             raise Diverged(step + 1, loss.item(), train_time)
 
         evaluate = (step + 1) % t.eval_interval == 0 or step == t.steps - 1
@@ -309,7 +348,7 @@ def _loop(cfg: Config, model: NPLM, optimizer: Optimizer, g: torch.Generator,
             raise Interrupted(stop.signum, step + 1)
     if ema is not None:  # end with the averaged weights, the ones every evaluation measured
         model.load_state_dict(ema.module.state_dict())
-    return best_val, best_step, train_time, best_state
+    return best_val, best_step, train_time, best_state, path
 
 
 def _mix(cfg: Config, model: NPLM, vocab_size: int, Xtr: torch.Tensor, Ytr: torch.Tensor, Xdev: torch.Tensor,

@@ -1,0 +1,110 @@
+"""The compiled fast path (nplm/fast.py): the plain path's math, taken where it covers the run and
+pays, deterministic, and resumable like the plain path."""
+import copy
+import signal
+
+import pytest
+import torch
+
+from conftest import ROOT, compose_cfg, run_cmd
+from nplm.config import ConfigError, ModelConfig, to_config
+from nplm.data import load_dataset
+from nplm.fast import MIN_STEPS, choose, sgd_steps
+from nplm.model import NPLM
+from nplm.optim import SGD
+from test_resume import losses, summary, wait_for, logged_step
+
+LECTURE = ["experiment=lecture", "train.steps=2000", "optim.decay_steps=[1000]", "train.eval_interval=500",
+           "train.log_interval=100", "train.num_samples=0", "wandb.mode=disabled"]
+
+
+def lecture_run(run_dir, *overrides):
+    run_cmd([ROOT / "train.py", *LECTURE, *overrides, f"hydra.run.dir={run_dir}"])
+    return summary(run_dir)
+
+
+def test_hand_written_steps_equal_autograd():
+    """Ten steps of the hand-written forward, backward and update (uncompiled) against the model,
+    autograd and the optimiser, from the lecture's initialisation: equal to float rounding."""
+    data = load_dataset(None, 0.8, 0.1, 42, 3)
+    X, Y = data.X["train"], data.Y["train"]
+    model = NPLM(ModelConfig(type="nplm", block_size=3, n_embd=10, n_hidden=200), 27)
+    model.init_weights("lecture", torch.Generator().manual_seed(2147483647))
+    fast = copy.deepcopy(model)
+    ix = torch.randint(0, len(X), (10, 32), generator=torch.Generator().manual_seed(0))
+    lrs = [0.1] * 5 + [0.01] * 5
+    optimizer = SGD([{"params": list(model.parameters())}], lr=0.1)
+    plain_losses = []
+    for k in range(10):
+        optimizer.param_groups[0]["lr"] = lrs[k]
+        _, loss = model(X[ix[k]], Y[ix[k]])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        plain_losses.append(loss.item())
+    with torch.no_grad():
+        fast_losses = sgd_steps(fast.C, fast.hidden[0].weight, fast.hidden[0].bias, fast.out.weight,
+                                fast.out.bias, X, Y, ix, torch.tensor(lrs))
+    assert fast_losses.tolist() == pytest.approx(plain_losses, rel=1e-5)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(dict(fast.named_parameters())[name], p, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("overrides, takes, why", [
+    (["experiment=lecture"], True, "10 steps per call"),
+    (["experiment=lecture", "train.steps=20000"], False, f"too few to pay for compiling (train.fast=auto takes "
+                                                         f"it from {MIN_STEPS:,}"),
+    (["experiment=lecture", "train.steps=20000", "train.fast=on"], True, "compiled"),
+    (["experiment=lecture", "train.fast=off"], False, "train.fast=off"),
+    ([], False, "does not cover optim.name=adamw"),
+    (["experiment=lecture", "model.dropout=0.1", "optim.momentum=0.9"], False,
+     "does not cover model.dropout=0.1, optim.momentum=0.9"),
+])
+def test_the_runner_chooses_the_path_and_says_why(overrides, takes, why):
+    cfg = to_config(compose_cfg(overrides))
+    assert choose(cfg, torch.device("cpu"))[0] is takes
+    assert why in choose(cfg, torch.device("cpu"))[1]
+
+
+def test_fast_on_where_it_does_not_cover_the_run_is_an_error():
+    cfg = to_config(compose_cfg(["train.fast=on"]))
+    with pytest.raises(ConfigError, match="train.fast=on but the fast path does not cover optim.name=adamw"):
+        choose(cfg, torch.device("cpu"))
+    with pytest.raises(ConfigError, match="use one of: auto, on, off"):
+        to_config(compose_cfg(["train.fast=yes"]))
+
+
+def test_fast_run_lands_where_the_plain_run_lands(tmp_path):
+    """The lecture recipe, 2,000 steps, through train.py: the compiled path follows the plain one to
+    float rounding (the lecture's raw initialisation amplifies it a little), and records which ran."""
+    plain = lecture_run(tmp_path / "plain", "train.fast=off")
+    fast = lecture_run(tmp_path / "fast", "train.fast=on")
+    assert plain["path"] == "plain" and fast["path"] == "compiled" and fast["compile_time_s"] > 0
+    rows = {k: [(int(s), float(v)) for s, _, v in losses(tmp_path / k) if v] for k in ("plain", "fast")}
+    assert [s for s, _ in rows["fast"]] == [500, 1000, 1500, 2000]
+    for (_, a), (_, b) in zip(rows["plain"], rows["fast"]):  # dev losses 4.9 .. 3.3: chaotic early training
+        assert b == pytest.approx(a, rel=0.01)
+    # the full 200k-step recipe lands within 0.01 of the lecture's numbers: tests/test_lecture.py (slow)
+
+
+@pytest.mark.slow
+def test_fast_run_is_deterministic_and_resumes_exactly(tmp_path):
+    """SIGTERM in the middle of a compiled run, then resume=: the same losses as the run left alone,
+    which are the same in every process."""
+    import subprocess
+    import sys
+    run = ["train.steps=30000", "optim.decay_steps=[15000]", "train.eval_interval=3000", "train.log_interval=500",
+           "train.fast=on"]
+    whole = lecture_run(tmp_path / "whole", *run)
+    again = lecture_run(tmp_path / "again", *run)
+    assert losses(tmp_path / "whole") == losses(tmp_path / "again") and whole["dev_loss"] == again["dev_loss"]
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, ROOT / "train.py", *LECTURE, *run, f"hydra.run.dir={run_dir}"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: logged_step(run_dir) >= 7000, proc)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=60)
+    assert proc.returncode == 143 and summary(run_dir)["status"] == "interrupted"
+    run_cmd([ROOT / "train.py", f"resume={run_dir}"])
+    assert losses(run_dir) == losses(tmp_path / "whole")
+    assert summary(run_dir)["dev_loss"] == whole["dev_loss"] and summary(run_dir)["path"] == "compiled"
