@@ -294,9 +294,9 @@ def _loop(cfg: Config, model: NPLM, optimizer: Optimizer, g: torch.Generator,
                          "sooner)", compiled.compile_time)
                 t0 = t_log = time.perf_counter()  # compiling is not training: neither the K steps' share
                 steps_since_log = -compiled.K
-            bad = torch.nonzero(~torch.isfinite(losses))
-            finite = len(bad) == 0  # else stop at the first step whose loss was not finite
-            n = compiled.K if finite else int(bad[0]) + 1
+            finite, n = bool(torch.isfinite(losses).all()), compiled.K
+            if not finite:  # stop at the first step whose loss was not finite
+                n = int(torch.nonzero(~torch.isfinite(losses))[0]) + 1
             step, lr, loss = step + n, lrs[n - 1], losses[n - 1]
         else:
             step, n = step + 1, 1
