@@ -3,28 +3,45 @@
 The plain path (nplm/train.py) runs each step through nn.Module, autograd and the optimiser: at
 batch 32 about three quarters of a step is Python, dispatcher and autograd overhead, the
 arithmetic ~80 µs (REFERENCE.md). Here the forward pass, its hand-written backward pass and the
-SGD update of STEPS_PER_CALL steps are one function that torch.compile (Inductor, C++ on the CPU)
-turns into a few kernels; the minibatch indices of those steps are drawn at once from the same
-generator, which gives the same numbers as drawing them step by step. The parameters are updated
-in place, so the model, the optimiser, checkpoints and resume see exactly what the plain path
-would leave: the same math, equal to the plain path within float rounding.
+SGD update of STEPS_PER_CALL steps are one function, exported with torch.export and compiled ahead
+of time by AOTInductor into a shared library (C++ kernels and the call sequence, no Python). The
+minibatch indices of those steps are drawn at once from the same generator, which gives the same
+numbers as drawing them step by step, and the parameters are written back into the model after
+each call, so the model, checkpoints and resume see what the plain path would leave: the same
+math, equal to the plain path within float rounding.
+
+Compiling takes about a minute, once per model shape, torch version and machine: it runs in a
+child process (the training process never imports the compiler, so it stays as small as the
+plain path) and the package is kept in CACHE (`$NPLM_CACHE`, default ~/.cache/nplm), where later
+runs load it in milliseconds.
 
 Covered (everything else takes the plain path, which says why): one tanh hidden layer, no norm,
 no dropout, no direct connections, SGD without momentum or weight decay, no gradient clipping, no
-weight averaging, on the CPU. `train.fast=auto` (default) takes it when covered and the run is
-long enough to pay for the compilation (~35 s the first time a shape is seen, ~3 s once
-Inductor's on-disk cache holds it); `train.fast=on` takes it whenever covered, `off` never.
+weight averaging, on the CPU. `train.fast=auto` (default) takes it when covered and either the
+package is cached or the run is long enough to pay for building it; `on` whenever covered (building
+it if needed), `off` never.
+
+    python -m nplm.fast '<shape json>' PATH     # what the child process runs: build one package
 """
 from __future__ import annotations
 
+import hashlib
+import inspect
+import json
+import os
+import platform
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import torch
 
 from nplm.config import Config, ConfigError
 
-STEPS_PER_CALL = 20  # steps per compiled call: 10,200 steps/s at 20 (35 s cold compile), 8,900 at 10 (19 s)
-MIN_STEPS = 50_000  # train.fast=auto: shorter runs do not win back a cold compilation
+STEPS_PER_CALL = 20  # steps per compiled call: 20 runs ~15% faster than 10, and compiles in about a minute
+MIN_STEPS = 100_000  # train.fast=auto without a cached package: shorter runs do not win back the build
+CACHE = Path(os.environ.get("NPLM_CACHE") or Path.home() / ".cache" / "nplm") / "compiled"
 
 
 def unsupported(cfg: Config, device: torch.device) -> str | None:
@@ -44,12 +61,40 @@ def unsupported(cfg: Config, device: torch.device) -> str | None:
         (t.ema != 0, f"train.ema={t.ema}"),
         (device.type != "cpu", f"device={device}"),
         (cfg.mode != "train", f"mode={cfg.mode}"),
+        (not hasattr(torch._C, "_aoti"), f"torch {torch.__version__} (it has no AOTInductor)"),
     ]
     reasons = [why for bad, why in checks if bad]
     return ", ".join(reasons) if reasons else None
 
 
-def choose(cfg: Config, device: torch.device) -> tuple[bool, str]:
+def shape_of(cfg: Config, vocab_size: int) -> dict:
+    """Everything the compiled package depends on: the model's and the batch's shapes, the thread
+    count, the step function's source, torch and the machine."""
+    m = cfg.model
+    source = inspect.getsource(sgd_steps)
+    return {"vocab_size": vocab_size, "n_embd": m.n_embd, "block_size": m.block_size, "n_hidden": m.n_hidden,
+            "batch_size": cfg.train.batch_size, "steps": STEPS_PER_CALL, "threads": torch.get_num_threads(),
+            "torch": torch.__version__, "machine": _machine(),
+            "source": hashlib.sha256(source.encode()).hexdigest()[:16]}
+
+
+def _machine() -> str:
+    """The CPU's model and instruction-set flags: the package's kernels are built for them."""
+    try:
+        info = Path("/proc/cpuinfo").read_text().splitlines()
+        wanted = [line for line in info if line.startswith(("model name", "flags"))][:2]
+    except OSError:
+        wanted = []
+    return hashlib.sha256("\n".join([platform.machine(), *wanted]).encode()).hexdigest()[:16]
+
+
+def package_path(shape: dict) -> Path:
+    key = hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:20]
+    return CACHE / f"sgd-{shape['vocab_size']}x{shape['n_embd']}x{shape['block_size']}x{shape['n_hidden']}" \
+                   f"-b{shape['batch_size']}-{key}.pt2"
+
+
+def choose(cfg: Config, device: torch.device, shape: dict | None = None) -> tuple[bool, str]:
     """(take the fast path?, why) for train.fast = auto | on | off."""
     if cfg.train.fast == "off":
         return False, "train.fast=off"
@@ -59,18 +104,21 @@ def choose(cfg: Config, device: torch.device) -> tuple[bool, str]:
                           "(it then takes the plain path) or change those options")
     if why_not:
         return False, f"the fast path does not cover {why_not}"
-    if cfg.train.fast == "auto" and cfg.train.steps < MIN_STEPS:
-        return False, (f"{cfg.train.steps:,} steps are too few to pay for compiling (train.fast=auto takes it "
-                       f"from {MIN_STEPS:,}; train.fast=on forces it)")
-    return True, f"{STEPS_PER_CALL} steps per call, compiled by torch.compile"
+    cached = shape is not None and package_path(shape).is_file()
+    if cfg.train.fast == "auto" and not cached and cfg.train.steps < MIN_STEPS:
+        return False, (f"no compiled package for this shape yet, and {cfg.train.steps:,} steps are too few to pay "
+                       f"for building one (~1 minute; train.fast=auto builds it from {MIN_STEPS:,} steps, "
+                       "train.fast=on always)")
+    how = "loaded from the cache" if cached else "built once for this shape, then cached"
+    return True, f"{STEPS_PER_CALL} SGD steps per call of an AOTInductor package, {how}"
 
 
-def sgd_steps(C, W1, b1, W2, b2, Xtr, Ytr, ix, lrs):
-    """len(ix) SGD steps on minibatches Xtr[ix[k]], Ytr[ix[k]] with learning rates lrs[k], updating
-    the parameters in place. Returns each step's minibatch loss (before its update)."""
+def sgd_steps(C, W1, b1, W2, b2, X, Y, lrs):
+    """len(X) SGD steps on minibatches X[k] (batch, block_size), Y[k] (batch,) with learning rates
+    lrs[k]. Returns the updated parameters and each step's minibatch loss (before its update)."""
     losses = []
-    for k in range(ix.shape[0]):
-        idx, y = Xtr[ix[k]], Ytr[ix[k]]  # (B, block_size), (B,)
+    for k in range(X.shape[0]):
+        idx, y = X[k], Y[k]
         B = idx.shape[0]
         x = C[idx].view(B, -1)  # (B, block_size * n_embd)
         h = torch.tanh(x @ W1 + b1)
@@ -84,31 +132,64 @@ def sgd_steps(C, W1, b1, W2, b2, Xtr, Ytr, ix, lrs):
         dx = (dh @ W1.t()).view(-1, C.shape[1])
         dC = torch.zeros_like(C).index_add_(0, idx.reshape(-1), dx)
         lr = lrs[k]
-        W2.sub_(lr * (h.t() @ dlogits))
-        b2.sub_(lr * dlogits.sum(0))
-        W1.sub_(lr * (x.t() @ dh))
-        b1.sub_(lr * dh.sum(0))
-        C.sub_(lr * dC)
-    return torch.stack(losses)
+        W2 = W2 - lr * (h.t() @ dlogits)
+        b2 = b2 - lr * dlogits.sum(0)
+        W1 = W1 - lr * (x.t() @ dh)
+        b1 = b1 - lr * dh.sum(0)
+        C = C - lr * dC
+    return C, W1, b1, W2, b2, torch.stack(losses)
+
+
+class _Steps(torch.nn.Module):
+    def forward(self, *args):
+        return sgd_steps(*args)
+
+
+def build(shape: dict, path: Path) -> None:
+    """Export sgd_steps for `shape` and compile it with AOTInductor into the package `path`
+    (written under a temporary name, then renamed: a killed build leaves no half package)."""
+    torch.set_num_threads(shape["threads"])
+    V, E, T, H, B, K = (shape[k] for k in ("vocab_size", "n_embd", "block_size", "n_hidden", "batch_size", "steps"))
+    args = (torch.randn(V, E), torch.randn(T * E, H), torch.randn(H), torch.randn(H, V), torch.randn(V),
+            torch.randint(0, V, (K, B, T)), torch.randint(0, V, (K, B)), torch.full((K,), 0.1))
+    program = torch.export.export(_Steps(), args)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{os.getpid()}.tmp.{path.name}")  # AOTInductor wants the .pt2 suffix
+    from torch._inductor import aoti_compile_and_package
+    aoti_compile_and_package(program, package_path=str(tmp))
+    os.replace(tmp, path)
 
 
 class FastSteps:
-    """Calls of STEPS_PER_CALL compiled SGD steps on a model's parameters, in place."""
+    """Calls of STEPS_PER_CALL compiled SGD steps on a model's parameters."""
     K = STEPS_PER_CALL
 
-    def __init__(self, model: torch.nn.Module):
-        # the parameters' tensors (sharing their storage), made once: new tensor objects on every call
-        # would cost Dynamo's guards time
+    def __init__(self, model: torch.nn.Module, shape: dict):
+        path = package_path(shape)
+        self.build_time = 0.0
+        if not path.is_file():  # in a child process: the compiler's memory and imports stay there
+            t0 = time.perf_counter()
+            here = str(Path(__file__).resolve().parent.parent)  # nplm importable even if not installed
+            env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")]))}
+            proc = subprocess.run([sys.executable, "-m", "nplm.fast", json.dumps(shape), str(path)],
+                                  capture_output=True, text=True, env=env)
+            if proc.returncode != 0 or not path.is_file():
+                last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+                raise RuntimeError(f"building the compiled package failed: {last}")
+            self.build_time = time.perf_counter() - t0
+        self.path = path
+        self.runner = torch._C._aoti.AOTIModelPackageLoader(str(path), "model", False, 1, -1)
         self.tensors = [p.data for p in (model.C, model.hidden[0].weight, model.hidden[0].bias, model.out.weight,
                                          model.out.bias)]
-        # cpp_wrapper: Inductor's call sequence in C++ too, not Python (~15% faster at batch 32)
-        self.fn = torch.compile(sgd_steps, dynamic=False, fullgraph=True, options={"cpp_wrapper": True})
-        self.compile_time = None  # seconds the first call took beyond its steps' share: set after it
 
     @torch.no_grad()
     def __call__(self, Xtr: torch.Tensor, Ytr: torch.Tensor, ix: torch.Tensor, lrs: list[float]) -> torch.Tensor:
-        t0 = time.perf_counter()
-        losses = self.fn(*self.tensors, Xtr, Ytr, ix, torch.tensor(lrs, dtype=torch.float32))
-        if self.compile_time is None:
-            self.compile_time = time.perf_counter() - t0
-        return losses
+        """Train on the minibatches Xtr[ix[k]], Ytr[ix[k]]; return the K steps' losses."""
+        out = self.runner.run([*self.tensors, Xtr[ix], Ytr[ix], torch.tensor(lrs, dtype=torch.float32)])
+        for tensor, new in zip(self.tensors, out):
+            tensor.copy_(new)
+        return out[-1]
+
+
+if __name__ == "__main__":
+    build(json.loads(sys.argv[1]), Path(sys.argv[2]))

@@ -25,8 +25,9 @@ def read_curve(metrics_csv: Path) -> dict[str, list[tuple[int, float]]]:
     return curves
 
 
-def plot_losses(metrics_csv: Path, path: Path, title: str = "") -> Path:
-    """train/loss (minibatch) and val/loss (full dev split) against step, log-scale loss."""
+def plot_losses(metrics_csv: Path, path: Path, title: str = "", level: str = "char") -> Path:
+    """train/loss (minibatch) and val/loss (full dev split) against step, log-scale loss; for
+    characters with the lecture's 2.17 for scale."""
     plt = _pyplot()
     curves = read_curve(metrics_csv)
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
@@ -34,13 +35,14 @@ def plot_losses(metrics_csv: Path, path: Path, title: str = "") -> Path:
         if curves[key]:
             steps, losses = zip(*curves[key])
             ax.plot(steps, losses, label=key, **style)
-    ax.axhline(2.17, color="grey", ls="--", lw=0.8, label="lecture dev 2.17")
+    if level == "char":
+        ax.axhline(2.17, color="grey", ls="--", lw=0.8, label="lecture dev 2.17")
     ax.set_yscale("log")
     from matplotlib.ticker import FormatStrFormatter  # plain numbers, not 2.4x10^0, on a log axis
     ax.yaxis.set_major_formatter(FormatStrFormatter("%.2f"))
     ax.yaxis.set_minor_formatter(FormatStrFormatter("%.2f"))
     ax.set_xlabel("step")
-    ax.set_ylabel("loss (nats per character, log scale)")
+    ax.set_ylabel(f"loss (nats per {'character' if level == 'char' else 'word'}, log scale)")
     ax.set_title(title or "loss")
     ax.grid(alpha=0.3, which="both")
     ax.legend()

@@ -186,7 +186,7 @@ def train(cfg: Config, data: Dataset, device: torch.device, tracker: Tracker, ou
     if m.type == "nplm":
         title = f"n_embd {m.n_embd}, block_size {m.block_size}, n_hidden {m.n_hidden}"
         tracker.log_images({
-            "loss_curve": plot_losses(out_dir / "metrics.csv", out_dir / "loss.png", title),
+            "loss_curve": plot_losses(out_dir / "metrics.csv", out_dir / "loss.png", title, cfg.data.level),
             "embedding": plot_embedding(model.C, data.vocab.itos, out_dir / "embedding.png")})
     save_checkpoint(out_dir / CKPT_NAME, model=model, optimizer=optimizer, step=steps,
                     best_val_loss=best_val, cfg=cfg, itos=data.vocab.itos)
@@ -265,10 +265,8 @@ def _loop(cfg: Config, model: NPLM, optimizer: Optimizer, g: torch.Generator,
             "resumed_at": (resume["resumed_at"] + [resume["step"]]) if resume else [],
         }, tracker.out_dir / STATE_NAME)
 
-    fast_ok, why = fast.choose(cfg, device)
-    path["path"], path["path_reason"] = ("compiled" if fast_ok else "plain"), why
-    log.info("training path: %s (%s)", "compiled fast path" if fast_ok else "plain autograd", why)
-    compiled = fast.FastSteps(model) if fast_ok else None
+    compiled = _fast_path(cfg, model, device, path)
+    t_log = time.perf_counter()  # building the compiled package is not training
     step = start - 1  # the last step done (0-based)
     while step + 1 < t.steps:
         t0 = time.perf_counter()
@@ -276,24 +274,8 @@ def _loop(cfg: Config, model: NPLM, optimizer: Optimizer, g: torch.Generator,
         boundary = min(t.steps, *((step + 1) // n * n + n for n in (t.log_interval, t.eval_interval)))
         if compiled is not None and boundary - (step + 1) >= compiled.K:
             lrs = [lr_at(s, o, t.steps) for s in range(step + 1, step + 1 + compiled.K)]
-            state_before_draw = g.get_state() if compiled.compile_time is None else None
             ix = torch.randint(0, len(Xtr), (compiled.K, t.batch_size), generator=g)
-            try:
-                losses = compiled(Xtr, Ytr, ix, lrs)
-            except Exception as e:  # no C++ compiler, an Inductor bug: the plain path does the same work
-                if compiled.compile_time is not None:
-                    raise
-                log.warning("the fast path failed to compile (%s: %s); training on the plain path",
-                            type(e).__name__, str(e).splitlines()[0] if str(e) else "")
-                path["path"], path["path_reason"], compiled = "plain", f"compiling failed: {type(e).__name__}", None
-                g.set_state(state_before_draw)
-                continue
-            if compiled.compile_time is not None and "compile_time_s" not in path:
-                path["compile_time_s"] = compiled.compile_time
-                log.info("compiled in %.1f s (Inductor caches it on disk: later runs of this shape start "
-                         "sooner)", compiled.compile_time)
-                t0 = t_log = time.perf_counter()  # compiling is not training: neither the K steps' share
-                steps_since_log = -compiled.K
+            losses = compiled(Xtr, Ytr, ix, lrs)
             finite, n = bool(torch.isfinite(losses).all()), compiled.K
             if not finite:  # stop at the first step whose loss was not finite
                 n = int(torch.nonzero(~torch.isfinite(losses))[0]) + 1
@@ -349,6 +331,30 @@ def _loop(cfg: Config, model: NPLM, optimizer: Optimizer, g: torch.Generator,
     if ema is not None:  # end with the averaged weights, the ones every evaluation measured
         model.load_state_dict(ema.module.state_dict())
     return best_val, best_step, train_time, best_state, path
+
+
+def _fast_path(cfg: Config, model: NPLM, device: torch.device, path: dict) -> fast.FastSteps | None:
+    """The compiled fast path's steps if it covers and pays for this run (nplm/fast.py), else None;
+    records in `path` which path trains and why, and says so."""
+    shape = fast.shape_of(cfg, model.vocab_size)
+    take, why = fast.choose(cfg, device, shape)
+    compiled = None
+    if take:
+        if not fast.package_path(shape).is_file():
+            log.info("building the compiled package for this shape (about a minute, once): %s",
+                     fast.package_path(shape))
+        try:
+            compiled = fast.FastSteps(model, shape)
+        except Exception as e:  # no C++ compiler, an export or Inductor failure: the plain path does the same
+            log.warning("the fast path is not available (%s); training on the plain path", e)
+            why = str(e)
+        else:
+            if compiled.build_time:
+                path["build_time_s"] = compiled.build_time
+                log.info("built in %.1f s and cached: later runs of this shape load it at once", compiled.build_time)
+    path["path"], path["path_reason"] = ("compiled" if compiled is not None else "plain"), why
+    log.info("training path: %s (%s)", "compiled fast path" if compiled is not None else "plain autograd", why)
+    return compiled
 
 
 def _mix(cfg: Config, model: NPLM, vocab_size: int, Xtr: torch.Tensor, Ytr: torch.Tensor, Xdev: torch.Tensor,
