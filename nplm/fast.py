@@ -17,9 +17,9 @@ runs load it in milliseconds.
 
 Covered (everything else takes the plain path, which says why): one tanh hidden layer, no norm,
 no dropout, no direct connections, SGD without momentum or weight decay, no gradient clipping, no
-weight averaging, on the CPU. `train.fast=auto` (default) takes it when covered and either the
-package is cached or the run is long enough to pay for building it; `on` whenever covered (building
-it if needed), `off` never.
+weight averaging, on the CPU. `train.fast=auto` (default) takes it when covered and the run is
+long enough to pay for building the package, whether or not it is cached (so that the same config
+always takes the same path and gives the same losses); `on` whenever covered, `off` never.
 
     python -m nplm.fast '<shape json>' PATH     # what the child process runs: build one package
 """
@@ -40,7 +40,7 @@ import torch
 from nplm.config import Config, ConfigError
 
 STEPS_PER_CALL = 20  # steps per compiled call: 20 runs ~15% faster than 10, and compiles in about a minute
-MIN_STEPS = 100_000  # train.fast=auto without a cached package: shorter runs do not win back the build
+MIN_STEPS = 100_000  # train.fast=auto: shorter runs would not win back a first build (~45 s)
 CACHE = Path(os.environ.get("NPLM_CACHE") or Path.home() / ".cache" / "nplm") / "compiled"
 
 
@@ -61,7 +61,8 @@ def unsupported(cfg: Config, device: torch.device) -> str | None:
         (t.ema != 0, f"train.ema={t.ema}"),
         (device.type != "cpu", f"device={device}"),
         (cfg.mode != "train", f"mode={cfg.mode}"),
-        (not hasattr(torch._C, "_aoti"), f"torch {torch.__version__} (it has no AOTInductor)"),
+        (not hasattr(getattr(torch._C, "_aoti", None), "AOTIModelPackageLoader"),
+         f"torch {torch.__version__} (it needs AOTInductor packages: torch 2.6 or later)"),
     ]
     reasons = [why for bad, why in checks if bad]
     return ", ".join(reasons) if reasons else None
@@ -104,11 +105,11 @@ def choose(cfg: Config, device: torch.device, shape: dict | None = None) -> tupl
                           "(it then takes the plain path) or change those options")
     if why_not:
         return False, f"the fast path does not cover {why_not}"
-    cached = shape is not None and package_path(shape).is_file()
-    if cfg.train.fast == "auto" and not cached and cfg.train.steps < MIN_STEPS:
-        return False, (f"no compiled package for this shape yet, and {cfg.train.steps:,} steps are too few to pay "
-                       f"for building one (~1 minute; train.fast=auto builds it from {MIN_STEPS:,} steps, "
+    if cfg.train.fast == "auto" and cfg.train.steps < MIN_STEPS:
+        return False, (f"{cfg.train.steps:,} steps are too few to pay for building the compiled package "
+                       f"(~1 minute, once per shape; train.fast=auto takes it from {MIN_STEPS:,} steps, "
                        "train.fast=on always)")
+    cached = shape is not None and package_path(shape).is_file()
     how = "loaded from the cache" if cached else "built once for this shape, then cached"
     return True, f"{STEPS_PER_CALL} SGD steps per call of an AOTInductor package, {how}"
 

@@ -54,8 +54,9 @@ def test_hand_written_steps_equal_autograd():
 
 @pytest.mark.parametrize("overrides, takes, why", [
     (["experiment=lecture"], True, "20 SGD steps per call of an AOTInductor package"),
-    (["experiment=lecture", "train.steps=20000"], False, f"too few to pay for building one (~1 minute; "
-                                                         f"train.fast=auto builds it from {MIN_STEPS:,} steps"),
+    (["experiment=lecture", "train.steps=20000"], False, f"too few to pay for building the compiled package "
+                                                         f"(~1 minute, once per shape; train.fast=auto takes it "
+                                                         f"from {MIN_STEPS:,} steps"),
     (["experiment=lecture", "train.steps=20000", "train.fast=on"], True, "built once for this shape"),
     (["experiment=lecture", "train.fast=off"], False, "train.fast=off"),
     ([], False, "does not cover optim.name=adamw"),

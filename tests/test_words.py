@@ -40,6 +40,7 @@ def test_lines_split_in_order_and_examples_reset_at_each_line(tmp_path):
     assert d.Y["train"][5].item() == 0  # each line ends with </s>
 
 
+@pytest.mark.slow  # the sweep test below covers most of it in the default suite
 def test_shakespeare_preset_trains_with_perplexity_and_its_run_can_be_used(tmp_path):
     run_dir = tmp_path / "r"
     proc = train(run_dir, "data=shakespeare", "train.steps=40", "train.eval_interval=20", "train.batch_size=32",
@@ -78,10 +79,11 @@ def test_split_by_token_counts_cuts_at_line_ends(tmp_path):
 
 
 def test_word_level_sweep_reports_perplexity_beside_kneser_ney(tmp_path):
-    """A word-level sweep split by token counts: the leaderboard has perplexity, the dashboard the
+    """A word-level sweep of the Shakespeare preset split by token counts: each job reports perplexity,
+    its run can be evaluated and sampled, the leaderboard has perplexity, the dashboard the
     word-level count baseline on the same split, and no character-level 2.17 bar."""
     sweep = tmp_path / "s"
-    run_cmd([ROOT / "train.py", "-m", "data=shakespeare", "data.train_tokens=150000", "data.dev_tokens=20000",
+    proc = run_cmd([ROOT / "train.py", "-m", "data=shakespeare", "data.train_tokens=150000", "data.dev_tokens=20000",
              "model.n_hidden=0,16", "train.steps=30", "train.eval_interval=30", "train.batch_size=32",
              "train.num_samples=0", "wandb.mode=disabled", f"hydra.sweep.dir={sweep}"])
     board = pd.read_csv(sweep / "leaderboard.csv")
@@ -95,3 +97,11 @@ def test_word_level_sweep_reports_perplexity_beside_kneser_ney(tmp_path):
     dev = -kn.log_prob(d.X["dev"], d.Y["dev"]).mean().item()
     assert f"Kneser-Ney 5-gram, dev loss <b>{dev:.4f}</b> (perplexity {math.exp(dev):.1f}" in html
     assert "perplexity <b>" in html and "lecture" not in html
+    s = json.loads((sweep / "1" / "summary.json").read_text())
+    assert s["level"] == "word" and s["vocab_size"] == d.vocab.size and s["status"] == "finished"
+    assert s["dev_ppl"] == pytest.approx(math.exp(s["dev_loss"])) and s["dev_ppl"] < d.vocab.size
+    assert "perplexity train" in proc.stdout + proc.stderr
+    out = run_cmd([ROOT / "scripts/evaluate.py", sweep / "1", "split=dev"]).stdout
+    assert f"{s['dev_loss']:.4f}" in out
+    sampled = run_cmd([ROOT / "scripts/sample.py", sweep / "1", "n=3", "seed=1"]).stdout
+    assert len(sampled.split()) > 3  # sentences: words
