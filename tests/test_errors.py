@@ -102,6 +102,7 @@ class RunsCode:
         return os.system, (f"touch {self.marker}",)
 
 
+@pytest.mark.slow  # ~17 s: run in CI
 def test_checkpoint_mistakes_and_a_malicious_pickle(tiny_run, tmp_path):
     marker = tmp_path / "code-ran"
     evil = tmp_path / "evil"

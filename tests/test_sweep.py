@@ -86,6 +86,7 @@ def test_resume_skips_finished_jobs(tmp_path):
     assert again["status"] == "finished" and again["dev_loss"] == json.loads(first["2"])["dev_loss"]
 
 
+@pytest.mark.slow  # ~10 s: run in CI
 def test_finished_run_of_another_config_is_never_overwritten(tmp_path):
     sweep = tmp_path / "s"
     run_cmd([ROOT / "train.py", "-m", *QUICK, "seed=1", f"hydra.sweep.dir={sweep}"])
