@@ -95,8 +95,8 @@ def package_path(shape: dict) -> Path:
                    f"-b{shape['batch_size']}-{key}.pt2"
 
 
-def choose(cfg: Config, device: torch.device, shape: dict | None = None) -> tuple[bool, str]:
-    """(take the fast path?, why) for train.fast = auto | on | off."""
+def choose(cfg: Config, device: torch.device) -> tuple[bool, str]:
+    """(take the fast path?, why not) for train.fast = auto | on | off."""
     if cfg.train.fast == "off":
         return False, "train.fast=off"
     why_not = unsupported(cfg, device)
@@ -109,9 +109,7 @@ def choose(cfg: Config, device: torch.device, shape: dict | None = None) -> tupl
         return False, (f"{cfg.train.steps:,} steps are too few to pay for building the compiled package "
                        f"(~1 minute, once per shape; train.fast=auto takes it from {MIN_STEPS:,} steps, "
                        "train.fast=on always)")
-    cached = shape is not None and package_path(shape).is_file()
-    how = "loaded from the cache" if cached else "built once for this shape, then cached"
-    return True, f"{STEPS_PER_CALL} SGD steps per call of an AOTInductor package, {how}"
+    return True, f"{STEPS_PER_CALL} SGD steps per call of an AOTInductor package"
 
 
 def sgd_steps(C, W1, b1, W2, b2, X, Y, lrs):
@@ -165,8 +163,8 @@ class FastSteps:
     """Calls of STEPS_PER_CALL compiled SGD steps on a model's parameters."""
     K = STEPS_PER_CALL
 
-    def __init__(self, model: torch.nn.Module, shape: dict):
-        path = package_path(shape)
+    def __init__(self, model: torch.nn.Module, shape: dict, path: Path):
+        """Load the package at `path` (package_path(shape)), building it first if it is not there."""
         self.build_time = 0.0
         if not path.is_file():  # in a child process: the compiler's memory and imports stay there
             t0 = time.perf_counter()
@@ -178,7 +176,6 @@ class FastSteps:
                 last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
                 raise RuntimeError(f"building the compiled package failed: {last}")
             self.build_time = time.perf_counter() - t0
-        self.path = path
         self.runner = torch._C._aoti.AOTIModelPackageLoader(str(path), "model", False, 1, -1)
         self.tensors = [p.data for p in (model.C, model.hidden[0].weight, model.hidden[0].bias, model.out.weight,
                                          model.out.bias)]

@@ -44,8 +44,7 @@ class Mixture(nn.Module):
 
     def target_log_prob(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """log(w P_net(target) + (1 - w) P_ngram(target)) of each row, float64 (for evaluation)."""
-        logits = self.nplm(idx)[0]  # the target's log-probability alone: no (B, vocab_size) float64 copy
-        logp_nn = (logits.gather(1, targets[:, None]).squeeze(1) - logits.logsumexp(-1)).double().cpu()
+        logp_nn = _network_log_prob(self.nplm, idx, targets)
         logp_ng = self.ngram.target_log_prob(idx, targets)
         w = self.weight.item()
         if 0 < w < 1:
@@ -57,6 +56,13 @@ class Mixture(nn.Module):
         return self.nplm.num_params()
 
 
+def _network_log_prob(nplm: NPLM, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log P_net(target | context) of each row, float64 on the CPU: the target's logit less the
+    log-sum-exp, without a (B, vocab_size) float64 copy of the logits."""
+    logits = nplm(idx)[0]
+    return (logits.gather(1, targets[:, None]).squeeze(1) - logits.logsumexp(-1)).double().cpu()
+
+
 @torch.inference_mode()
 def fit_weight(nplm: NPLM, ngram: NGram, X: torch.Tensor, Y: torch.Tensor, chunk: int = 4096) -> float:
     """The network's weight in [0, 1] that maximises the mixture's likelihood of (X, Y)."""
@@ -66,8 +72,7 @@ def fit_weight(nplm: NPLM, ngram: NGram, X: torch.Tensor, Y: torch.Tensor, chunk
     chunk = chunk_rows(chunk, nplm.vocab_size)
     for i in range(0, len(X), chunk):
         x, y = X[i:i + chunk], Y[i:i + chunk]
-        logits = nplm(x)[0]
-        p_nn.append((logits.gather(1, y[:, None]).squeeze(1) - logits.logsumexp(-1)).double().exp().cpu())
+        p_nn.append(_network_log_prob(nplm, x, y).exp())
         p_ng.append(ngram.log_prob(x.cpu(), y.cpu()).exp())
     nplm.train(was_training)
     a, b = torch.cat(p_nn), torch.cat(p_ng)

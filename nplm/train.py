@@ -244,7 +244,6 @@ def _loop(cfg: Config, model: NPLM, optimizer: Optimizer, g: torch.Generator,
     best_val, best_step, val_loss, best_state = math.inf, -1, math.nan, None
     # Polyak averaging: evaluate (and end with) a moving average of the weights, buffers included
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(t.ema), use_buffers=True) if t.ema else None
-    path = {}  # which training path ran, why, and its compile time: for the summary
     evaluated = ema.module if ema is not None else model
     train_time, t_log, steps_since_log, start = 0.0, time.perf_counter(), 0, 0
     if resume:
@@ -265,7 +264,7 @@ def _loop(cfg: Config, model: NPLM, optimizer: Optimizer, g: torch.Generator,
             "resumed_at": (resume["resumed_at"] + [resume["step"]]) if resume else [],
         }, tracker.out_dir / STATE_NAME)
 
-    compiled = _fast_path(cfg, model, device, path)
+    compiled, path = _fast_path(cfg, model, device)
     t_log = time.perf_counter()  # building the compiled package is not training
     step = start - 1  # the last step done (0-based)
     while step + 1 < t.steps:
@@ -333,28 +332,31 @@ def _loop(cfg: Config, model: NPLM, optimizer: Optimizer, g: torch.Generator,
     return best_val, best_step, train_time, best_state, path
 
 
-def _fast_path(cfg: Config, model: NPLM, device: torch.device, path: dict) -> fast.FastSteps | None:
-    """The compiled fast path's steps if it covers and pays for this run (nplm/fast.py), else None;
-    records in `path` which path trains and why, and says so."""
-    shape = fast.shape_of(cfg, model.vocab_size)
-    take, why = fast.choose(cfg, device, shape)
-    compiled = None
+def _fast_path(cfg: Config, model: NPLM, device: torch.device) -> tuple[fast.FastSteps | None, dict]:
+    """The compiled fast path's steps if it covers and pays for this run (nplm/fast.py), else None,
+    and what the summary records: which path trains, why, and the package's build time; says so."""
+    take, why = fast.choose(cfg, device)
+    compiled, info = None, {}
     if take:
-        if not fast.package_path(shape).is_file():
-            log.info("building the compiled package for this shape (about a minute, once): %s",
-                     fast.package_path(shape))
+        shape = fast.shape_of(cfg, model.vocab_size)
+        package = fast.package_path(shape)
+        if package.is_file():
+            why += ", loaded from the cache"
+        else:
+            why += ", built once for this shape, then cached"
+            log.info("building the compiled package for this shape (about a minute, once): %s", package)
         try:
-            compiled = fast.FastSteps(model, shape)
+            compiled = fast.FastSteps(model, shape, package)
         except Exception as e:  # no C++ compiler, an export or Inductor failure: the plain path does the same
             log.warning("the fast path is not available (%s); training on the plain path", e)
             why = str(e)
         else:
             if compiled.build_time:
-                path["build_time_s"] = compiled.build_time
+                info["build_time_s"] = compiled.build_time
                 log.info("built in %.1f s and cached: later runs of this shape load it at once", compiled.build_time)
-    path["path"], path["path_reason"] = ("compiled" if compiled is not None else "plain"), why
+    info["path"], info["path_reason"] = ("compiled" if compiled is not None else "plain"), why
     log.info("training path: %s (%s)", "compiled fast path" if compiled is not None else "plain autograd", why)
-    return compiled
+    return compiled, info
 
 
 def _mix(cfg: Config, model: NPLM, vocab_size: int, Xtr: torch.Tensor, Ytr: torch.Tensor, Xdev: torch.Tensor,

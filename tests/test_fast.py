@@ -57,7 +57,7 @@ def test_hand_written_steps_equal_autograd():
     (["experiment=lecture", "train.steps=20000"], False, f"too few to pay for building the compiled package "
                                                          f"(~1 minute, once per shape; train.fast=auto takes it "
                                                          f"from {MIN_STEPS:,} steps"),
-    (["experiment=lecture", "train.steps=20000", "train.fast=on"], True, "built once for this shape"),
+    (["experiment=lecture", "train.steps=20000", "train.fast=on"], True, "AOTInductor package"),
     (["experiment=lecture", "train.fast=off"], False, "train.fast=off"),
     ([], False, "does not cover optim.name=adamw"),
     (["experiment=lecture", "model.dropout=0.1", "optim.momentum=0.9"], False,
@@ -101,6 +101,8 @@ def test_fast_run_lands_where_the_plain_run_lands(tmp_path):
     plain = lecture_run(tmp_path / "plain", "train.fast=off")
     fast = lecture_run(tmp_path / "fast", "train.fast=on")
     assert plain["path"] == "plain" and fast["path"] == "compiled"
+    assert fast["path_reason"] in ("20 SGD steps per call of an AOTInductor package, " + how
+                                   for how in ("built once for this shape, then cached", "loaded from the cache"))
     rows = {k: [(int(s), float(v)) for s, _, v in losses(tmp_path / k) if v] for k in ("plain", "fast")}
     assert [s for s, _ in rows["fast"]] == [500, 1000, 1500, 2000]
     for (_, a), (_, b) in zip(rows["plain"], rows["fast"]):  # dev losses 4.9 .. 3.3: chaotic early training
