@@ -25,12 +25,14 @@ from nplm.checkpoint import STATE_NAME
 from nplm.cli import USER_ERRORS, config_error_line, fail
 from nplm.config import register_schema, to_config
 from nplm.resume import Interrupted, check_resumable, claim, continue_from, resume_dir
-from nplm.sweep import finished_dev_loss, job_name, sweep_folder, sweep_started, write_report_if_sweep
+from nplm.sweep import (finished_dev_loss, job_name, register_launcher, sweep_folder, sweep_started,
+                        write_report_if_sweep)
 from nplm.tracking import save_summary
 from nplm.train import run
 
 log = logging.getLogger("nplm")
 register_schema()
+register_launcher()
 _run_dir: Path | None = None  # the folder of the run in progress, for the message if it is interrupted
 
 

@@ -242,7 +242,22 @@ def _cut_by_tokens(lines: list[list[str]], tokens: int) -> int:
     return len(lines)
 
 
+_last: tuple[tuple, Dataset] | None = None  # the last dataset loaded: the jobs of an in-process sweep share it
+
+
 def load_data(d, block_size: int) -> Dataset:
-    """The dataset a config's `data` section (nplm.config.DataConfig) describes."""
-    return load_dataset(d.path, d.train_frac, d.dev_frac, d.split_seed, block_size, d.level, d.lowercase,
-                        d.min_count, d.max_vocab, d.train_tokens, d.dev_tokens)
+    """The dataset a config's `data` section (nplm.config.DataConfig) describes. The last one is
+    kept: the next job of an in-process sweep on the same data (file unchanged) gets it at once."""
+    global _last
+    args = (d.path, d.train_frac, d.dev_frac, d.split_seed, block_size, d.level, d.lowercase, d.min_count,
+            d.max_vocab, d.train_tokens, d.dev_tokens)
+    try:
+        stat = Path(d.path or bundled_names_path()).stat()
+        key = (*args, stat.st_mtime_ns, stat.st_size)
+    except OSError:
+        key = None  # load_dataset says what is wrong with the path
+    if key is None or _last is None or _last[0] != key:
+        data = load_dataset(*args)
+        _last = (key, data) if key is not None else None
+        return data
+    return _last[1]

@@ -44,8 +44,10 @@ MIN_STEPS = 100_000  # train.fast=auto: shorter runs would not win back a first 
 CACHE = Path(os.environ.get("NPLM_CACHE") or Path.home() / ".cache" / "nplm") / "compiled"
 
 
-def unsupported(cfg: Config, device: torch.device) -> str | None:
-    """Why the fast path does not cover this run (an option it lacks), or None if it does."""
+def unsupported(cfg: Config, device: torch.device, compiled: bool = True) -> str | None:
+    """Why the fast path does not cover this run (an option it lacks), or None if it does. With
+    compiled=False: whether its math (sgd_steps, stacked_sgd_steps) covers it, run eagerly on any
+    device (the vectorised sweep, nplm/vector.py)."""
     m, o, t = cfg.model, cfg.optim, cfg.train
     checks = [
         (m.type != "nplm", f"model={m.type}"),
@@ -59,22 +61,24 @@ def unsupported(cfg: Config, device: torch.device) -> str | None:
         (o.weight_decay != 0, f"optim.weight_decay={o.weight_decay}"),
         (o.grad_clip != 0, f"optim.grad_clip={o.grad_clip}"),
         (t.ema != 0, f"train.ema={t.ema}"),
-        (device.type != "cpu", f"device={device}"),
+        (compiled and device.type != "cpu", f"device={device}"),
         (cfg.mode != "train", f"mode={cfg.mode}"),
-        (not hasattr(getattr(torch._C, "_aoti", None), "AOTIModelPackageLoader"),
+        (compiled and not hasattr(getattr(torch._C, "_aoti", None), "AOTIModelPackageLoader"),
          f"torch {torch.__version__} (it needs AOTInductor packages: torch 2.6 or later)"),
     ]
     reasons = [why for bad, why in checks if bad]
     return ", ".join(reasons) if reasons else None
 
 
-def shape_of(cfg: Config, vocab_size: int) -> dict:
-    """Everything the compiled package depends on: the model's and the batch's shapes, the thread
-    count, the step function's source, torch and the machine."""
+def shape_of(cfg: Config, vocab_size: int, runs: int = 0) -> dict:
+    """Everything the compiled package depends on: the model's and the batch's shapes, the number of
+    stacked runs (0: one model, sgd_steps; R: stacked_sgd_steps), the thread count, the step
+    function's source, torch and the machine."""
     m = cfg.model
-    source = inspect.getsource(sgd_steps)
+    source = inspect.getsource(stacked_sgd_steps if runs else sgd_steps)
     return {"vocab_size": vocab_size, "n_embd": m.n_embd, "block_size": m.block_size, "n_hidden": m.n_hidden,
-            "batch_size": cfg.train.batch_size, "steps": STEPS_PER_CALL, "threads": torch.get_num_threads(),
+            "batch_size": cfg.train.batch_size, "steps": STEPS_PER_CALL, "runs": runs,
+            "threads": torch.get_num_threads(),
             "torch": torch.__version__, "machine": _machine(),
             "source": hashlib.sha256(source.encode()).hexdigest()[:16]}
 
@@ -91,7 +95,8 @@ def _machine() -> str:
 
 def package_path(shape: dict) -> Path:
     key = hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:20]
-    return CACHE / f"sgd-{shape['vocab_size']}x{shape['n_embd']}x{shape['block_size']}x{shape['n_hidden']}" \
+    runs = f"{shape['runs']}x" if shape.get("runs") else ""
+    return CACHE / f"sgd-{runs}{shape['vocab_size']}x{shape['n_embd']}x{shape['block_size']}x{shape['n_hidden']}" \
                    f"-b{shape['batch_size']}-{key}.pt2"
 
 
@@ -139,19 +144,57 @@ def sgd_steps(C, W1, b1, W2, b2, X, Y, lrs):
     return C, W1, b1, W2, b2, torch.stack(losses)
 
 
+def stacked_sgd_steps(C, W1, b1, W2, b2, X, Y, lrs):
+    """sgd_steps for R models at once (a vectorised sweep, nplm/vector.py), each with its own
+    weights, minibatches and learning rates: C (R, V, n_embd), W1 (R, fan_in, H), b1 (R, H),
+    W2 (R, H, V), b2 (R, V); X (K, R, batch, block_size), Y (K, R, batch), lrs (K, R). Each model's
+    arithmetic is sgd_steps's, as batched matrix products. Returns the parameters and losses (K, R)."""
+    R, V, E = C.shape
+    offsets = (torch.arange(R, device=C.device) * V).view(R, 1, 1)  # model r's rows of C.view(R * V, E)
+    losses = []
+    for k in range(X.shape[0]):
+        idx, y = X[k], Y[k]
+        B = idx.shape[1]
+        flat = (idx + offsets).reshape(-1)
+        x = C.reshape(R * V, E)[flat].view(R, B, -1)  # (R, B, block_size * n_embd)
+        h = torch.tanh(x @ W1 + b1[:, None])
+        logits = h @ W2 + b2[:, None]
+        lse = logits.logsumexp(2)
+        losses.append((lse - logits.gather(2, y[..., None]).squeeze(2)).mean(1))
+        dlogits = (logits - lse[..., None]).exp()
+        dlogits = dlogits.scatter_add(2, y[..., None], torch.full_like(lse[..., None], -1.0)) / B
+        dh = (dlogits @ W2.transpose(1, 2)) * (1 - h * h)
+        dx = (dh @ W1.transpose(1, 2)).reshape(-1, E)
+        dC = torch.zeros(R * V, E, dtype=C.dtype, device=C.device).index_add(0, flat, dx).view(R, V, E)
+        lr = lrs[k].view(R, 1, 1)
+        W2 = W2 - lr * (h.transpose(1, 2) @ dlogits)
+        b2 = b2 - lr[:, 0] * dlogits.sum(1)
+        W1 = W1 - lr * (x.transpose(1, 2) @ dh)
+        b1 = b1 - lr[:, 0] * dh.sum(1)
+        C = C - lr * dC
+    return C, W1, b1, W2, b2, torch.stack(losses)
+
+
 class _Steps(torch.nn.Module):
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
     def forward(self, *args):
-        return sgd_steps(*args)
+        return self.fn(*args)
 
 
 def build(shape: dict, path: Path) -> None:
-    """Export sgd_steps for `shape` and compile it with AOTInductor into the package `path`
-    (written under a temporary name, then renamed: a killed build leaves no half package)."""
+    """Export sgd_steps (or stacked_sgd_steps) for `shape` and compile it with AOTInductor into the
+    package `path` (written under a temporary name, then renamed: a killed build leaves no half package)."""
     torch.set_num_threads(shape["threads"])
     V, E, T, H, B, K = (shape[k] for k in ("vocab_size", "n_embd", "block_size", "n_hidden", "batch_size", "steps"))
-    args = (torch.randn(V, E), torch.randn(T * E, H), torch.randn(H), torch.randn(H, V), torch.randn(V),
-            torch.randint(0, V, (K, B, T)), torch.randint(0, V, (K, B)), torch.full((K,), 0.1))
-    program = torch.export.export(_Steps(), args)
+    R = shape.get("runs", 0)
+    lead = (R,) if R else ()  # the stacked models' dimension
+    args = (torch.randn(*lead, V, E), torch.randn(*lead, T * E, H), torch.randn(*lead, H), torch.randn(*lead, H, V),
+            torch.randn(*lead, V), torch.randint(0, V, (K, *lead, B, T)), torch.randint(0, V, (K, *lead, B)),
+            torch.full((K, *lead), 0.1))
+    program = torch.export.export(_Steps(stacked_sgd_steps if R else sgd_steps), args)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{os.getpid()}.tmp.{path.name}")  # AOTInductor wants the .pt2 suffix
     from torch._inductor import aoti_compile_and_package
@@ -160,10 +203,11 @@ def build(shape: dict, path: Path) -> None:
 
 
 class FastSteps:
-    """Calls of STEPS_PER_CALL compiled SGD steps on a model's parameters."""
+    """Calls of STEPS_PER_CALL compiled SGD steps, updating `tensors` (C, W1, b1, W2, b2: one model's
+    parameters, or R models' stacked) in place."""
     K = STEPS_PER_CALL
 
-    def __init__(self, model: torch.nn.Module, shape: dict, path: Path):
+    def __init__(self, tensors: list[torch.Tensor], shape: dict, path: Path):
         """Load the package at `path` (package_path(shape)), building it first if it is not there."""
         self.build_time = 0.0
         if not path.is_file():  # in a child process: the compiler's memory and imports stay there
@@ -177,16 +221,21 @@ class FastSteps:
                 raise RuntimeError(f"building the compiled package failed: {last}")
             self.build_time = time.perf_counter() - t0
         self.runner = torch._C._aoti.AOTIModelPackageLoader(str(path), "model", False, 1, -1)
-        self.tensors = [p.data for p in (model.C, model.hidden[0].weight, model.hidden[0].bias, model.out.weight,
-                                         model.out.bias)]
+        self.tensors = tensors
 
     @torch.no_grad()
-    def __call__(self, Xtr: torch.Tensor, Ytr: torch.Tensor, ix: torch.Tensor, lrs: list[float]) -> torch.Tensor:
-        """Train on the minibatches Xtr[ix[k]], Ytr[ix[k]]; return the K steps' losses."""
-        out = self.runner.run([*self.tensors, Xtr[ix], Ytr[ix], torch.tensor(lrs, dtype=torch.float32)])
+    def __call__(self, X: torch.Tensor, Y: torch.Tensor, lrs: torch.Tensor) -> torch.Tensor:
+        """K steps on the minibatches X, Y with learning rates lrs; return the steps' losses."""
+        out = self.runner.run([*self.tensors, X, Y, lrs])
         for tensor, new in zip(self.tensors, out):
             tensor.copy_(new)
         return out[-1]
+
+
+def parameters(model: torch.nn.Module) -> list[torch.Tensor]:
+    """An NPLM's tensors in the step functions' order: C, W1, b1, W2, b2."""
+    return [p.data for p in (model.C, model.hidden[0].weight, model.hidden[0].bias, model.out.weight,
+                             model.out.bias)]
 
 
 if __name__ == "__main__":

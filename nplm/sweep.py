@@ -80,6 +80,14 @@ class SweepCallback(Callback):
                  _sweep_dir, resume, _sweep_dir)
 
 
+def register_launcher() -> None:
+    """Make the vectorised sweep's launcher (`+launcher=vectorized`) known to Hydra. An installed
+    package's hydra_plugins are found by Hydra's scan; an editable install's are not, hence this."""
+    from hydra.core.plugins import Plugins
+    from hydra_plugins.nplm_launcher import VectorizedLauncher
+    Plugins.instance().register(VectorizedLauncher)
+
+
 def sweep_started() -> bool:
     """Whether this process launched a multirun (its jobs have folders and a report)."""
     return _sweep_dir is not None

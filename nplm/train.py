@@ -23,7 +23,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from nplm.checkpoint import CKPT_NAME, STATE_FORMAT, STATE_NAME, save_atomic, save_checkpoint
 from nplm.config import Config, ConfigError
 from nplm.data import SPLITS, Dataset, load_data
-from nplm import fast
+from nplm import fast, vector
 from nplm.evaluate import perplexity, split_loss
 from nplm.mixture import Mixture, fit_weight
 from nplm.model import NPLM
@@ -110,6 +110,7 @@ def train(cfg: Config, data: Dataset, device: torch.device, tracker: Tracker, ou
     m, t = cfg.model, cfg.train
     mix: dict = {}  # model.mix_order: the mixture's weight and its parts' dev losses
     path: dict = {}  # the training path (nplm/fast.py)
+    grouped = None  # its training, if done with other runs of its sweep (nplm/vector.py)
     Xtr, Ytr = data.X["train"].to(device), data.Y["train"].to(device)
     Xdev, Ydev = data.X["dev"].to(device), data.Y["dev"].to(device)
     unit = "words" if cfg.data.level == "char" else "lines"
@@ -154,10 +155,14 @@ def train(cfg: Config, data: Dataset, device: torch.device, tracker: Tracker, ou
             return _tool(cfg, model, optimizer, g, Xtr, Ytr, tracker, out_dir, t_start, device)
         if resume:
             log.info("resuming at step %d of %d from %s", resume["step"], t.steps, out_dir / STATE_NAME)
+        grouped = vector.take(out_dir, cfg)  # trained already, with other runs of its sweep (nplm/vector.py)
         try:
             stop.defer(True)
-            best_val, best_step, train_time, best_state, path = _loop(cfg, model, optimizer, g, Xtr, Ytr, Xdev,
-                                                                      Ydev, tracker, stop, resume)
+            if grouped is not None:
+                best_val, best_step, train_time, best_state, path = _replay(cfg, grouped, model, tracker)
+            else:
+                best_val, best_step, train_time, best_state, path = _loop(cfg, model, optimizer, g, Xtr, Ytr, Xdev,
+                                                                          Ydev, tracker, stop, resume)
         except Diverged as e:
             step, loss, train_time = e.args
             return _diverged(cfg, model, step, loss, tracker, t_start, train_time)
@@ -171,9 +176,12 @@ def train(cfg: Config, data: Dataset, device: torch.device, tracker: Tracker, ou
             model, mix = _mix(cfg, model, data.vocab.size, Xtr, Ytr, Xdev, Ydev)
 
     t0 = time.perf_counter()
-    train_loss = split_loss(model, Xtr, Ytr, t.eval_chunk)
-    dev_loss = split_loss(model, Xdev, Ydev, t.eval_chunk)
-    eval_time = time.perf_counter() - t0
+    if grouped is not None and grouped.final and not mix and best_state is None:
+        (train_loss, dev_loss), eval_time = grouped.final, grouped.eval_time  # measured by its group
+    else:
+        train_loss = split_loss(model, Xtr, Ytr, t.eval_chunk)
+        dev_loss = split_loss(model, Xdev, Ydev, t.eval_chunk)
+        eval_time = time.perf_counter() - t0
     if m.mix_order:  # the network's own best is not comparable with the mixture's loss
         best_val, best_step = dev_loss, steps
     if dev_loss < best_val:
@@ -191,6 +199,8 @@ def train(cfg: Config, data: Dataset, device: torch.device, tracker: Tracker, ou
     save_checkpoint(out_dir / CKPT_NAME, model=model, optimizer=optimizer, step=steps,
                     best_val_loss=best_val, cfg=cfg, itos=data.vocab.itos)
     wall = time.perf_counter() - t_start
+    if path.get("path") == "vectorized":  # its share of its group's training came before its job
+        wall += train_time
     summary = {
         "status": "finished", "mode": "train",
         "train_loss": train_loss, "dev_loss": dev_loss,
@@ -240,7 +250,7 @@ def _loop(cfg: Config, model: NPLM, optimizer: Optimizer, g: torch.Generator,
     Steps go through the compiled fast path (nplm/fast.py) where it covers the run, else one at a
     time through autograd. Returns (best dev loss, its step, training seconds, the weights then if
     train.keep_best, which path ran); raises Diverged."""
-    o, t, device, word = cfg.optim, cfg.train, Xtr.device, cfg.data.level == "word"
+    o, t, device = cfg.optim, cfg.train, Xtr.device
     best_val, best_step, val_loss, best_state = math.inf, -1, math.nan, None
     # Polyak averaging: evaluate (and end with) a moving average of the weights, buffers included
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(t.ema), use_buffers=True) if t.ema else None
@@ -274,7 +284,7 @@ def _loop(cfg: Config, model: NPLM, optimizer: Optimizer, g: torch.Generator,
         if compiled is not None and boundary - (step + 1) >= compiled.K:
             lrs = [lr_at(s, o, t.steps) for s in range(step + 1, step + 1 + compiled.K)]
             ix = torch.randint(0, len(Xtr), (compiled.K, t.batch_size), generator=g)
-            losses = compiled(Xtr, Ytr, ix, lrs)
+            losses = compiled(Xtr[ix], Ytr[ix], torch.tensor(lrs, dtype=torch.float32))
             finite, n = bool(torch.isfinite(losses).all()), compiled.K
             if not finite:  # stop at the first step whose loss was not finite
                 n = int(torch.nonzero(~torch.isfinite(losses))[0]) + 1
@@ -316,11 +326,7 @@ def _loop(cfg: Config, model: NPLM, optimizer: Optimizer, g: torch.Generator,
                     if t.keep_best:
                         best_state = {k: v.detach().clone() for k, v in evaluated.state_dict().items()}
             tracker.log(row)
-            log.info("step %*d/%d | train/loss %.4f |%s lr %.2e | %.0f steps/s | %s left",
-                     len(str(t.steps)), step + 1, t.steps, row["train/loss"],
-                     (f" val/loss {val_loss:.4f}" + (f" (ppl {perplexity(val_loss):.1f})" if word else "") + " |")
-                     if evaluate else "", lr, rate,
-                     _hms((t.steps - step - 1) / rate))
+            _progress(cfg, row)
             if evaluate:
                 save_state(step + 1)
         if stop.signum is not None:  # SIGINT/SIGTERM came during this step: save (unless just saved), stop
@@ -330,6 +336,30 @@ def _loop(cfg: Config, model: NPLM, optimizer: Optimizer, g: torch.Generator,
     if ema is not None:  # end with the averaged weights, the ones every evaluation measured
         model.load_state_dict(ema.module.state_dict())
     return best_val, best_step, train_time, best_state, path
+
+
+def _progress(cfg: Config, row: dict) -> None:
+    """The progress line of a metrics row."""
+    t, val = cfg.train, row.get("val/loss")
+    log.info("step %*d/%d | train/loss %.4f |%s lr %.2e | %.0f steps/s | %s left",
+             len(str(t.steps)), row["step"], t.steps, row["train/loss"],
+             (f" val/loss {val:.4f}" + (f" (ppl {perplexity(val):.1f})" if cfg.data.level == "word" else "") + " |")
+             if val is not None else "", row["lr"], row["steps_per_s"],
+             _hms((t.steps - row["step"]) / row["steps_per_s"]))
+
+
+def _replay(cfg: Config, grouped: vector.Result, model: NPLM,
+            tracker: Tracker) -> tuple[float, int, float, dict | None, dict]:
+    """A run trained in a group of its sweep (nplm/vector.py): its weights into the model, its
+    metrics rows into its record, as _loop would have left them. Raises Diverged where it diverged."""
+    model.load_state_dict(grouped.state)
+    log.info("training path: vectorised (%s)", grouped.path["path_reason"])
+    for row in grouped.rows:
+        tracker.log(row)
+        _progress(cfg, row)
+    if grouped.diverged is not None:
+        raise Diverged(*grouped.diverged, grouped.train_time)
+    return grouped.best_val, grouped.best_step, grouped.train_time, grouped.best_state, grouped.path
 
 
 def _fast_path(cfg: Config, model: NPLM, device: torch.device) -> tuple[fast.FastSteps | None, dict]:
@@ -346,7 +376,7 @@ def _fast_path(cfg: Config, model: NPLM, device: torch.device) -> tuple[fast.Fas
             why += ", built once for this shape, then cached"
             log.info("building the compiled package for this shape (about a minute, once): %s", package)
         try:
-            compiled = fast.FastSteps(model, shape, package)
+            compiled = fast.FastSteps(fast.parameters(model), shape, package)
         except Exception as e:  # no C++ compiler, an export or Inductor failure: the plain path does the same
             log.warning("the fast path is not available (%s); training on the plain path", e)
             why = str(e)

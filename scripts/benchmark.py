@@ -11,7 +11,9 @@ alternating, and the table shows medians and ratios (issue 5's targets beside th
            `python train.py experiment=lecture` (and that both reach the same loss).
 - fast:    training time until dev < 2.17 with `experiment=fast` (time-to-target).
 - sweep:   wall time of a 16-run grid of lecture-size models (4 learning rates x 4 seeds): 16
-           reference loops one after another vs one `train.py -m` sweep (joblib, all cores).
+           reference loops one after another vs one vectorised `train.py -m` sweep
+           (+launcher=vectorized: the 16 runs as one stacked model, all cores), and the dev loss
+           of the last run in both.
 - startup: wall time of `python train.py train.steps=0` vs `python -c "import torch"`.
 - memory:  peak RSS of the lecture run vs the reference loop.
 - words:   words/s of word-level training (batch 128) and chunked evaluation: `data=shakespeare`
@@ -72,7 +74,8 @@ def runner(*overrides: str) -> tuple[dict, float, int]:
         wall, rss, _ = timed([sys.executable, "train.py", *overrides, f"hydra.run.dir={tmp}/run",
                               f"hydra.sweep.dir={tmp}/sweep"])
         summary = Path(tmp, "run", "summary.json")
-        return (json.loads(summary.read_text()) if summary.exists() else {}), wall, rss
+        jobs = [json.loads(p.read_text()) for p in Path(tmp, "sweep").glob("*/summary.json")]  # a multirun's
+        return (json.loads(summary.read_text()) if summary.exists() else {"jobs": jobs}), wall, rss
 
 
 def bench_steps(repeats: int, steps: int) -> dict:
@@ -110,16 +113,19 @@ def bench_fast(repeats: int) -> dict:
 def bench_sweep(repeats: int, steps: int) -> dict:
     lrs, seeds = (0.03, 0.05, 0.1, 0.2), (1, 2, 3, 4)
     runs = [{"steps": steps, "decay_step": steps, "lr": lr, "seed": seed} for lr in lrs for seed in seeds]
+    sweep = ["-m", "+launcher=vectorized", "experiment=lecture", f"train.steps={steps}", f"train.eval_interval={steps}",
+             "train.num_samples=0", f"optim.lr={','.join(map(str, lrs))}", f"seed={','.join(map(str, seeds))}"]
+    runner(*sweep, "train.fast=on", "train.steps=20")  # builds the package for 16 stacked runs if not cached
     ref, run = [], []
     for _ in range(repeats):
         r, _ = reference(runs)
         ref.append(r["process_wall_s"])
-        _, wall, _ = runner("-m", "+launcher=parallel", "experiment=lecture", f"train.steps={steps}",
-                            f"train.eval_interval={steps}", "train.num_samples=0",
-                            f"optim.lr={','.join(map(str, lrs))}", f"seed={','.join(map(str, seeds))}")
+        s, wall, _ = runner(*sweep)
         run.append(wall)
+        last = next(j for j in s["jobs"] if j["seed"] == seeds[-1] and j["config"]["optim"]["lr"] == lrs[-1])
     return {"reference_wall_s": statistics.median(ref), "runner_wall_s": statistics.median(run),
             "ratio": statistics.median(ref) / statistics.median(run), "runs": 16, "steps_per_run": steps,
+            "path": last["path_reason"], "reference_dev_loss": r["dev_loss"], "runner_dev_loss": last["dev_loss"],
             "target": ">= 8x"}
 
 
@@ -198,6 +204,9 @@ def table(results: dict) -> str:
         r = results["sweep"]
         rows.append((f"16-run grid, {r['steps_per_run']:,} steps each: wall s", f"{r['reference_wall_s']:.1f}",
                      f"{r['runner_wall_s']:.1f}", f"{r['ratio']:.2f}x", r["target"]))
+        rows.append(("  dev loss of its last run (lr 0.2, seed 4)", f"{r['reference_dev_loss']:.4f}",
+                     f"{r['runner_dev_loss']:.4f}", f"{r['runner_dev_loss'] - r['reference_dev_loss']:+.4f}",
+                     "within 0.01"))
     if "startup" in results:
         r = results["startup"]
         rows.append(("start-up: train.py with 0 steps, wall s", f"{r['import_torch_s']:.2f} (import torch)",
@@ -220,7 +229,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--only", nargs="+", choices=PARTS, default=list(PARTS), help="which figures to measure")
     parser.add_argument("--repeats", type=int, default=3, help="repeats per figure (fast, startup: at least 5)")
     parser.add_argument("--steps", type=int, default=20_000, help="steps of the lecture recipe for steps/memory")
-    parser.add_argument("--sweep-steps", type=int, default=2_000, help="steps of each of the 16 sweep runs")
+    parser.add_argument("--sweep-steps", type=int, default=30_000, help="steps of each of the 16 sweep runs")
     parser.add_argument("--out", type=Path, help="JSON file (default outputs/benchmark/<date_time>.json)")
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.steps < 2 or args.sweep_steps < 1:

@@ -1,0 +1,110 @@
+"""The vectorised sweep (nplm/vector.py, +launcher=vectorized): runs that differ only in seed and
+learning rate train as one stacked model, each recorded as its own run, landing where it lands alone."""
+import json
+
+import pytest
+import torch
+
+from conftest import ROOT, compose_cfg, run_cmd
+from nplm.config import to_config
+from nplm.fast import sgd_steps, stacked_sgd_steps
+from nplm.vector import group_key, plan
+from test_resume import losses, summary
+
+# lecture-size runs, short; lr sweeps with the lecture's schedule
+LECTURE = ["experiment=lecture", "train.steps=300", "optim.decay_steps=[200]", "train.eval_interval=100",
+           "train.log_interval=50", "train.num_samples=3"]
+
+
+def cfg(*overrides):
+    return to_config(compose_cfg(["experiment=lecture", *overrides]))
+
+
+def test_stacked_steps_equal_each_model_alone():
+    """stacked_sgd_steps on three models equals sgd_steps on each, to float rounding."""
+    g = torch.Generator().manual_seed(0)
+    R, K, V, E, T, H, B = 3, 5, 27, 4, 3, 16, 8
+    params = [torch.randn(R, V, E, generator=g), torch.randn(R, T * E, H, generator=g), torch.randn(R, H, generator=g),
+              torch.randn(R, H, V, generator=g) * 0.1, torch.zeros(R, V)]
+    X, Y = torch.randint(0, V, (K, R, B, T), generator=g), torch.randint(0, V, (K, R, B), generator=g)
+    lrs = torch.tensor([[0.1, 0.05, 0.2]] * K)
+    *stacked, stacked_losses = stacked_sgd_steps(*params, X, Y, lrs)
+    for r in range(R):
+        *alone, alone_losses = sgd_steps(*(p[r] for p in params), X[:, r], Y[:, r], lrs[:, r])
+        torch.testing.assert_close(stacked_losses[:, r], alone_losses, rtol=1e-5, atol=1e-6)
+        for s, a in zip(stacked, alone):
+            torch.testing.assert_close(s[r], a, rtol=1e-5, atol=1e-5)
+
+
+def test_groups_are_runs_that_differ_only_in_seed_and_learning_rate():
+    jobs = [(0, cfg("seed=1")), (1, cfg("seed=2", "optim.lr=0.05")), (2, cfg("seed=3", "model.n_hidden=100")),
+            (3, cfg("seed=4", "model.n_hidden=100", "wandb.name=x", "train.num_samples=0")),
+            (4, cfg("seed=5", "optim.momentum=0.9")), (5, cfg("seed=6", "optim.momentum=0.9")),  # not covered
+            (6, cfg("seed=7", "model.n_embd=3")),  # alone: no group of one
+            (7, None)]  # an invalid config or a finished run
+    assert plan(jobs) == [[0, 1], [2, 3]]
+    assert group_key(cfg("seed=1", "optim.lr=0.3", "optim.decay_steps=[5]")) == group_key(cfg("seed=9"))
+    assert group_key(cfg("seed=1")) != group_key(cfg("seed=1", "train.batch_size=64"))
+    assert plan([(0, to_config(compose_cfg(["seed=1"]))), (1, to_config(compose_cfg(["seed=2"])))]) == []  # adamw
+
+
+def test_vectorised_sweep_records_each_run_and_matches_training_it_alone(tmp_path):
+    """A real 2 x 2 multirun with +launcher=vectorized: one stacked model of four runs, each with its
+    own folder, metrics, W&B run, checkpoint and summary; a run trained alone on the plain path lands
+    where its vectorised twin does. The same command again skips every finished job."""
+    sweep = tmp_path / "sweep"
+    cmd = [ROOT / "train.py", "-m", *LECTURE, "seed=1,2", "optim.lr=0.05,0.1", "+launcher=vectorized",
+           f"hydra.sweep.dir={sweep}"]
+    out = run_cmd(cmd)
+    log = out.stdout + out.stderr
+    assert "vectorised: 4 runs" in log and "train as one stacked model, batched matrix products, eagerly" in log
+    runs = sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit())
+    assert len(runs) == 4
+    for run in runs:
+        s = summary(run)
+        assert (s["status"], s["path"], s["vector_runs"], s["steps"]) == ("finished", "vectorized", 4, 300)
+        assert [int(step) for step, _, _ in losses(run)] == [50, 100, 150, 200, 250, 300]
+        assert (run / "ckpt.pt").is_file() and (run / "loss.png").is_file() and (run / "embedding.png").is_file()
+        assert list((run / "wandb").glob("offline-run-*"))
+    twin = next(r for r in runs if summary(r)["config"]["seed"] == 2 and summary(r)["config"]["optim"]["lr"] == 0.1)
+    run_cmd([ROOT / "train.py", *LECTURE, "seed=2", "optim.lr=0.1", "train.fast=off", f"hydra.run.dir={tmp_path / 'alone'}"])
+    alone = summary(tmp_path / "alone")
+    assert alone["path"] == "plain"
+    for key in ("train_loss", "dev_loss", "best_dev_loss"):
+        assert summary(twin)[key] == pytest.approx(alone[key], rel=2e-3), key
+    dev = lambda run: [float(v) for _, _, v in losses(run) if v]  # noqa: E731
+    assert dev(twin) == pytest.approx(dev(tmp_path / "alone"), rel=2e-3)
+    board = (sweep / "leaderboard.csv").read_text().splitlines()
+    assert len(board) == 5
+    again = run_cmd(cmd)
+    assert (again.stdout + again.stderr).count("skipping job") == 4 and "vectorised: 4 runs" not in again.stderr
+
+
+def test_a_mixed_sweep_groups_what_it_can_and_a_diverging_run_stops_alone(tmp_path):
+    """Momentum is not covered: those jobs train one by one; of the group, the run whose lr is far too
+    high diverges (recorded so, inf to the sweeper) while the others finish."""
+    sweep = tmp_path / "sweep"
+    proc = run_cmd([ROOT / "train.py", "-m", *LECTURE, "train.steps=100", "optim.decay_steps=[50]", "seed=1",
+                    "optim.lr=0.1,3e38", "optim.momentum=0,0.5", "+launcher=vectorized", f"hydra.sweep.dir={sweep}"],
+                   check=False)
+    assert proc.returncode == 0, proc.stderr
+    jobs = {(s["config"]["optim"]["lr"], s["config"]["optim"]["momentum"]): s
+            for s in (json.loads(p.read_text()) for p in sweep.glob("*/summary.json"))}
+    assert jobs[(0.1, 0.0)]["path"] == "vectorized" and jobs[(0.1, 0.0)]["status"] == "finished"
+    assert jobs[(3e38, 0.0)]["status"] == "diverged" and jobs[(3e38, 0.0)]["diverged_step"] <= 5
+    assert jobs[(0.1, 0.5)]["path"] == "plain" and jobs[(3e38, 0.5)]["status"] == "diverged"
+
+
+@pytest.mark.slow
+def test_compiled_vectorised_sweep(tmp_path):
+    """train.fast=on: the stacked steps compiled (an AOTInductor package for 2 stacked runs), the
+    same results as the eager stacked steps within rounding."""
+    common = [ROOT / "train.py", "-m", *LECTURE, "train.steps=400", "train.eval_interval=200",
+              "train.log_interval=100", "seed=1,2", "+launcher=vectorized"]
+    out = run_cmd([*common, "train.fast=on", f"hydra.sweep.dir={tmp_path / 'compiled'}"], timeout=600)
+    assert "compiled, 20 steps per call" in out.stdout + out.stderr
+    run_cmd([*common, "train.fast=off", f"hydra.sweep.dir={tmp_path / 'eager'}"])
+    for job in ("0", "1"):
+        a, b = summary(tmp_path / "compiled" / job), summary(tmp_path / "eager" / job)
+        assert "compiled" in a["path_reason"] and "eagerly" in b["path_reason"]
+        assert a["dev_loss"] == pytest.approx(b["dev_loss"], rel=2e-3)
