@@ -75,7 +75,7 @@ def shape_of(cfg: Config, vocab_size: int, runs: int = 0) -> dict:
     stacked runs (0: one model, sgd_steps; R: stacked_sgd_steps), the thread count, the step
     function's source, torch and the machine."""
     m = cfg.model
-    source = inspect.getsource(stacked_sgd_steps if runs else sgd_steps)
+    source = inspect.getsource(stacked_sgd_steps) + inspect.getsource(pad) if runs else inspect.getsource(sgd_steps)
     return {"vocab_size": vocab_size, "n_embd": m.n_embd, "block_size": m.block_size, "n_hidden": m.n_hidden,
             "batch_size": cfg.train.batch_size, "steps": STEPS_PER_CALL, "runs": runs,
             "threads": torch.get_num_threads(),
@@ -148,15 +148,19 @@ def stacked_sgd_steps(C, W1, b1, W2, b2, X, Y, lrs):
     """sgd_steps for R models at once (a vectorised sweep, nplm/vector.py), each with its own
     weights, minibatches and learning rates: C (R, V, n_embd), W1 (R, fan_in, H), b1 (R, H),
     W2 (R, H, V), b2 (R, V); X (K, R, batch, block_size), Y (K, R, batch), lrs (K, R). Each model's
-    arithmetic is sgd_steps's, as batched matrix products. Returns the parameters and losses (K, R)."""
+    arithmetic is sgd_steps's, as batched matrix products. Returns the parameters and losses (K, R).
+    W1, W2 and b2 may come padded (pad()): the same results, faster matrix products."""
     R, V, E = C.shape
+    T, F = X.shape[-1], W1.shape[1]  # F >= T * E: see pad()
     offsets = (torch.arange(R, device=C.device) * V).view(R, 1, 1)  # model r's rows of C.view(R * V, E)
     losses = []
     for k in range(X.shape[0]):
         idx, y = X[k], Y[k]
         B = idx.shape[1]
         flat = (idx + offsets).reshape(-1)
-        x = C.reshape(R * V, E)[flat].view(R, B, -1)  # (R, B, block_size * n_embd)
+        x = C.reshape(R * V, E)[flat].view(R, B, T * E)  # (R, B, block_size * n_embd)
+        if F > T * E:  # zeros against W1's zero rows
+            x = torch.cat([x, x.new_zeros(R, B, F - T * E)], 2)
         h = torch.tanh(x @ W1 + b1[:, None])
         logits = h @ W2 + b2[:, None]
         lse = logits.logsumexp(2)
@@ -164,7 +168,7 @@ def stacked_sgd_steps(C, W1, b1, W2, b2, X, Y, lrs):
         dlogits = (logits - lse[..., None]).exp()
         dlogits = dlogits.scatter_add(2, y[..., None], torch.full_like(lse[..., None], -1.0)) / B
         dh = (dlogits @ W2.transpose(1, 2)) * (1 - h * h)
-        dx = (dh @ W1.transpose(1, 2)).reshape(-1, E)
+        dx = (dh @ W1.transpose(1, 2))[..., :T * E].reshape(-1, E)
         dC = torch.zeros(R * V, E, dtype=C.dtype, device=C.device).index_add(0, flat, dx).view(R, V, E)
         lr = lrs[k].view(R, 1, 1)
         W2 = W2 - lr * (h.transpose(1, 2) @ dlogits)
@@ -173,6 +177,25 @@ def stacked_sgd_steps(C, W1, b1, W2, b2, X, Y, lrs):
         b1 = b1 - lr[:, 0] * dh.sum(1)
         C = C - lr * dC
     return C, W1, b1, W2, b2, torch.stack(losses)
+
+
+def padded(n: int) -> int:
+    """n rounded up to a multiple of 8: the matrix products of stacked_sgd_steps run 1.6-2.4x
+    faster with 32 columns than with 27 or 30 (MKL, 2 cores: 50 vs 84-125 µs for 16 models)."""
+    return -(-n // 8) * 8
+
+
+def pad(W1: torch.Tensor, W2: torch.Tensor, b2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Stacked W1 (R, F, H), W2 (R, H, V), b2 (R, V) padded for stacked_sgd_steps: W1 with zero rows
+    (they meet zero inputs: their gradient is 0), W2 with zero columns and b2 with -1e30 there
+    (logits no softmax gives any weight: their gradient is 0), so training leaves the pads as they
+    are and the real parts train as unpadded."""
+    R, F, H = W1.shape
+    V = W2.shape[2]
+    W1p, W2p = W1.new_zeros(R, padded(F), H), W2.new_zeros(R, H, padded(V))
+    b2p = b2.new_full((R, padded(V)), -1e30)
+    W1p[:, :F], W2p[:, :, :V], b2p[:, :V] = W1, W2, b2
+    return W1p, W2p, b2p
 
 
 class _Steps(torch.nn.Module):
@@ -191,8 +214,9 @@ def build(shape: dict, path: Path) -> None:
     V, E, T, H, B, K = (shape[k] for k in ("vocab_size", "n_embd", "block_size", "n_hidden", "batch_size", "steps"))
     R = shape.get("runs", 0)
     lead = (R,) if R else ()  # the stacked models' dimension
-    args = (torch.randn(*lead, V, E), torch.randn(*lead, T * E, H), torch.randn(*lead, H), torch.randn(*lead, H, V),
-            torch.randn(*lead, V), torch.randint(0, V, (K, *lead, B, T)), torch.randint(0, V, (K, *lead, B)),
+    F, Vp = (padded(T * E), padded(V)) if R else (T * E, V)  # stacked runs train padded (pad())
+    args = (torch.randn(*lead, V, E), torch.randn(*lead, F, H), torch.randn(*lead, H), torch.randn(*lead, H, Vp),
+            torch.randn(*lead, Vp), torch.randint(0, V, (K, *lead, B, T)), torch.randint(0, V, (K, *lead, B)),
             torch.full((K, *lead), 0.1))
     program = torch.export.export(_Steps(stacked_sgd_steps if R else sgd_steps), args)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from nplm.plots import _pyplot, read_curve
+from nplm.plots import figure, read_curve
 
 LECTURE_DEV = 2.17
 RESULT_COLUMNS = ["dev_loss", "best_dev_loss", "train_loss", "gap", "num_params", "wall_time_s", "status"]
@@ -131,14 +131,13 @@ def write_report(sweep_dirs: list[Path], out_dir: Path) -> Path:
 
 def make_plots(df: pd.DataFrame, swept: list[str], out_dir: Path,
                baseline: tuple[str, float] | None = None) -> dict[str, Path]:
-    plt = _pyplot()
     done = df[df["status"] == "finished"]
     words = word_level(df)
     plots: dict[str, Path] = {}
     if done.empty:
         return plots
     for col in swept:  # dev loss against each swept hyperparameter
-        fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=110)
+        fig, ax = figure((5.5, 3.6))
         x = done[col]
         numeric = pd.api.types.is_numeric_dtype(x)
         pos = x if numeric else x.astype(str)
@@ -156,11 +155,11 @@ def make_plots(df: pd.DataFrame, swept: list[str], out_dir: Path,
         ax.set_title(f"dev loss vs {col}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-        plots[f"dev loss vs {col}"] = _save(fig, out_dir / f"dev_vs_{col.replace('.', '_')}.png", plt)
+        plots[f"dev loss vs {col}"] = _save(fig, out_dir / f"dev_vs_{col.replace('.', '_')}.png")
     if len(swept) == 2:  # a heatmap of the mean dev loss over the two
         a, b = swept
         table = done.pivot_table(index=a, columns=b, values="dev_loss", aggfunc="mean")
-        fig, ax = plt.subplots(figsize=(1.2 * len(table.columns) + 3, 0.6 * len(table.index) + 2.2), dpi=110)
+        fig, ax = figure((1.2 * len(table.columns) + 3, 0.6 * len(table.index) + 2.2))
         im = ax.imshow(table.values, cmap="viridis_r", aspect="auto")
         ax.set_xticks(range(len(table.columns)), [str(c) for c in table.columns])
         ax.set_yticks(range(len(table.index)), [str(i) for i in table.index])
@@ -172,9 +171,9 @@ def make_plots(df: pd.DataFrame, swept: list[str], out_dir: Path,
             ax.text(j, i, f"{v:.3f}", ha="center", va="center", color="black" if light else "white", fontsize=9)
         fig.colorbar(im, ax=ax, label="dev loss")
         ax.set_title("mean dev loss")
-        plots["dev loss heatmap"] = _save(fig, out_dir / "heatmap.png", plt)
+        plots["dev loss heatmap"] = _save(fig, out_dir / "heatmap.png")
     best = done.nsmallest(5, "dev_loss")
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)  # the curves of the best runs overlaid
+    fig, ax = figure((7, 4.2))  # the curves of the best runs overlaid
     for k, (_, row) in enumerate(best.iterrows()):
         curves = read_curve(Path(row["path"]) / "metrics.csv")
         label = ", ".join(f"{c.split('.')[-1]}={row[c]}" for c in swept) or f"job {row['job']}"
@@ -196,17 +195,16 @@ def make_plots(df: pd.DataFrame, swept: list[str], out_dir: Path,
     ax.set_title("best runs: dev (solid) and train minibatch (faint)")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
-    plots["best runs' curves"] = _save(fig, out_dir / "best_curves.png", plt)
+    plots["best runs' curves"] = _save(fig, out_dir / "best_curves.png")
     embedding = Path(best.iloc[0]["path"]) / "embedding.png"
     if embedding.is_file():
         plots["best run's embedding"] = embedding
     return plots
 
 
-def _save(fig, path: Path, plt) -> Path:
+def _save(fig, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
     return path
 
 

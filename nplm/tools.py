@@ -19,7 +19,7 @@ import torch
 from nplm.config import Config
 from nplm.model import NPLM
 from nplm.optim import Optimizer, lr_at
-from nplm.plots import _pyplot
+from nplm.plots import figure
 from nplm.tracking import Tracker
 
 log = logging.getLogger("nplm")
@@ -83,10 +83,9 @@ def suggest_lr(lrs: list[float], smoothed: list[float]) -> tuple[float, float]:
 
 
 def plot_lr_find(points: list[tuple], suggested: float, lowest: float, path: Path) -> Path:
-    plt = _pyplot()
     _, lrs, losses, smoothed = zip(*points)
     x = [math.log10(v) for v in lrs]
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    fig, ax = figure((7, 4.2))
     ax.plot(x, losses, color="tab:blue", alpha=0.3, lw=0.8, label="minibatch loss")
     ax.plot(x, smoothed, color="tab:blue", lw=1.8, label="smoothed")
     ax.axvline(math.log10(suggested), color="tab:green", ls="--", label=f"suggested lr {suggested:.3g}")
@@ -100,7 +99,6 @@ def plot_lr_find(points: list[tuple], suggested: float, lowest: float, path: Pat
     ax.legend()
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
     return path
 
 

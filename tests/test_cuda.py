@@ -53,3 +53,17 @@ def test_word_level_on_the_gpu_matches_cpu_closely(tmp_path):
     cpu, gpu = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("cpu", "gpu"))
     assert gpu["device"].startswith("cuda") and gpu["level"] == "word"
     assert gpu["dev_ppl"] == pytest.approx(cpu["dev_ppl"], rel=2e-3)
+
+
+def test_vectorised_sweep_on_the_gpu(tmp_path):
+    """+launcher=vectorized with device=cuda: the stacked steps run eagerly on the GPU (batched
+    kernels instead of one small launch per run), landing where the CPU's group lands."""
+    from conftest import ROOT, run_cmd
+    from test_vector import LECTURE
+    for device in ("cpu", "cuda"):
+        run_cmd([ROOT / "train.py", "-m", *LECTURE, "seed=1,2", "+launcher=vectorized", f"device={device}",
+                 f"hydra.sweep.dir={tmp_path / device}"])
+    for job in ("0", "1"):
+        cpu, gpu = (json.loads((tmp_path / d / job / "summary.json").read_text()) for d in ("cpu", "cuda"))
+        assert gpu["path"] == "vectorized" and gpu["device"].startswith("cuda")
+        assert gpu["dev_loss"] == pytest.approx(cpu["dev_loss"], rel=5e-3)

@@ -7,7 +7,7 @@ import torch
 
 from conftest import ROOT, compose_cfg, run_cmd
 from nplm.config import to_config
-from nplm.fast import sgd_steps, stacked_sgd_steps
+from nplm.fast import pad, sgd_steps, stacked_sgd_steps
 from nplm.vector import group_key, plan
 from test_resume import losses, summary
 
@@ -21,19 +21,27 @@ def cfg(*overrides):
 
 
 def test_stacked_steps_equal_each_model_alone():
-    """stacked_sgd_steps on three models equals sgd_steps on each, to float rounding."""
+    """stacked_sgd_steps on three models equals sgd_steps on each, to float rounding, also padded."""
     g = torch.Generator().manual_seed(0)
     R, K, V, E, T, H, B = 3, 5, 27, 4, 3, 16, 8
     params = [torch.randn(R, V, E, generator=g), torch.randn(R, T * E, H, generator=g), torch.randn(R, H, generator=g),
               torch.randn(R, H, V, generator=g) * 0.1, torch.zeros(R, V)]
     X, Y = torch.randint(0, V, (K, R, B, T), generator=g), torch.randint(0, V, (K, R, B), generator=g)
     lrs = torch.tensor([[0.1, 0.05, 0.2]] * K)
-    *stacked, stacked_losses = stacked_sgd_steps(*params, X, Y, lrs)
-    for r in range(R):
-        *alone, alone_losses = sgd_steps(*(p[r] for p in params), X[:, r], Y[:, r], lrs[:, r])
-        torch.testing.assert_close(stacked_losses[:, r], alone_losses, rtol=1e-5, atol=1e-6)
-        for s, a in zip(stacked, alone):
-            torch.testing.assert_close(s[r], a, rtol=1e-5, atol=1e-5)
+    C, W1, b1, W2, b2 = params
+    W1p, W2p, b2p = pad(W1, W2, b2)  # as a group trains: 12 -> 16 inputs, 27 -> 32 outputs
+    assert W1p.shape == (R, 16, H) and W2p.shape == (R, H, 32)
+    for *stacked, stacked_losses in (stacked_sgd_steps(*params, X, Y, lrs),
+                                     stacked_sgd_steps(C, W1p, b1, W2p, b2p, X, Y, lrs)):
+        if stacked[1].shape[1] == 16:  # the pads stay as they were: zeros, and -1e30 for b2
+            assert not stacked[1][:, T * E:].any() and not stacked[3][:, :, V:].any()
+            assert (stacked[4][:, V:] == -1e30).all()
+            stacked[1], stacked[3], stacked[4] = stacked[1][:, :T * E], stacked[3][:, :, :V], stacked[4][:, :V]
+        for r in range(R):
+            *alone, alone_losses = sgd_steps(*(p[r] for p in params), X[:, r], Y[:, r], lrs[:, r])
+            torch.testing.assert_close(stacked_losses[:, r], alone_losses, rtol=1e-5, atol=1e-6)
+            for s, a in zip(stacked, alone):
+                torch.testing.assert_close(s[r], a, rtol=1e-5, atol=1e-5)
 
 
 def test_groups_are_runs_that_differ_only_in_seed_and_learning_rate():
