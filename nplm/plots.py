@@ -46,7 +46,7 @@ def plot_losses(metrics_csv: Path, path: Path, title: str = "", level: str = "ch
     ax.set_title(title or "loss")
     ax.grid(alpha=0.3, which="both")
     ax.legend()
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.11, right=0.98, top=0.93, bottom=0.12)  # fixed: tight_layout draws it twice
     fig.savefig(path)
     return path
 
@@ -82,6 +82,6 @@ def plot_embedding(C: torch.Tensor, itos: list[str], path: Path, title: str = ""
     default = f"the {len(itos)} most frequent words' embeddings" if words else "character embeddings"
     ax.set_title(f"{title or default} ({how})")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.09, right=0.97, top=0.94, bottom=0.06)
     fig.savefig(path)
     return path

@@ -1,6 +1,6 @@
 """Benchmark the runner against the plain reference loop, side by side in one invocation.
 
-    python scripts/benchmark.py                      # everything, 3 repeats (~6 minutes on 2 cores)
+    python scripts/benchmark.py                      # everything, 3 repeats (~25 minutes on 2 cores)
     python scripts/benchmark.py --only steps memory  # some of it
     python scripts/benchmark.py --repeats 5 --out outputs/benchmark/today.json
 

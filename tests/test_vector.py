@@ -88,6 +88,7 @@ def test_vectorised_sweep_records_each_run_and_matches_training_it_alone(tmp_pat
     assert (again.stdout + again.stderr).count("skipping job") == 4 and "vectorised: 4 runs" not in again.stderr
 
 
+@pytest.mark.slow
 def test_a_mixed_sweep_groups_what_it_can_and_a_diverging_run_stops_alone(tmp_path):
     """Momentum is not covered: those jobs train one by one; of the group, the run whose lr is far too
     high diverges (recorded so, inf to the sweeper) while the others finish."""
