@@ -102,7 +102,7 @@ if __name__ == "__main__":
             hint = f"its state is saved; to go on: python train.py resume={_run_dir}"
         else:
             hint = "nothing to resume: it stopped before training began"
-        fail(f"{e or 'interrupted'}; {hint}", code=128 + signum)
+        fail(f"{str(e) or 'interrupted'}; {hint}", code=128 + signum)
     except (HydraException, OmegaConfBaseException) as e:
         if debug:
             raise

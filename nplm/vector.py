@@ -95,7 +95,8 @@ def why_not(cfg: Config) -> str | None:
         device = resolve_device(cfg.device)
     except Exception as e:  # its own job reports the error
         return str(e)
-    return fast.unsupported(cfg, device, compiled=False)
+    why = fast.unsupported(cfg, device, compiled=False)
+    return f"the stacked steps do not cover {why}" if why else None
 
 
 def plan(jobs: list[tuple[int, Config | None]]) -> list[list[int]]:

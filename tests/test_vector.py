@@ -117,3 +117,29 @@ def test_compiled_vectorised_sweep(tmp_path):
         a, b = summary(tmp_path / "compiled" / job), summary(tmp_path / "eager" / job)
         assert "compiled" in a["path_reason"] and "eagerly" in b["path_reason"]
         assert a["dev_loss"] == pytest.approx(b["dev_loss"], rel=2e-3)
+
+
+@pytest.mark.slow
+def test_sigterm_during_a_group_stops_the_sweep_with_a_way_on(tmp_path):
+    """SIGTERM while a group trains: exit 143 and one line saying how to go on; nothing recorded as
+    finished (the group trains again when the sweep is resumed)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    sweep, err = tmp_path / "sweep", tmp_path / "output"
+    with open(err, "w") as f:
+        proc = subprocess.Popen([sys.executable, ROOT / "train.py", "-m", *LECTURE, "train.steps=100000", "seed=1,2",
+                                 "train.fast=off", "+launcher=vectorized", f"hydra.sweep.dir={sweep}"], cwd=ROOT,
+                                stdout=f, stderr=subprocess.STDOUT,
+                                env={**os.environ, "HYDRA_FULL_ERROR": "0", "PYTHONUNBUFFERED": "1"})
+        deadline = time.time() + 60
+        while "train as one stacked model" not in err.read_text():
+            assert time.time() < deadline and proc.poll() is None, err.read_text()
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    assert proc.returncode == 143
+    assert f"interrupted by SIGTERM; to go on, run the same command with hydra.sweep.dir={sweep}" in err.read_text()
+    assert not list(sweep.glob("*/summary.json"))

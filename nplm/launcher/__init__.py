@@ -46,6 +46,7 @@ class VectorizedLauncher(Launcher):
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from nplm import vector
+        from nplm.resume import StopSignals
         from nplm.sweep import job_name
         setup_globals()
         assert self.config is not None and self.hydra_context is not None and self.task_function is not None
@@ -63,6 +64,11 @@ class VectorizedLauncher(Launcher):
             jobs.append((num, sweep_config, *self._job(sweep_config)))
         groups = vector.plan([(num, cfg) for num, _, cfg, _ in jobs])
         group_of = {num: group for group in groups for num in group}
+        for num, _, cfg, _ in jobs:  # say why a job is not vectorised
+            if num not in group_of:
+                why = "it finished already, resumes, or its config is invalid" if cfg is None else (
+                    vector.why_not(cfg) or "no other job differs from it only in seed and learning rate")
+                log.info("job #%d trains on its own: %s", num, why)
         sweep_dir = str(self.config.hydra.sweep.dir)
         by_num = {num: (cfg, out_dir, f"#{num} {job_name(sweep_dir, list(sc.hydra.overrides.task), num)}")
                   for num, sc, cfg, out_dir in jobs}
@@ -74,8 +80,9 @@ class VectorizedLauncher(Launcher):
                     group_of.pop(other, None)
                 members = [by_num[n] for n in group]
                 try:
-                    vector.train_group([c for c, _, _ in members], [d for _, d, _ in members],
-                                       [label for _, _, label in members])
+                    with StopSignals():  # SIGTERM too stops the sweep with a message (nothing to save yet)
+                        vector.train_group([c for c, _, _ in members], [d for _, d, _ in members],
+                                           [label for _, _, label in members])
                 except Exception as e:  # the jobs then train one by one, as with the basic launcher
                     log.warning("vectorised training of jobs %s failed (%s: %s); they train one by one", group,
                                 type(e).__name__, e)
