@@ -7,12 +7,17 @@
     python train.py experiment=lecture                # makemore part 2, exactly
     python train.py resume=outputs/runs/<run>         # continue an interrupted run in its folder
 """
+# ruff: noqa: E402  (the plot worker starts before the imports below)
 import logging
 import math
 import os
 import signal
 import sys
 from pathlib import Path
+
+from nplm import plots
+
+plots.start_worker()  # first: it imports matplotlib on another core while this process imports torch
 
 import hydra
 from hydra.core.hydra_config import HydraConfig

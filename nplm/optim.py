@@ -133,3 +133,13 @@ def lr_at(step: int, o: OptimConfig, total_steps: int) -> float:
             return o.lr * (step + 1) / (warmup + 1)
     progress = (step - warmup) / max(1, total_steps - 1 - warmup)  # ... then 0 -> 1
     return min_lr + 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))) * (o.lr - min_lr)
+
+
+def lrs_at(start: int, n: int, o: OptimConfig, total_steps: int) -> list[float]:
+    """lr_at for steps start .. start + n - 1: a piecewise-constant schedule's once where it does not
+    change within them (lr_at of the step schedule takes ~2 µs: 20 a call of the fast path's
+    steps add 2% to it)."""
+    first = lr_at(start, o, total_steps)
+    if o.schedule in ("constant", "step") and lr_at(start + n - 1, o, total_steps) == first:
+        return [first] * n
+    return [lr_at(s, o, total_steps) for s in range(start, start + n)]

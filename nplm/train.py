@@ -28,8 +28,8 @@ from nplm.evaluate import perplexity, split_loss
 from nplm.mixture import Mixture, fit_weight
 from nplm.model import NPLM
 from nplm.ngram import NGram
-from nplm.optim import Optimizer, lr_at, make_optimizer
-from nplm.plots import plot_embedding, plot_losses
+from nplm.optim import Optimizer, lr_at, lrs_at, make_optimizer
+from nplm import plots
 from nplm.resume import Interrupted, StopSignals
 from nplm.sample import label_words, sample_words
 from nplm.tools import lr_find, overfit_batch
@@ -175,6 +175,13 @@ def train(cfg: Config, data: Dataset, device: torch.device, tracker: Tracker, ou
         if m.mix_order:
             model, mix = _mix(cfg, model, data.vocab.size, Xtr, Ytr, Xdev, Ydev)
 
+    if m.type == "nplm":  # drawn by the plot worker while this process evaluates
+        title = f"n_embd {m.n_embd}, block_size {m.block_size}, n_hidden {m.n_hidden}"
+        xy, how = plots.embedding_2d(model.C)
+        drawn = plots.draw([
+            ("losses", dict(metrics_csv=str(out_dir / "metrics.csv"), path=str(out_dir / "loss.png"), title=title,
+                            level=cfg.data.level)),
+            ("embedding", dict(xy=xy.tolist(), how=how, itos=data.vocab.itos, path=str(out_dir / "embedding.png")))])
     t0 = time.perf_counter()
     if grouped is not None and grouped.final and not mix and best_state is None:
         (train_loss, dev_loss), eval_time = grouped.final, grouped.eval_time  # measured by its group
@@ -192,10 +199,8 @@ def train(cfg: Config, data: Dataset, device: torch.device, tracker: Tracker, ou
     samples = label_words(sample_words(model, data.vocab, t.num_samples, sampler), data)
     tracker.write_samples(samples)
     if m.type == "nplm":
-        title = f"n_embd {m.n_embd}, block_size {m.block_size}, n_hidden {m.n_hidden}"
-        tracker.log_images({
-            "loss_curve": plot_losses(out_dir / "metrics.csv", out_dir / "loss.png", title, cfg.data.level),
-            "embedding": plot_embedding(model.C, data.vocab.itos, out_dir / "embedding.png")})
+        loss_curve, embedding = drawn()
+        tracker.log_images({"loss_curve": loss_curve, "embedding": embedding})
     save_checkpoint(out_dir / CKPT_NAME, model=model, optimizer=optimizer, step=steps,
                     best_val_loss=best_val, cfg=cfg, itos=data.vocab.itos)
     wall = time.perf_counter() - t_start
@@ -282,10 +287,11 @@ def _loop(cfg: Config, model: NPLM, optimizer: Optimizer, g: torch.Generator,
         # the next step that logs, evaluates or ends: a compiled call of K steps never runs past it
         boundary = min(t.steps, *((step + 1) // n * n + n for n in (t.log_interval, t.eval_interval)))
         if compiled is not None and boundary - (step + 1) >= compiled.K:
-            lrs = [lr_at(s, o, t.steps) for s in range(step + 1, step + 1 + compiled.K)]
+            lrs = lrs_at(step + 1, compiled.K, o, t.steps)
             ix = torch.randint(0, len(Xtr), (compiled.K, t.batch_size), generator=g)
             losses = compiled(Xtr[ix], Ytr[ix], torch.tensor(lrs, dtype=torch.float32))
-            finite, n = bool(torch.isfinite(losses).all()), compiled.K
+            # the sum is finite when every loss is (4x cheaper a call to check); if not, look closer
+            finite, n = math.isfinite(losses.sum().item()) or bool(torch.isfinite(losses).all()), compiled.K
             if not finite:  # stop at the first step whose loss was not finite
                 n = int(torch.nonzero(~torch.isfinite(losses))[0]) + 1
             step, lr, loss = step + n, lrs[n - 1], losses[n - 1]

@@ -35,7 +35,7 @@ from nplm.config import Config
 from nplm.data import load_data
 from nplm.evaluate import perplexity, split_loss
 from nplm.model import NPLM
-from nplm.optim import lr_at
+from nplm.optim import lrs_at
 
 log = logging.getLogger("nplm")
 MIN_RUNS = 2
@@ -153,7 +153,7 @@ def train_group(cfgs: list[Config], out_dirs: list[Path], labels: list[str]) -> 
         t0 = time.perf_counter()
         boundary = min(t.steps, *((step + 1) // n * n + n for n in (t.log_interval, t.eval_interval)))
         n = min(fast.STEPS_PER_CALL, boundary - (step + 1))
-        lr = list(zip(*(_lrs(cfg.optim, t.steps, step + 1, n) for cfg in cfgs)))  # lr[k][r]
+        lr = list(zip(*(lrs_at(step + 1, n, cfg.optim, t.steps) for cfg in cfgs)))  # lr[k][r]
         lrs = torch.tensor(lr, dtype=torch.float32)
         ix = torch.stack([torch.randint(0, len(Xtr), (n, t.batch_size), generator=g) for g in gens], 1).to(device)
         losses = steps(Xtr[ix], Ytr[ix], lrs.to(device)).cpu()  # (n, R)
@@ -234,15 +234,6 @@ def _eager(stacked: list[torch.Tensor]):
             tensor.copy_(value)
         return losses
     return steps
-
-
-def _lrs(o, total: int, start: int, n: int) -> list[float]:
-    """lr_at for steps start .. start + n - 1; a piecewise-constant schedule's once where it does not
-    change within them (lr_at of the step schedule takes microseconds: 320 a call add 8% to a group)."""
-    first = lr_at(start, o, total)
-    if o.schedule in ("constant", "step") and lr_at(start + n - 1, o, total) == first:
-        return [first] * n
-    return [lr_at(s, o, total) for s in range(start, start + n)]
 
 
 def _span(values: list[float]) -> str:

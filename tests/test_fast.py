@@ -9,7 +9,7 @@ import torch
 from conftest import ROOT, compose_cfg, run_cmd
 from nplm.config import ConfigError, ModelConfig, to_config
 from nplm.data import load_dataset
-from nplm.fast import MIN_STEPS, choose, sgd_steps
+from nplm.fast import MIN_STEPS, choose, pad, sgd_steps
 from nplm.model import NPLM
 from nplm.optim import SGD
 from test_resume import losses, summary, wait_for, logged_step
@@ -50,6 +50,15 @@ def test_hand_written_steps_equal_autograd():
     assert [n for n, _ in model.named_parameters()] == names
     for p, new in zip(model.parameters(), params):
         torch.testing.assert_close(new, p, rtol=1e-5, atol=1e-5)
+    # padded as the compiled steps run them (32 inputs, 32 outputs): the same steps, the pads untouched
+    W1, W2, b2 = (t[0] for t in pad(fast.hidden[0].weight[None], fast.out.weight[None], fast.out.bias[None]))
+    with torch.no_grad():
+        *padded, padded_losses = sgd_steps(fast.C, W1, fast.hidden[0].bias, W2, b2, X[ix], Y[ix], torch.tensor(lrs))
+    assert padded_losses.tolist() == pytest.approx(plain_losses, rel=1e-5)
+    assert padded[1].shape == (32, 200) and padded[3].shape == (200, 32) and padded[4].shape == (32,)
+    for p, new in zip(model.parameters(), [padded[0], padded[1][:30], padded[2], padded[3][:, :27], padded[4][:27]]):
+        torch.testing.assert_close(new, p, rtol=1e-5, atol=1e-5)
+    assert not padded[1][30:].any() and not padded[3][:, 27:].any() and (padded[4][27:] == -1e30).all()
 
 
 @pytest.mark.parametrize("overrides, takes, why", [
