@@ -20,6 +20,7 @@ import torch
 from omegaconf import OmegaConf
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from nplm import plots
 from nplm.checkpoint import CKPT_NAME, STATE_FORMAT, STATE_NAME, save_atomic, save_checkpoint
 from nplm.config import Config, ConfigError
 from nplm.data import SPLITS, Dataset, load_data
@@ -29,7 +30,6 @@ from nplm.mixture import Mixture, fit_weight
 from nplm.model import NPLM
 from nplm.ngram import NGram
 from nplm.optim import Optimizer, lr_at, lrs_at, make_optimizer
-from nplm import plots
 from nplm.resume import Interrupted, StopSignals
 from nplm.sample import label_words, sample_words
 from nplm.tools import lr_find, overfit_batch

@@ -143,7 +143,7 @@ def bench_startup(repeats: int) -> dict:
         torch_only.append(timed([sys.executable, "-c", "import torch"])[0])
         runner_walls.append(runner("train.steps=0", "train.num_samples=0")[1])
     return {"runner_wall_s": statistics.median(runner_walls), "import_torch_s": statistics.median(torch_only),
-            "target": "<= 3 s"}
+            "all_s": runner_walls, "all_import_torch_s": torch_only, "target": "<= 3 s"}
 
 
 def bench_memory(repeats: int, steps: int) -> dict:
