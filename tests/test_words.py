@@ -78,6 +78,7 @@ def test_split_by_token_counts_cuts_at_line_ends(tmp_path):
         load_dataset(corpus, 0.5, 0.1, 0, 2, level="word", train_tokens=50, dev_tokens=10)
 
 
+@pytest.mark.slow  # ~27 s: a real two-job word-level sweep and its report (CI runs it)
 def test_word_level_sweep_reports_perplexity_beside_kneser_ney(tmp_path):
     """A word-level sweep of the Shakespeare preset split by token counts: each job reports perplexity,
     its run can be evaluated and sampled, the leaderboard has perplexity, the dashboard the
