@@ -12,8 +12,8 @@ alternating, and the table shows medians and ratios (issue 5's targets beside th
 - fast:    training time until dev < 2.17 with `experiment=fast` (time-to-target).
 - sweep:   wall time of a 16-run grid of lecture-size models (4 learning rates x 4 seeds): 16
            reference loops one after another vs one vectorised `train.py -m` sweep
-           (+launcher=vectorized: the 16 runs as one stacked model, all cores), and the dev loss
-           of the last run in both.
+           (+launcher=vectorized: the 16 runs as one stacked model, all cores), each lr x0.1
+           half-way as in the lecture (--sweep-steps per run), and the 16 runs' mean dev loss in both.
 - startup: wall time of `python train.py train.steps=0` vs `python -c "import torch"`.
 - memory:  peak RSS of the lecture run vs the reference loop.
 - words:   words/s of word-level training (batch 128) and chunked evaluation: `data=shakespeare`
