@@ -58,6 +58,9 @@ class ModelConfig:
     norm: str = "none"  # nplm: none | batchnorm (running statistics for evaluation) | layernorm, before tanh
     dropout: float = 0.0  # nplm: dropout after each tanh, while training
     direct: bool = False  # nplm: the paper's direct connections from the embeddings to the output
+    maxent_order: int = 0  # nplm: hashed n-gram direct connections (Mikolov et al. 2011's RNNME): the last
+    # 1 .. maxent_order tokens each add a learned vector of logits, trained with the network; 0 = off
+    maxent_buckets: int = 131072  # nplm: rows per n-gram order (orders with fewer contexts get one row each)
     order: int = 0  # ngram: n, the characters of an n-gram (context + next)
     mix_order: int = 0  # nplm: interpolate the trained network with a Kneser-Ney n-gram of this order,
     # weight fitted on dev (the paper's mixture, nplm/mixture.py); 0 = off
@@ -73,6 +76,7 @@ class OptimConfig:
     momentum: float = 0.0  # sgd only
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adamw only
     schedule: str = MISSING  # constant | step | cosine (linear warmup, then cosine to min_lr) | onecycle
+    maxent_lr_scale: float = 1.0  # the n-gram weights of model.maxent_order learn at lr x this
     warmup_steps: int = 0  # cosine and onecycle (onecycle: 0 = 30% of the steps)
     min_lr: float = 0.0  # cosine only: the learning rate at the last step
     decay_steps: list[int] = field(default_factory=list)  # step only: multiply lr by decay_factor at each
@@ -193,6 +197,14 @@ def validate(cfg: Config) -> Config:
         _check(m.n_hidden >= 0, f"model.n_hidden={m.n_hidden} must be 0 (no hidden layer) or more")
         _check_choice(m.norm, NORMS, "model.norm")
         _check(0 <= m.dropout < 1, f"model.dropout={m.dropout} must be in [0, 1)")
+        _check(0 <= m.maxent_order <= m.block_size,
+               f"model.maxent_order={m.maxent_order} must be 0 (off) or an order from 1 to model.block_size "
+               f"({m.block_size}): each order reads that many tokens of the context")
+        _check(m.maxent_buckets >= 1, f"model.maxent_buckets={m.maxent_buckets} must be at least 1")
+        _check(not (m.maxent_order and o.name == "sgd" and o.momentum),
+               f"optim.momentum={o.momentum} does not work with model.maxent_order: its n-gram weights are updated "
+               "only where used (sparse), and momentum would move all of them every step; use optim.name=adamw "
+               "or optim.momentum=0")
         _check(m.mix_order == 0 or 1 <= m.mix_order <= min(10, m.block_size + 1),
                f"model.mix_order={m.mix_order} must be 0 (off) or an n-gram order from 1 to "
                f"{min(10, m.block_size + 1)} (at most model.block_size + 1)")
@@ -209,6 +221,7 @@ def validate(cfg: Config) -> Config:
     _check_choice(o.name, OPTIMIZERS, "optim.name")
     _check_choice(o.schedule, SCHEDULES, "optim.schedule")
     _check(o.lr > 0, f"optim.lr={o.lr} must be positive")
+    _check(o.maxent_lr_scale > 0, f"optim.maxent_lr_scale={o.maxent_lr_scale} must be positive")
     _check(o.min_lr >= 0, f"optim.min_lr={o.min_lr} must be 0 or more")
     _check(o.weight_decay >= 0, f"optim.weight_decay={o.weight_decay} must be 0 or more")
     _check(0 <= o.momentum < 1, f"optim.momentum={o.momentum} must be in [0, 1)")

@@ -16,7 +16,7 @@ plain path) and the package is kept in CACHE (`$NPLM_CACHE`, default ~/.cache/np
 runs load it in milliseconds.
 
 Covered (everything else takes the plain path, which says why): one tanh hidden layer, no norm,
-no dropout, no direct connections, SGD without momentum or weight decay, no gradient clipping, no
+no dropout, no direct connections of either kind, SGD without momentum or weight decay, no gradient clipping, no
 weight averaging, on the CPU. `train.fast=auto` (default) takes it when covered and the run is
 long enough to pay for building the package, whether or not it is cached (so that the same config
 always takes the same path and gives the same losses); `on` whenever covered, `off` never.
@@ -56,6 +56,7 @@ def unsupported(cfg: Config, device: torch.device, compiled: bool = True) -> str
         (m.norm != "none", f"model.norm={m.norm}"),
         (m.dropout > 0, f"model.dropout={m.dropout}"),
         (m.direct, "model.direct=true"),
+        (m.maxent_order != 0, f"model.maxent_order={m.maxent_order}"),
         (o.name != "sgd", f"optim.name={o.name}"),
         (o.momentum != 0, f"optim.momentum={o.momentum}"),
         (o.weight_decay != 0, f"optim.weight_decay={o.weight_decay}"),

@@ -2,7 +2,9 @@
 
 idx (B, block_size) -> C[idx] (B, block_size, n_embd) -> concat x (B, block_size*n_embd)
 -> n_layer x [ @ W + b -> norm (optional) -> tanh -> dropout (optional) ]  (B, n_hidden)
--> @ W_out + b_out (+ x @ W_direct, the paper's direct connections) = logits (B, vocab_size).
+-> @ W_out + b_out (+ x @ W_direct, the paper's direct connections)
+(+ maxent[row of the last k tokens] for k = 1 .. maxent_order, hashed n-gram direct connections)
+= logits (B, vocab_size).
 
 Weights are stored (fan_in, fan_out) and applied as `x @ W + b`, the lecture's exact arithmetic, so
 that `init=lecture` draws the same tensors from the same generator in the same order as the lecture
@@ -16,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from nplm.config import ModelConfig
+from nplm.config import ConfigError, ModelConfig
 
 TANH_GAIN = 5 / 3  # torch.nn.init.calculate_gain("tanh")
 
@@ -33,6 +35,45 @@ class Linear(nn.Module):
         return x @ self.weight + self.bias
 
 
+class MaxEnt(nn.Module):
+    """Hashed n-gram direct connections: Mikolov et al. (2011)'s maximum-entropy part of RNNME.
+
+    For each k = 1 .. order, the last k tokens of the context select one row of a table, a learned
+    vector of vocab_size logits added to the network's: a log-linear n-gram model trained jointly
+    with the network, which memorises frequent contexts exactly while the network generalises. An
+    order with at most `buckets` possible contexts (vocab_size ** k) gives each its own row; a
+    longer one hashes its contexts into `buckets` rows (collisions share a row). Rows start at
+    zero and get sparse gradients: only the rows a minibatch used are updated (nplm/optim.py).
+    """
+
+    MAX_WEIGHTS = 50_000_000  # 200 MB of float32, 600 MB with AdamW's two moments
+
+    def __init__(self, order: int, buckets: int, vocab_size: int):
+        super().__init__()
+        self.order, self.vocab_size = order, vocab_size
+        self.rows = [min(vocab_size ** k, buckets) for k in range(1, order + 1)]  # rows per order
+        if sum(self.rows) * vocab_size > self.MAX_WEIGHTS:
+            raise ConfigError(
+                f"model.maxent_order={order} with model.maxent_buckets={buckets} needs {sum(self.rows) * vocab_size:,} "
+                f"weights (rows x vocab_size {vocab_size:,}), more than {self.MAX_WEIGHTS:,}: set "
+                f"model.maxent_buckets={max(1, self.MAX_WEIGHTS // (vocab_size * order))} or less")
+        self.exact = [vocab_size ** k <= buckets for k in range(1, order + 1)]
+        self.offsets = [sum(self.rows[:i]) for i in range(order)]
+        self.weight = nn.Parameter(torch.zeros(sum(self.rows), vocab_size))
+
+    def index(self, idx: torch.Tensor) -> torch.Tensor:
+        """idx (B, block_size) -> the table row of each order (B, order)."""
+        code, cols = torch.zeros(idx.shape[0], dtype=torch.int64, device=idx.device), []
+        for k in range(1, self.order + 1):
+            code = code * self.vocab_size + idx[:, -k]  # the last k tokens in base vocab_size (wraps: still a hash)
+            row = code if self.exact[k - 1] else torch.remainder(code * 2654435761 + k, self.rows[k - 1])
+            cols.append(row + self.offsets[k - 1])
+        return torch.stack(cols, 1)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return F.embedding(self.index(idx), self.weight, sparse=True).sum(1)  # (B, vocab_size)
+
+
 class NPLM(nn.Module):
     def __init__(self, cfg: ModelConfig, vocab_size: int):
         super().__init__()
@@ -47,6 +88,7 @@ class NPLM(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
         self.out = Linear(widths[-1], vocab_size)
         self.direct = nn.Parameter(torch.zeros(fan_in, vocab_size)) if cfg.direct else None
+        self.maxent = MaxEnt(cfg.maxent_order, cfg.maxent_buckets, vocab_size) if cfg.maxent_order else None
 
     @torch.no_grad()
     def init_weights(self, scheme: str, generator: torch.Generator) -> None:
@@ -55,7 +97,7 @@ class NPLM(nn.Module):
         lecture: raw standard normal draws (the lecture's recipe, bit for bit).
         scaled: hidden W by tanh gain / sqrt(fan_in) so tanh does not saturate; small biases; the
         output layer x0.01 and b_out = 0 so the initial logits are near uniform and the first loss
-        is near ln(vocab_size). Norm layers start as identity; direct connections start at zero.
+        is near ln(vocab_size). Norm layers start as identity; direct connections (both kinds) start at zero.
         """
         lecture = scheme == "lecture"
         self.C.copy_(torch.randn(self.C.shape, generator=generator))
@@ -75,11 +117,18 @@ class NPLM(nn.Module):
         logits = self.out(h)  # (B, vocab_size)
         if self.direct is not None:
             logits = logits + x @ self.direct
+        if self.maxent is not None:
+            logits = logits + self.maxent(idx)
         loss = None if targets is None else F.cross_entropy(logits, targets)
         return logits, loss
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+    def sparse_params(self) -> list[nn.Parameter]:
+        """Parameters whose gradients are sparse (the hashed n-gram table): updated only where used,
+        left out of weight decay and of the weights' moving average."""
+        return [self.maxent.weight] if self.maxent is not None else []
 
 
 def model_device(model: nn.Module) -> torch.device:

@@ -1,6 +1,8 @@
 """Optimisation: the optimiser (sgd | adamw) and the learning-rate schedule (constant | step | cosine)."""
 from __future__ import annotations
 
+import copy
+import itertools
 import math
 from decimal import Decimal
 
@@ -11,11 +13,17 @@ from nplm.config import OptimConfig
 
 def make_optimizer(model: torch.nn.Module, o: OptimConfig) -> Optimizer:
     """Weight decay applies to the weight matrices only, not to the embedding table, the biases or the
-    norms' gains, unless optim.decay_all."""
+    norms' gains, unless optim.decay_all. Sparse parameters (the hashed n-gram table of
+    model.maxent_order) are a third group: never decayed, their lr x optim.maxent_lr_scale."""
+    sparse = {id(p) for p in getattr(model, "sparse_params", list)()}
     decays = lambda name, p: o.decay_all or (p.dim() >= 2 and name != "C")  # noqa: E731  W's, direct
-    decay = [p for name, p in model.named_parameters() if decays(name, p)]
-    no_decay = [p for name, p in model.named_parameters() if not decays(name, p)]  # C, b's, norms
+    dense = [(name, p) for name, p in model.named_parameters() if id(p) not in sparse]
+    decay = [p for name, p in dense if decays(name, p)]
+    no_decay = [p for name, p in dense if not decays(name, p)]  # C, b's, norms
     groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if sparse:
+        groups.append({"params": [p for p in model.parameters() if id(p) in sparse], "weight_decay": 0.0,
+                       "lr_scale": o.maxent_lr_scale})
     if o.name == "sgd":
         return SGD(groups, lr=o.lr, momentum=o.momentum)
     return AdamW(groups, lr=o.lr, betas=tuple(o.betas))
@@ -35,6 +43,11 @@ class Optimizer:
 
     def _params(self) -> list[torch.Tensor]:
         return [p for g in self.param_groups for p in g["params"]]
+
+    def set_lr(self, lr: float) -> None:
+        """The schedule's lr for the next step (times a group's lr_scale where it has one)."""
+        for group in self.param_groups:
+            group["lr"] = lr * group.get("lr_scale", 1.0)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for p in self._params():
@@ -104,6 +117,9 @@ class AdamW(Optimizer):
                     state.update(step=torch.tensor(0.0), exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
                 grad, exp_avg, exp_avg_sq = p.grad, state["exp_avg"], state["exp_avg_sq"]
                 state["step"] += 1
+                if grad.is_sparse:
+                    self._sparse_step(p, grad, exp_avg, exp_avg_sq, state["step"].item(), lr, beta1, beta2, eps)
+                    continue
                 if wd != 0:
                     p.mul_(1 - lr * wd)
                 exp_avg.lerp_(grad, 1 - beta1)
@@ -112,6 +128,72 @@ class AdamW(Optimizer):
                 step_size = lr / (1 - beta1 ** step)
                 denom = (exp_avg_sq.sqrt() / (1 - beta2 ** step) ** 0.5).add_(eps)
                 p.addcdiv_(exp_avg, denom, value=-step_size)
+
+    @staticmethod
+    def _sparse_step(p, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps) -> None:
+        """Lazy Adam (as torch.optim.SparseAdam): the same update, but only for the rows the gradient
+        touches; the moments of the other rows wait, unchanged, until they are used again."""
+        grad = grad.coalesce()
+        rows, g = grad.indices()[0], grad.values()
+        m = exp_avg[rows].lerp_(g, 1 - beta1)
+        v = exp_avg_sq[rows].mul_(beta2).addcmul_(g, g, value=1 - beta2)
+        exp_avg[rows], exp_avg_sq[rows] = m, v
+        denom = (v.sqrt() / (1 - beta2 ** step) ** 0.5).add_(eps)
+        p[rows] -= lr / (1 - beta1 ** step) * m / denom
+
+
+class EMA:
+    """An exponential moving average of a model's weights and buffers (Polyak averaging, train.ema):
+    torch.optim.swa_utils.AveragedModel with get_ema_multi_avg_fn and use_buffers=True, the same
+    arithmetic and state_dict, except that sparse parameters (the hashed n-gram table of
+    model.maxent_order: millions of weights, a few hundred used per step) are not averaged but
+    shared with the model: averaging them would cost a pass over all of them at every step."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.shared = {id(p): p for p in getattr(model, "sparse_params", list)()}
+        self.module = copy.deepcopy(model, memo=dict(self.shared))  # the memo makes the copy reuse them
+        self.decay, self.n_averaged = decay, torch.tensor(0, dtype=torch.long)
+
+    @torch.no_grad()
+    def update_parameters(self, model: torch.nn.Module) -> None:
+        pairs = [(a.detach(), b.detach()) for a, b in zip(
+            itertools.chain(self.module.parameters(), self.module.buffers()),
+            itertools.chain(model.parameters(), model.buffers())) if id(b) not in self.shared]
+        if self.n_averaged == 0:
+            for a, b in pairs:
+                a.copy_(b)
+        else:
+            floats = [(a, b) for a, b in pairs if a.is_floating_point()]
+            if floats:
+                torch._foreach_lerp_([a for a, _ in floats], [b for _, b in floats], 1 - self.decay)
+            for a, b in pairs:
+                if not a.is_floating_point():  # e.g. BatchNorm's num_batches_tracked
+                    a.copy_(a * self.decay + b * (1 - self.decay))
+        self.n_averaged += 1
+
+    def state_dict(self) -> dict:
+        return {"n_averaged": self.n_averaged, **{f"module.{k}": v for k, v in self.module.state_dict().items()}}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.module.load_state_dict({k[len("module."):]: v for k, v in state_dict.items() if k.startswith("module.")})
+        self.n_averaged.copy_(state_dict["n_averaged"])
+
+
+def clip_grad_norm(params, max_norm: float) -> None:
+    """torch.nn.utils.clip_grad_norm_, which refuses sparse gradients (model.maxent_order), extended
+    to them: a sparse gradient's norm is the norm of its coalesced values."""
+    params = [p for p in params if p.grad is not None]
+    if not any(p.grad.is_sparse for p in params):
+        torch.nn.utils.clip_grad_norm_(params, max_norm)
+        return
+    for p in params:
+        if p.grad.is_sparse:
+            p.grad = p.grad.coalesce()
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad._values() if p.grad.is_sparse
+                                                                          else p.grad) for p in params]))
+    coef = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
+    for p in params:
+        (p.grad._values() if p.grad.is_sparse else p.grad).mul_(coef)
 
 
 def lr_at(step: int, o: OptimConfig, total_steps: int) -> float:

@@ -18,7 +18,7 @@ import torch
 
 from nplm.config import Config
 from nplm.model import NPLM
-from nplm.optim import Optimizer, lr_at
+from nplm.optim import Optimizer, clip_grad_norm, lr_at
 from nplm.plots import figure
 from nplm.tracking import Tracker
 
@@ -38,8 +38,7 @@ def lr_find(cfg: Config, model: NPLM, optimizer: Optimizer, g: torch.Generator,
     points, avg, best = [], 0.0, math.inf
     model.train()
     for step, lr in enumerate(lrs):
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        optimizer.set_lr(lr)
         ix = torch.randint(0, len(Xtr), (cfg.train.batch_size,), generator=g).to(device)
         _, loss = model(Xtr[ix], Ytr[ix])
         optimizer.zero_grad(set_to_none=True)
@@ -129,13 +128,12 @@ def overfit_batch(cfg: Config, model: NPLM, optimizer: Optimizer, g: torch.Gener
     model.train()
     for step in range(steps):
         lr = lr_at(step, cfg.optim, steps)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        optimizer.set_lr(lr)
         _, loss = model(xb, yb)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.optim.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+            clip_grad_norm(model.parameters(), cfg.optim.grad_clip)
         optimizer.step()
         if (step + 1) % interval == 0 or step == steps - 1:
             tracker.log({"step": step + 1, "train/loss": loss.item(), "lr": lr})

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from nplm import plots
 from nplm.checkpoint import CKPT_NAME, STATE_FORMAT, STATE_NAME, save_atomic, save_checkpoint
@@ -29,7 +28,7 @@ from nplm.evaluate import perplexity, split_loss
 from nplm.mixture import Mixture, fit_weight
 from nplm.model import NPLM
 from nplm.ngram import NGram
-from nplm.optim import Optimizer, lr_at, lrs_at, make_optimizer
+from nplm.optim import EMA, Optimizer, clip_grad_norm, lr_at, lrs_at, make_optimizer
 from nplm.resume import Interrupted, StopSignals
 from nplm.sample import label_words, sample_words
 from nplm.tools import lr_find, overfit_batch
@@ -146,9 +145,11 @@ def train(cfg: Config, data: Dataset, device: torch.device, tracker: Tracker, ou
             if resume["rng"]["cuda"] is not None:
                 torch.cuda.set_rng_state_all(resume["rng"]["cuda"])
         hidden = f"{m.n_layer} x n_hidden {m.n_hidden}" if m.n_hidden else "no hidden layer"
-        log.info("model: n_embd %d, block_size %d, %s, norm %s, dropout %g%s, init %s, "
+        maxent = (f", hashed n-gram direct connections of orders 1-{m.maxent_order} "
+                  f"({model.maxent.weight.numel():,} of the parameters)" if model.maxent is not None else "")
+        log.info("model: n_embd %d, block_size %d, %s, norm %s, dropout %g%s%s, init %s, "
                  "%d parameters; %s lr %g (%s); device %s, %d CPU thread(s)", m.n_embd, m.block_size,
-                 hidden, m.norm, m.dropout, ", direct connections" if m.direct else "", m.init,
+                 hidden, m.norm, m.dropout, ", direct connections" if m.direct else "", maxent, m.init,
                  model.num_params(), cfg.optim.name, cfg.optim.lr, cfg.optim.schedule, device,
                  torch.get_num_threads())
         if cfg.mode != "train":
@@ -176,7 +177,8 @@ def train(cfg: Config, data: Dataset, device: torch.device, tracker: Tracker, ou
             model, mix = _mix(cfg, model, data.vocab.size, Xtr, Ytr, Xdev, Ydev)
 
     if m.type == "nplm":  # drawn by the plot worker while this process evaluates
-        title = f"n_embd {m.n_embd}, block_size {m.block_size}, n_hidden {m.n_hidden}"
+        title = f"n_embd {m.n_embd}, block_size {m.block_size}, n_hidden {m.n_hidden}" + (
+            f", maxent_order {m.maxent_order}" if m.maxent_order else "")
         xy, how = plots.embedding_2d(model.C)
         drawn = plots.draw([
             ("losses", dict(metrics_csv=str(out_dir / "metrics.csv"), path=str(out_dir / "loss.png"), title=title,
@@ -258,7 +260,7 @@ def _loop(cfg: Config, model: NPLM, optimizer: Optimizer, g: torch.Generator,
     o, t, device = cfg.optim, cfg.train, Xtr.device
     best_val, best_step, val_loss, best_state = math.inf, -1, math.nan, None
     # Polyak averaging: evaluate (and end with) a moving average of the weights, buffers included
-    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(t.ema), use_buffers=True) if t.ema else None
+    ema = EMA(model, t.ema) if t.ema else None
     evaluated = ema.module if ema is not None else model
     train_time, t_log, steps_since_log, start = 0.0, time.perf_counter(), 0, 0
     if resume:
@@ -298,14 +300,13 @@ def _loop(cfg: Config, model: NPLM, optimizer: Optimizer, g: torch.Generator,
         else:
             step, n = step + 1, 1
             lr = lr_at(step, o, t.steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            optimizer.set_lr(lr)
             ix = torch.randint(0, len(Xtr), (t.batch_size,), generator=g).to(device)
             _, loss = model(Xtr[ix], Ytr[ix])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if o.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
+                clip_grad_norm(model.parameters(), o.grad_clip)
             optimizer.step()
             if ema is not None:
                 ema.update_parameters(model)

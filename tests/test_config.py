@@ -107,10 +107,18 @@ def test_hydra_full_error_is_the_debug_flag(tmp_path):
     ("model.init=xavier", "use one of: lecture, scaled"),
     ("device=tpu", "use auto, cpu, cuda or cuda:N"),
     ("data.train_tokens=800000", "need data.level=word"),
+    ("model.maxent_order=6", "or an order from 1 to model.block_size"),
+    ("model.maxent_buckets=0", "model.maxent_buckets=0 must be at least 1"),
+    ("optim.maxent_lr_scale=0", "optim.maxent_lr_scale=0.0 must be positive"),
 ])
 def test_out_of_range_values(override, message):
     with pytest.raises(ConfigError, match=message.replace(".", r"\.").replace("(", r"\(")):
         to_config(compose_cfg([override]))
+
+
+def test_maxent_refuses_momentum():
+    with pytest.raises(ConfigError, match="optim.momentum=0.9 does not work with model.maxent_order"):
+        to_config(compose_cfg(["model.maxent_order=3", "optim.name=sgd", "optim.momentum=0.9"]))
 
 
 def test_token_counts_come_together():

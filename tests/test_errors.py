@@ -55,12 +55,14 @@ CONFIG_ERRORS = {  # override -> what the one line must say
     "model.n_embed=10": "Key 'n_embed' not in 'ModelConfig'",
     "data.train_tokens=800000": "data.train_tokens / data.dev_tokens split sentences by token counts; they need",
     "train.steps=many": "Value 'many' of type 'str' could not be converted to Integer",
+    "model.maxent_order=5 model.maxent_buckets=999999999": "weights (rows x vocab_size 27), more than 50,000,000: "
+                                                           "set model.maxent_buckets=370370 or less",
 }
 
 
 @pytest.mark.slow
 def test_config_mistakes(tmp_path):
-    runs = run_all({o: [ROOT / "train.py", *TINY, o, f"hydra.run.dir={tmp_path / str(i)}"]
+    runs = run_all({o: [ROOT / "train.py", *TINY, *o.split(), f"hydra.run.dir={tmp_path / str(i)}"]
                     for i, o in enumerate(CONFIG_ERRORS)})
     for i, (override, message) in enumerate(CONFIG_ERRORS.items()):
         assert_one_line_error(runs[override], message, tmp_path / str(i))

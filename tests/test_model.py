@@ -120,3 +120,48 @@ def test_no_hidden_layer_is_the_papers_linear_model():
     assert model.num_params() == 27 * 8 + 24 * 27 + 27
     logits, loss = model(torch.randint(0, 27, (5, 3)), torch.randint(0, 27, (5,)))
     assert logits.shape == (5, 27) and abs(loss.item() - math.log(27)) < 0.1
+
+
+def test_maxent_rows_are_exact_for_short_contexts_and_hashed_for_long_ones():
+    """model.maxent_order: each order's row of the table; logits = the network's + the rows' sum."""
+    model = deep(maxent_order=3, maxent_buckets=1000)
+    model.init_weights("scaled", torch.Generator().manual_seed(0))
+    me = model.maxent
+    assert me.rows == [27, 729, 1000] and me.exact == [True, True, False]  # 27**3 > 1000: hashed
+    assert me.weight.shape == (27 + 729 + 1000, 27) and model.num_params() == deep().num_params() + 1756 * 27
+    x = torch.randint(0, 27, (500, 3))
+    rows = me.index(x)
+    assert torch.equal(rows[:, 0], x[:, -1]) and torch.equal(rows[:, 1], 27 + x[:, -1] * 27 + x[:, -2])
+    assert rows[:, 2].min() >= 27 + 729 and rows[:, 2].max() < 27 + 729 + 1000
+    assert len(set(rows[:, 2].tolist())) > 0.5 * len(set(map(tuple, x.tolist())))  # the hash spreads them
+    same = torch.tensor([[1, 2, 3], [9, 2, 3]])  # contexts that share the last two tokens share those rows
+    assert torch.equal(me.index(same)[0, :2], me.index(same)[1, :2])
+    without = deep()
+    without.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("maxent")})
+    assert torch.equal(model(x)[0], without(x)[0])  # the table starts at zero
+    with torch.no_grad():
+        me.weight.normal_()
+    assert torch.allclose(model(x)[0], without(x)[0] + me.weight[rows].sum(1), atol=1e-6)
+
+
+def test_maxent_gradient_is_sparse_and_its_table_neither_decayed_nor_averaged():
+    from nplm.config import OptimConfig
+    from nplm.optim import EMA, make_optimizer
+    model = deep(maxent_order=2)
+    model.init_weights("scaled", torch.Generator().manual_seed(0))
+    opt = make_optimizer(model, OptimConfig(name="adamw", lr=0.01, schedule="constant", weight_decay=0.1,
+                                            decay_all=True, maxent_lr_scale=0.5))
+    table = [g for g in opt.param_groups if any(p is model.maxent.weight for p in g["params"])]
+    assert len(table) == 1 and table[0]["weight_decay"] == 0 and len(table[0]["params"]) == 1
+    opt.set_lr(0.01)
+    assert table[0]["lr"] == 0.005 and opt.param_groups[0]["lr"] == 0.01
+    ema = EMA(model, 0.9)
+    assert ema.module.maxent.weight is model.maxent.weight and ema.module.C is not model.C
+    x, y = torch.tensor([[0, 1, 2], [0, 1, 2], [5, 6, 7]]), torch.tensor([3, 4, 8])
+    model(x, y)[1].backward()
+    grad = model.maxent.weight.grad
+    assert grad.is_sparse and set(grad.coalesce().indices()[0].tolist()) == {2, 7, 27 + 2 * 27 + 1, 27 + 7 * 27 + 6}
+    before = model.maxent.weight.detach().clone()
+    opt.step()
+    changed = (model.maxent.weight != before).any(1).nonzero().flatten().tolist()
+    assert changed == sorted({2, 7, 27 + 2 * 27 + 1, 27 + 7 * 27 + 6})  # only the rows used

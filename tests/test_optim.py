@@ -92,3 +92,62 @@ def test_training_never_imports_torch_dynamo():
             "m(torch.ones(1, 3)).sum().backward(); o.step(); o.zero_grad(); o.load_state_dict(o.state_dict());"
             "print('torch._dynamo' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+
+
+def test_sparse_adamw_is_adamw_on_the_rows_used():
+    """The hashed n-gram table's lazy AdamW: where every row is used at every step it is AdamW exactly
+    (to rounding); rows a step does not use keep their weights and moments."""
+    torch.manual_seed(0)
+    dense = torch.nn.Parameter(torch.randn(6, 4))
+    sparse = torch.nn.Parameter(dense.detach().clone())
+    ours, theirs = AdamW([{"params": [sparse]}], lr=0.01, weight_decay=0.0), \
+        torch.optim.AdamW([dense], lr=0.01, weight_decay=0.0)
+    for step in range(30):
+        rows, target = torch.tensor([0, 1, 2, 3, 4, 5, 2]), torch.randn(7, 4)
+        for p, opt, is_sparse in ((sparse, ours, True), (dense, theirs, False)):
+            opt.zero_grad()
+            ((torch.nn.functional.embedding(rows, p, sparse=is_sparse) - target) ** 2).sum().backward()
+            opt.step()
+        assert torch.allclose(sparse, dense, atol=1e-6)
+    row5 = sparse[5].detach().clone(), ours.state[sparse]["exp_avg"][5].clone()
+    ours.zero_grad()
+    torch.nn.functional.embedding(torch.tensor([0, 1]), sparse, sparse=True).sum().backward()
+    ours.step()
+    assert torch.equal(sparse[5], row5[0]) and torch.equal(ours.state[sparse]["exp_avg"][5], row5[1])
+    assert not torch.equal(sparse[0], dense[0])
+
+
+def test_sgd_and_clipping_take_sparse_gradients():
+    from nplm.optim import clip_grad_norm
+    p = torch.nn.Parameter(torch.zeros(5, 3))
+    q = torch.nn.Parameter(torch.zeros(5, 3))
+    for param, is_sparse in ((p, True), (q, False)):
+        (torch.nn.functional.embedding(torch.tensor([1, 1, 3]), param, sparse=is_sparse) * 10).sum().backward()
+    clip_grad_norm([p], 1.0)
+    torch.nn.utils.clip_grad_norm_([q], 1.0)
+    assert torch.allclose(p.grad.to_dense(), q.grad)  # the same norm as the dense gradient's
+    SGD([{"params": [p]}], lr=0.5).step()
+    assert torch.allclose(p, -0.5 * q.grad)
+
+
+def test_ema_equals_torch_averaged_model():
+    """train.ema's EMA: torch's AveragedModel (EMA, buffers too) bit for bit, and its state_dict format."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    from nplm.optim import EMA
+    model = NPLM(ModelConfig(type="nplm", n_embd=4, block_size=3, n_hidden=16, n_layer=2, norm="batchnorm"), 27)
+    model.init_weights("scaled", torch.Generator().manual_seed(0))
+    ours, theirs = EMA(model, 0.9), AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.9), use_buffers=True)
+    opt = SGD([{"params": list(model.parameters())}], lr=0.1)
+    for _ in range(5):
+        x, y = torch.randint(0, 27, (32, 3)), torch.randint(0, 27, (32,))
+        opt.zero_grad()
+        model(x, y)[1].backward()
+        opt.step()
+        ours.update_parameters(model)
+        theirs.update_parameters(model)
+    mine, ref = ours.state_dict(), theirs.state_dict()
+    assert list(mine) == list(ref) and all(torch.equal(mine[k], ref[k]) for k in ref)
+    fresh = EMA(model, 0.9)
+    fresh.load_state_dict(ref)  # a checkpoint written with AveragedModel resumes
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), ref.values()))

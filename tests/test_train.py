@@ -167,6 +167,21 @@ def test_keep_best_reports_the_best_evaluated_weights(tmp_path):
     assert s["dev_loss"] == pytest.approx(min(vals), abs=1e-9)
 
 
+def test_maxent_run_learns_its_table_and_reloads(tmp_path):
+    """model.maxent_order end to end, with gradient clipping: the table learns (only rows the training
+    contexts use), the checkpoint reloads it, and evaluate.py reproduces the run's dev loss."""
+    run = tmp_path / "me"
+    train(run, "wandb.mode=disabled", "model.maxent_order=3", "model.maxent_buckets=500", "optim.grad_clip=1.0",
+          "train.ema=0.9")
+    model, cfg, _ = load_model(run)
+    table = model.maxent.weight
+    assert cfg.model.maxent_order == 3 and table.shape == (27 + 500 + 500, 27)
+    used = (table != 0).any(1)
+    assert 27 < used.sum() < len(table) and used[:27].sum() > 20  # rows of contexts seen, not all of them
+    dev = json.loads((run / "summary.json").read_text())["dev_loss"]
+    assert f"dev loss {dev:.4f}" in run_cmd(["scripts/evaluate.py", run, "split=dev"]).stdout
+
+
 @pytest.mark.slow
 def test_ema_evaluates_and_keeps_the_averaged_weights_without_changing_training(tmp_path):
     common = ["wandb.mode=disabled", "optim.schedule=constant", "optim.lr=0.1"]
