@@ -1,4 +1,5 @@
-"""Optimisation: the optimiser (sgd | adamw) and the learning-rate schedule (constant | step | cosine)."""
+"""Optimisation: the optimisers (sgd | adamw, sparse gradients included), the learning-rate schedules
+(constant | step | cosine | onecycle), gradient clipping and the weights' moving average (train.ema)."""
 from __future__ import annotations
 
 import copy
