@@ -4,7 +4,9 @@ Two files per run folder. `ckpt.pt`, written when a run finishes: the trained mo
 evaluate and later commands (contents follow nanoGPT). `last.pt`, written during training: the whole
 training state, for resuming (nplm/resume.py); removed when the run finishes. Everything is tensors
 and plain Python values, so loading uses torch.load(weights_only=True), which never unpickles
-arbitrary objects.
+arbitrary objects. Large tables whose rows are mostly zero (the hashed n-gram table of
+model.maxent_order and its AdamW moments: most hashed contexts never occur) are stored as their
+non-zero rows only, and come back dense on loading.
 """
 from __future__ import annotations
 
@@ -42,12 +44,41 @@ def save_checkpoint(path: Path, *, model, optimizer, step: int, best_val_loss: f
     save_atomic(state, path)
 
 
+SPARSE_MIN = 1 << 20  # tensors this large (elements) are checked for zero rows when saved
+
+
+def _pack(obj, memo: dict):
+    """obj with every large 2-D float tensor that is at least half zero rows as a sparse tensor of its
+    non-zero rows (a tensor saved twice, as the model's and the weight average's, packed once)."""
+    if isinstance(obj, dict):
+        return {k: _pack(v, memo) for k, v in obj.items()}
+    if type(obj) in (list, tuple):
+        return type(obj)(_pack(v, memo) for v in obj)
+    if torch.is_tensor(obj) and obj.dim() == 2 and obj.numel() >= SPARSE_MIN and obj.is_floating_point() \
+            and not obj.is_sparse:
+        key = (obj.data_ptr(), obj.shape, obj.stride())
+        if key not in memo:
+            rows = (obj != 0).any(1).nonzero().flatten()
+            memo[key] = obj if 2 * len(rows) > len(obj) else torch.sparse_coo_tensor(
+                rows[None], obj[rows], obj.shape, check_invariants=False, is_coalesced=True)
+        return memo[key]
+    return obj
+
+
+def _unpack(obj):
+    if isinstance(obj, dict):
+        return {k: _unpack(v) for k, v in obj.items()}
+    if type(obj) in (list, tuple):
+        return type(obj)(_unpack(v) for v in obj)
+    return obj.to_dense() if torch.is_tensor(obj) and obj.is_sparse else obj
+
+
 def save_atomic(state: dict, path: Path) -> None:
     """torch.save to a temporary file, flushed to disk, then renamed: whoever reads `path`, and a
     process killed mid-write, sees the old file or the new one, never half of one."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
-        torch.save(state, f)
+        torch.save(_pack(state, {}), f)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -67,7 +98,7 @@ def load_train_state(run_dir: Path) -> dict:
 
 def _load(path: Path) -> dict:
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = _unpack(torch.load(path, map_location="cpu", weights_only=True))
     except Exception as e:  # truncated, foreign or unsafe pickles all land here
         raise CheckpointError(f"{str(path)!r} is not a readable nplm checkpoint ({type(e).__name__}); "
                               "it may be truncated or from another program") from None

@@ -18,10 +18,11 @@ from nplm.config import ConfigError, to_config
 from nplm.resume import claim, resume_config
 
 # Dropout, weight averaging, keep_best and the hashed n-gram table (sparse, lazily updated, shared by
-# the average): every piece of state a resumed run must get back. The wide layer makes each save take
-# long enough to be caught in the middle of one.
+# the average, saved as its rows in use: order 4 hashes into 131,072 rows): every piece of state a
+# resumed run must get back. The wide layer makes each save take long enough to be caught in the
+# middle of one.
 RUN = ["train.steps=300", "train.eval_interval=50", "train.log_interval=10", "model.n_hidden=1000",
-       "model.dropout=0.1", "train.ema=0.9", "train.keep_best=true", "model.maxent_order=3", "wandb.mode=disabled"]
+       "model.dropout=0.1", "train.ema=0.9", "train.keep_best=true", "model.maxent_order=4", "wandb.mode=disabled"]
 
 
 def losses(run_dir):

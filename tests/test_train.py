@@ -201,3 +201,19 @@ def test_fast_experiment_beats_the_lecture(tmp_path):
     run_cmd([ROOT / "train.py", "experiment=fast", "device=cpu", "wandb.mode=disabled", f"hydra.run.dir={tmp_path}"])
     s = json.loads((tmp_path / "summary.json").read_text())
     assert s["steps"] == 300 and s["dev_loss"] < 2.17
+
+
+def test_mostly_zero_tables_are_saved_as_their_rows(tmp_path):
+    """A hashed n-gram table (and its moments) is mostly zero rows: saved as the rows in use, loaded dense;
+    a table saved twice (the model's, the weight average's) is written once; dense tensors stay as they are."""
+    from nplm.checkpoint import _load, save_atomic
+    table = torch.zeros(100_000, 27)
+    table[torch.arange(0, 100_000, 50)] = torch.randn(2_000, 27)
+    dense = torch.randn(1100, 1000)
+    state = {"model": {"maxent.weight": table}, "ema": {"module.maxent.weight": table}, "dense": [dense], "step": 3}
+    save_atomic(state, tmp_path / "s.pt")
+    assert (tmp_path / "s.pt").stat().st_size < dense.numel() * 4 + table.numel() * 4 / 10
+    back = _load(tmp_path / "s.pt")
+    assert torch.equal(back["model"]["maxent.weight"], table) and not back["model"]["maxent.weight"].is_sparse
+    assert torch.equal(back["ema"]["module.maxent.weight"], table) and torch.equal(back["dense"][0], dense)
+    assert back["step"] == 3
