@@ -17,9 +17,9 @@ runs load it in milliseconds.
 
 Covered (everything else takes the plain path, which says why): one tanh hidden layer, no norm,
 no dropout, no direct connections of either kind, SGD without momentum or weight decay, no gradient
-clipping, no weight averaging, on the CPU. `train.fast=auto` (default) takes it when covered and the run is
-long enough to pay for building the package, whether or not it is cached (so that the same config
-always takes the same path and gives the same losses); `on` whenever covered, `off` never.
+clipping, no weight averaging, on the CPU. `train.fast=auto` (default) takes it when covered and the
+run is long enough to pay for building the package, whether or not it is cached (so that the same
+config always takes the same path and gives the same losses); `on` whenever covered, `off` never.
 
     python -m nplm.fast '<shape json>' PATH     # what the child process runs: build one package
 """

@@ -16,15 +16,15 @@ def make_optimizer(model: torch.nn.Module, o: OptimConfig) -> Optimizer:
     """Weight decay applies to the weight matrices only, not to the embedding table, the biases or the
     norms' gains, unless optim.decay_all. Sparse parameters (the hashed n-gram table of
     model.maxent_order) are a third group: never decayed, their lr x optim.maxent_lr_scale."""
-    sparse = {id(p) for p in getattr(model, "sparse_params", list)()}
+    sparse_params = getattr(model, "sparse_params", list)()
+    sparse = {id(p) for p in sparse_params}
     decays = lambda name, p: o.decay_all or (p.dim() >= 2 and name != "C")  # noqa: E731  W's, direct
     dense = [(name, p) for name, p in model.named_parameters() if id(p) not in sparse]
     decay = [p for name, p in dense if decays(name, p)]
     no_decay = [p for name, p in dense if not decays(name, p)]  # C, b's, norms
     groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    if sparse:
-        groups.append({"params": [p for p in model.parameters() if id(p) in sparse], "weight_decay": 0.0,
-                       "lr_scale": o.maxent_lr_scale})
+    if sparse_params:
+        groups.append({"params": sparse_params, "weight_decay": 0.0, "lr_scale": o.maxent_lr_scale})
     if o.name == "sgd":
         return SGD(groups, lr=o.lr, momentum=o.momentum)
     return AdamW(groups, lr=o.lr, betas=tuple(o.betas))

@@ -3,9 +3,9 @@
 A run's plots are drawn by a worker process (`start_worker`, `draw`) that train.py starts first
 thing: it imports matplotlib (~0.5 s) on another core while the run imports torch, and draws
 while the run evaluates its final weights, so a short run ends ~0.7 s sooner (0 steps, measured
-alternating with in-process drawing: 3.2-3.35 vs 3.9-4.1 s); the jobs of a sweep run in one process share it. Without a worker (one core, or it
-failed: one warning), the plots are drawn in this process. This module does not import torch, so
-neither does the worker.
+alternating with in-process drawing: 3.2-3.35 vs 3.9-4.1 s); the jobs of a sweep run in one process
+share it. Without a worker (one core, or it failed: one warning), the plots are drawn in this
+process. This module does not import torch, so neither does the worker.
 """
 from __future__ import annotations
 
