@@ -95,7 +95,7 @@ class TrainConfig:
     threads: int = 0  # torch CPU threads; 0 = torch's default
     num_samples: int = 20  # names sampled at the end of the run
     keep_best: bool = False  # end with the weights of the best dev evaluation, not the last step's
-    fast: str = "auto"  # the compiled fast path (nplm/fast.py): auto (where covered and long enough) | on | off
+    fast: str = "auto"  # the fast path (nplm/fast.py; on a GPU a CUDA graph): auto (covered, it pays) | on | off
     ema: float = 0.0  # decay of an exponential moving average of the weights, used for evaluation and
     # kept at the end (Polyak averaging; 0.999 averages over ~1,000 steps); 0 = off
 

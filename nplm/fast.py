@@ -15,11 +15,15 @@ child process (the training process never imports the compiler, so it stays as s
 plain path) and the package is kept in CACHE (`$NPLM_CACHE`, default ~/.cache/nplm), where later
 runs load it in milliseconds.
 
+On a GPU the same STEPS_PER_CALL steps are captured as a CUDA graph instead (GraphSteps): one
+replay launches all their kernels, where the plain path launches them one by one from Python.
+
 Covered (everything else takes the plain path, which says why): one tanh hidden layer, no norm,
 no dropout, no direct connections of either kind, SGD without momentum or weight decay, no gradient
-clipping, no weight averaging, on the CPU. `train.fast=auto` (default) takes it when covered and the
-run is long enough to pay for building the package, whether or not it is cached (so that the same
-config always takes the same path and gives the same losses); `on` whenever covered, `off` never.
+clipping, no weight averaging. `train.fast=auto` (default) takes it when covered and, on the CPU,
+the run is long enough to pay for building the package, whether or not it is cached (so that the
+same config always takes the same path and gives the same losses); on a GPU whenever covered (a
+graph is captured in milliseconds); `on` whenever covered, `off` never.
 
     python -m nplm.fast '<shape json>' PATH     # what the child process runs: build one package
 """
@@ -45,9 +49,9 @@ CACHE = Path(os.environ.get("NPLM_CACHE") or Path.home() / ".cache" / "nplm") / 
 
 
 def unsupported(cfg: Config, device: torch.device, compiled: bool = True) -> str | None:
-    """Why the fast path does not cover this run (an option it lacks), or None if it does. With
-    compiled=False: whether its math (sgd_steps, stacked_sgd_steps) covers it, run eagerly on any
-    device (the vectorised sweep, nplm/vector.py)."""
+    """Why the fast path does not cover this run (an option it lacks), or None if it does: its math
+    (sgd_steps, stacked_sgd_steps) and, on the CPU with compiled=True, AOTInductor. The vectorised
+    sweep (nplm/vector.py) asks with compiled=False: it can run the steps eagerly."""
     m, o, t = cfg.model, cfg.optim, cfg.train
     checks = [
         (m.type != "nplm", f"model={m.type}"),
@@ -62,9 +66,8 @@ def unsupported(cfg: Config, device: torch.device, compiled: bool = True) -> str
         (o.weight_decay != 0, f"optim.weight_decay={o.weight_decay}"),
         (o.grad_clip != 0, f"optim.grad_clip={o.grad_clip}"),
         (t.ema != 0, f"train.ema={t.ema}"),
-        (compiled and device.type != "cpu", f"device={device}"),
         (cfg.mode != "train", f"mode={cfg.mode}"),
-        (compiled and not hasattr(getattr(torch._C, "_aoti", None), "AOTIModelPackageLoader"),
+        (compiled and device.type == "cpu" and not hasattr(getattr(torch._C, "_aoti", None), "AOTIModelPackageLoader"),
          f"torch {torch.__version__} (it needs AOTInductor packages: torch 2.6 or later)"),
     ]
     reasons = [why for bad, why in checks if bad]
@@ -112,6 +115,8 @@ def choose(cfg: Config, device: torch.device) -> tuple[bool, str]:
                           "(it then takes the plain path) or change those options")
     if why_not:
         return False, f"the fast path does not cover {why_not}"
+    if device.type == "cuda":  # capturing the graph takes milliseconds: it pays at any length
+        return True, f"{STEPS_PER_CALL} SGD steps per replay of a CUDA graph"
     if cfg.train.fast == "auto" and cfg.train.steps < MIN_STEPS:
         return False, (f"{cfg.train.steps:,} steps are too few to pay for building the compiled package "
                        f"(~1 minute, once per shape; train.fast=auto takes it from {MIN_STEPS:,} steps, "
@@ -278,6 +283,66 @@ class FastSteps:
         for tensor, new in zip(self.tensors, out):
             tensor.copy_(new[tuple(slice(0, n) for n in tensor.shape)])
         return out[-1]
+
+
+class GraphSteps:
+    """Calls of up to K steps of sgd_steps (one model) or stacked_sgd_steps (R models, `runs`) that
+    update `tensors` in place, the FastSteps interface. On a GPU the K steps are captured once as a
+    CUDA graph and each call of K steps is one replay: a batch-32 step is ~40 small kernels, whose
+    launches from Python, one at a time, would take longer than their arithmetic. The call copies
+    its minibatches and learning rates into the graph's input tensors and returns the losses. A call
+    of fewer steps (before a log or an evaluation), and every call where capture=False (the CPU),
+    runs the same function eagerly. The graph is captured after a warm-up on a side stream (torch's
+    recipe); the warm-up's updates are undone, so capturing changes nothing."""
+
+    def __init__(self, tensors: list[torch.Tensor], K: int, batch_size: int, block_size: int, runs: int = 0,
+                 capture: bool | None = None):
+        self.tensors, self.K, self.graph = tensors, K, None
+        self.fn = stacked_sgd_steps if runs else sgd_steps
+        device = tensors[0].device
+        if capture if capture is not None else device.type == "cuda":
+            lead = (runs,) if runs else ()
+            self.X = torch.zeros(K, *lead, batch_size, block_size, dtype=torch.long, device=device)
+            self.Y = torch.zeros(K, *lead, batch_size, dtype=torch.long, device=device)
+            self.lrs = torch.zeros(K, *lead, device=device)
+            self._capture()
+
+    def _steps(self, X: torch.Tensor, Y: torch.Tensor, lrs: torch.Tensor) -> torch.Tensor:
+        *new, losses = self.fn(*self.tensors, X, Y, lrs)
+        for tensor, value in zip(self.tensors, new):
+            tensor.copy_(value)
+        return losses
+
+    @torch.no_grad()
+    def _capture(self) -> None:
+        saved = [t.clone() for t in self.tensors]
+        try:
+            with torch.cuda.device(self.X.device):  # capture runs on the current device's streams: cuda:N's
+                side = torch.cuda.Stream()
+                side.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(side):  # cuBLAS handles and workspaces are made before capture, not in it
+                    for _ in range(2):
+                        self._steps(self.X, self.Y, self.lrs)
+                torch.cuda.current_stream().wait_stream(side)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    self.losses = self._steps(self.X, self.Y, self.lrs)
+            self.graph = graph
+        finally:  # the warm-up's steps undone (capturing runs nothing), whether or not capture worked
+            for tensor, value in zip(self.tensors, saved):
+                tensor.copy_(value)
+
+    @torch.no_grad()
+    def __call__(self, X: torch.Tensor, Y: torch.Tensor, lrs: torch.Tensor) -> torch.Tensor:
+        """len(X) <= K steps on the minibatches X, Y with learning rates lrs; return their losses."""
+        device = self.tensors[0].device
+        if self.graph is None or len(X) != self.K:
+            return self._steps(X.to(device), Y.to(device), lrs.to(device))
+        self.X.copy_(X)
+        self.Y.copy_(Y)
+        self.lrs.copy_(lrs)
+        self.graph.replay()
+        return self.losses.clone()
 
 
 def parameters(model: torch.nn.Module) -> list[torch.Tensor]:

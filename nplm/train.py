@@ -254,9 +254,9 @@ def _loop(cfg: Config, model: NPLM, optimizer: Optimizer, g: torch.Generator,
     """The training loop: minibatch steps, a metrics row every log_interval, the full dev split
     every eval_interval (of the weights' moving average if train.ema) followed by a save of the
     training state, and on SIGINT/SIGTERM a save and Interrupted. Starts where `resume` left off.
-    Steps go through the compiled fast path (nplm/fast.py) where it covers the run, else one at a
-    time through autograd. Returns (best dev loss, its step, training seconds, the weights then if
-    train.keep_best, which path ran); raises Diverged."""
+    Steps go through the fast path (nplm/fast.py: compiled, or a CUDA graph) where it covers the
+    run, else one at a time through autograd. Returns (best dev loss, its step, training seconds,
+    the weights then if train.keep_best, which path ran); raises Diverged."""
     o, t, device = cfg.optim, cfg.train, Xtr.device
     best_val, best_step, val_loss, best_state = math.inf, -1, math.nan, None
     # Polyak averaging: evaluate (and end with) a moving average of the weights, buffers included
@@ -290,7 +290,7 @@ def _loop(cfg: Config, model: NPLM, optimizer: Optimizer, g: torch.Generator,
         boundary = min(t.steps, *((step + 1) // n * n + n for n in (t.log_interval, t.eval_interval)))
         if compiled is not None and boundary - (step + 1) >= compiled.K:
             lrs = lrs_at(step + 1, compiled.K, o, t.steps)
-            ix = torch.randint(0, len(Xtr), (compiled.K, t.batch_size), generator=g)
+            ix = torch.randint(0, len(Xtr), (compiled.K, t.batch_size), generator=g).to(device)
             losses = compiled(Xtr[ix], Ytr[ix], torch.tensor(lrs, dtype=torch.float32))
             # the sum is finite when every loss is (4x cheaper a call to check); if not, look closer
             finite, n = math.isfinite(losses.sum().item()) or bool(torch.isfinite(losses).all()), compiled.K
@@ -370,11 +370,19 @@ def _replay(cfg: Config, grouped: vector.Result, model: NPLM,
 
 
 def _fast_path(cfg: Config, model: NPLM, device: torch.device) -> tuple[fast.FastSteps | None, dict]:
-    """The compiled fast path's steps if it covers and pays for this run (nplm/fast.py), else None,
-    and what the summary records: which path trains, why, and the package's build time; says so."""
+    """The fast path's steps if it covers and pays for this run (nplm/fast.py: a compiled package on
+    the CPU, a CUDA graph on a GPU), else None, and what the summary records: which path trains, why,
+    and the package's build time; says so."""
     take, why = fast.choose(cfg, device)
     compiled, info = None, {}
-    if take:
+    if take and device.type == "cuda":
+        try:
+            compiled = fast.GraphSteps(fast.parameters(model), fast.STEPS_PER_CALL, cfg.train.batch_size,
+                                       cfg.model.block_size)
+        except Exception as e:  # capture is not supported here: the plain path does the same
+            log.warning("the CUDA graph is not available (%s); training on the plain path", e)
+            compiled, why = None, f"capturing the CUDA graph failed: {e}"
+    elif take:
         shape = fast.shape_of(cfg, model.vocab_size)
         package = fast.package_path(shape)
         if package.is_file():
@@ -391,8 +399,13 @@ def _fast_path(cfg: Config, model: NPLM, device: torch.device) -> tuple[fast.Fas
             if compiled.build_time:
                 info["build_time_s"] = compiled.build_time
                 log.info("built in %.1f s and cached: later runs of this shape load it at once", compiled.build_time)
-    info["path"], info["path_reason"] = ("compiled" if compiled is not None else "plain"), why
-    log.info("training path: %s (%s)", "compiled fast path" if compiled is not None else "plain autograd", why)
+    if compiled is None:
+        info["path"], name = "plain", "plain autograd"
+    else:
+        info["path"], name = ("cuda_graph", "CUDA graph") if device.type == "cuda" else \
+            ("compiled", "compiled fast path")
+    info["path_reason"] = why
+    log.info("training path: %s (%s)", name, why)
     return compiled, info
 
 

@@ -10,9 +10,10 @@ so it lands where training it alone lands, within float rounding. Its training i
 W&B, plots, samples, checkpoint, summary with `path: vectorized`).
 
 Covered: the fast path's family (one tanh hidden layer, plain SGD; nplm/fast.py). Groups of at
-least MIN_RUNS. The stacked steps are compiled (an AOTInductor package, cached per shape and
-number of runs) where train.fast says so: `on`, or `auto` when the group trains at least
-fast.MIN_STEPS steps in all; else they run eagerly, on any device.
+least MIN_RUNS. On a GPU the stacked steps run as a CUDA graph (unless train.fast=off). On the CPU
+they are compiled (an AOTInductor package, cached per shape and number of runs) where train.fast
+says so: `on`, or `auto` when the group trains at least fast.MIN_STEPS steps in all. Else they run
+eagerly.
 
 Used by the launcher `+launcher=vectorized` (nplm/hydra_plugin); a group trains when the first of
 its jobs comes up, on all the CPU cores this process may use.
@@ -202,13 +203,20 @@ def train_group(cfgs: list[Config], out_dirs: list[Path], labels: list[str]) -> 
 
 
 def _steps(cfgs: list[Config], stacked: list[torch.Tensor], vocab_size: int, device: torch.device):
-    """The stacked step function: compiled where train.fast says so (and it builds), else eager.
-    Returns (steps(X, Y, lrs) -> losses, a description)."""
+    """The stacked step function: a CUDA graph on a GPU; on the CPU compiled where train.fast says
+    so (and it builds); else eager. Returns (steps(X, Y, lrs) -> losses, a description)."""
     cfg0, R = cfgs[0], len(cfgs)
-    mode = cfg0.train.fast
+    mode, K = cfg0.train.fast, fast.STEPS_PER_CALL
+    eager = fast.GraphSteps(stacked, K, cfg0.train.batch_size, cfg0.model.block_size, runs=R, capture=False)
+    if device.type == "cuda" and mode != "off":
+        try:
+            return (fast.GraphSteps(stacked, K, cfg0.train.batch_size, cfg0.model.block_size, runs=R),
+                    f"a CUDA graph of {K} steps per replay")
+        except Exception as e:
+            log.warning("the CUDA graph of the stacked steps is not available (%s); running them eagerly", e)
     take = mode == "on" or (mode == "auto" and R * cfg0.train.steps >= fast.MIN_STEPS)
-    why = fast.unsupported(cfg0, device) if take else None
-    if take and why is None:
+    why = fast.unsupported(cfg0, device) if take and device.type == "cpu" else "not taken"
+    if why is None:
         shape = fast.shape_of(cfg0, vocab_size, runs=R)
         package = fast.package_path(shape)
         if not package.is_file():
@@ -216,24 +224,13 @@ def _steps(cfgs: list[Config], stacked: list[torch.Tensor], vocab_size: int, dev
                      R, package)
         try:
             compiled = fast.FastSteps(stacked, shape, package)
-            eager = _eager(stacked)
 
             def steps(X, Y, lrs):  # a call short of K steps (before a log or evaluation) runs eagerly
                 return compiled(X, Y, lrs) if len(X) == compiled.K else eager(X, Y, lrs)
-            return steps, f"compiled, {fast.STEPS_PER_CALL} steps per call"
+            return steps, f"compiled, {K} steps per call"
         except Exception as e:
             log.warning("the compiled stacked steps are not available (%s); running them eagerly", e)
-    return _eager(stacked), "batched matrix products, eagerly"
-
-
-def _eager(stacked: list[torch.Tensor]):
-    @torch.no_grad()
-    def steps(X, Y, lrs):
-        *new, losses = fast.stacked_sgd_steps(*stacked, X, Y, lrs)
-        for tensor, value in zip(stacked, new):
-            tensor.copy_(value)
-        return losses
-    return steps
+    return eager, "batched matrix products, eagerly"
 
 
 def _span(values: list[float]) -> str:

@@ -19,6 +19,9 @@ alternating, and the table shows medians and ratios (issue 5's targets beside th
 - words:   words/s of word-level training (batch 128) and chunked evaluation: `data=shakespeare`
            (5,989 tokens) and a synthetic Zipf corpus with a 16,000-word vocabulary, where the
            output layer dominates; on the GPU too when there is one.
+- gpu:     where there is a CUDA GPU (else skipped, and said so): the steps and sweep figures
+           with device=cuda: the reference loop on the GPU vs the runner's CUDA graph (and its plain
+           path), and 16 reference loops vs one vectorised sweep whose stacked steps are a CUDA graph.
 """
 from __future__ import annotations
 
@@ -34,7 +37,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PARTS = ("steps", "fast", "sweep", "startup", "memory", "words")
+PARTS = ("steps", "fast", "sweep", "startup", "memory", "words", "gpu")
 QUIET = {"WANDB_MODE": "disabled", "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0"}
 
 REFERENCE = """
@@ -79,13 +82,13 @@ def runner(*overrides: str) -> tuple[dict, float, int]:
         return (json.loads(summary.read_text()) if summary.exists() else {"jobs": jobs}), wall, rss
 
 
-def bench_steps(repeats: int, steps: int) -> dict:
+def bench_steps(repeats: int, steps: int, device: str = "cpu") -> dict:
     ref, fast, plain, losses = [], [], [], {}
     run = ["experiment=lecture", f"train.steps={steps}", f"optim.decay_steps=[{steps // 2}]",
-           f"train.eval_interval={steps}", "train.num_samples=0"]
+           f"train.eval_interval={steps}", "train.num_samples=0", f"device={device}"]
     warm, _, _ = runner(*run, "train.fast=on", "train.steps=100")  # builds the package if not cached
     for _ in range(repeats):
-        r, _ = reference([{"steps": steps, "decay_step": steps // 2}])
+        r, _ = reference([{"steps": steps, "decay_step": steps // 2, "device": device}])
         ref.append(steps / r["train_time_s"])
         losses["reference"] = r["dev_loss"]
         s, _, _ = runner(*run, "train.fast=on")  # the compiled path (as experiment=lecture takes it)
@@ -96,7 +99,8 @@ def bench_steps(repeats: int, steps: int) -> dict:
         losses["plain"] = s["dev_loss"]
     med = statistics.median
     return {"reference_steps_per_s": med(ref), "runner_steps_per_s": med(fast), "plain_steps_per_s": med(plain),
-            "ratio": med(fast) / med(ref), "plain_ratio": med(plain) / med(ref), "steps": steps,
+            "ratio": med(fast) / med(ref), "plain_ratio": med(plain) / med(ref), "steps": steps, "device": device,
+            "path": warm["path"],
             "build_s": warm.get("build_time_s"), "reference_dev_loss": losses["reference"],
             "runner_dev_loss": losses["compiled"], "plain_dev_loss": losses["plain"], "target": ">= 5x"}
 
@@ -111,11 +115,13 @@ def bench_fast(repeats: int) -> dict:
             "reached": all(v < 2.17 for v in losses), "target": "<= 1 s"}
 
 
-def bench_sweep(repeats: int, steps: int) -> dict:
+def bench_sweep(repeats: int, steps: int, device: str = "cpu") -> dict:
     lrs, seeds = (0.01, 0.03, 0.05, 0.1), (1, 2, 3, 4)  # up to the lecture's 0.1 (0.2 is unstable: chaotic)
     # the lecture's recipe at this length: each lr x0.1 from half-way
-    runs = [{"steps": steps, "decay_step": steps // 2, "lr": lr, "seed": seed} for lr in lrs for seed in seeds]
-    sweep = ["-m", "+launcher=vectorized", "experiment=lecture", f"train.steps={steps}", f"train.eval_interval={steps}",
+    runs = [{"steps": steps, "decay_step": steps // 2, "lr": lr, "seed": seed, "device": device}
+            for lr in lrs for seed in seeds]
+    sweep = ["-m", "+launcher=vectorized", "experiment=lecture", f"device={device}", f"train.steps={steps}",
+             f"train.eval_interval={steps}",
              f"optim.decay_steps=[{steps // 2}]", "train.num_samples=0", f"optim.lr={','.join(map(str, lrs))}",
              f"seed={','.join(map(str, seeds))}"]
     runner(*sweep, "train.fast=on", "train.steps=20")  # builds the package for 16 stacked runs if not cached
@@ -134,7 +140,7 @@ def bench_sweep(repeats: int, steps: int) -> dict:
             "path": s["jobs"][0]["path_reason"], "train_s": s["jobs"][0].get("vector_train_time_s"),
             "reference_dev_losses": r["dev_losses"], "runner_dev_losses": runner_dev,
             "reference_dev_loss": statistics.mean(r["dev_losses"]), "runner_dev_loss": statistics.mean(runner_dev),
-            "target": ">= 8x"}
+            "device": device, "target": ">= 8x"}
 
 
 def bench_startup(repeats: int) -> dict:
@@ -190,27 +196,38 @@ def bench_words(repeats: int) -> dict:
     return out
 
 
+def bench_gpu(repeats: int, steps: int, sweep_steps: int) -> dict:
+    import torch
+    if not torch.cuda.is_available():
+        return {"skipped": "no CUDA GPU here"}
+    return {"device": torch.cuda.get_device_name(), "steps": bench_steps(repeats, steps, "cuda"),
+            "sweep": bench_sweep(repeats, sweep_steps, "cuda")}
+
+
 def table(results: dict) -> str:
     rows = []
-    if "steps" in results:
-        r = results["steps"]
-        rows.append(("lecture recipe steps/s (1 thread), compiled path", f"{r['reference_steps_per_s']:,.0f}",
+    steps = [(results.get("steps"), "(1 thread), compiled path"),
+             (results.get("gpu", {}).get("steps"), "on the GPU, CUDA graph")]
+    for r, how in ((r, how) for r, how in steps if r):
+        rows.append((f"lecture recipe steps/s {how}", f"{r['reference_steps_per_s']:,.0f}",
                      f"{r['runner_steps_per_s']:,.0f}", f"{r['ratio']:.2f}x", r["target"]))
         rows.append(("  dev loss after those steps", f"{r['reference_dev_loss']:.4f}", f"{r['runner_dev_loss']:.4f}",
                      f"{r['runner_dev_loss'] - r['reference_dev_loss']:+.4f}", "within 0.01"))
-        rows.append(("  building its compiled package, s (once per shape)", "",
-                     f"{r['build_s']:.1f}" if r["build_s"] else "cached", "", ""))
-        rows.append(("lecture recipe steps/s (1 thread), plain path", f"{r['reference_steps_per_s']:,.0f}",
+        if r["device"] == "cpu":
+            rows.append(("  building its compiled package, s (once per shape)", "",
+                         f"{r['build_s']:.1f}" if r["build_s"] else "cached", "", ""))
+        rows.append((f"lecture recipe steps/s {how.split(',')[0]}, plain path", f"{r['reference_steps_per_s']:,.0f}",
                      f"{r['plain_steps_per_s']:,.0f}", f"{r['plain_ratio']:.2f}x", ""))
         rows.append(("  dev loss after those steps", f"{r['reference_dev_loss']:.4f}", f"{r['plain_dev_loss']:.4f}",
-                     f"{r['plain_dev_loss'] - r['reference_dev_loss']:+.4f}", "equal"))
+                     f"{r['plain_dev_loss'] - r['reference_dev_loss']:+.4f}",
+                     "equal" if r["device"] == "cpu" else "within 0.01"))
     if "fast" in results:
         r = results["fast"]
         rows.append(("experiment=fast: training s to dev < 2.17", "", f"{r['train_time_s']:.2f}",
                      "" if r["reached"] else "NOT REACHED", r["target"]))
-    if "sweep" in results:
-        r = results["sweep"]
-        rows.append((f"16-run grid, {r['steps_per_run']:,} steps each: wall s", f"{r['reference_wall_s']:.1f}",
+    for r in filter(None, (results.get("sweep"), results.get("gpu", {}).get("sweep"))):
+        on = " on the GPU" if r["device"] != "cpu" else ""
+        rows.append((f"16-run grid{on}, {r['steps_per_run']:,} steps each: wall s", f"{r['reference_wall_s']:.1f}",
                      f"{r['runner_wall_s']:.1f}", f"{r['ratio']:.2f}x", r["target"]))
         rows.append(("  mean dev loss of the 16 runs", f"{r['reference_dev_loss']:.4f}",
                      f"{r['runner_dev_loss']:.4f}", f"{r['runner_dev_loss'] - r['reference_dev_loss']:+.4f}",
@@ -223,6 +240,8 @@ def table(results: dict) -> str:
         r = results["memory"]
         rows.append((f"peak RSS MB, lecture recipe {r['steps']:,} steps", f"{r['reference_peak_rss_mb']:.0f}",
                      f"{r['runner_peak_rss_mb']:.0f}", f"{r['ratio']:.2f}x", r["target"]))
+    if "skipped" in results.get("gpu", {}):
+        rows.append(("GPU figures", "", f"skipped: {results['gpu']['skipped']}", "", ""))
     for name, r in results.get("words", {}).items():
         rows.append((f"word level, {name} ({r['vocab_size']:,} words): train / eval words/s", "",
                      f"{r['train_words_per_s']:,.0f} / {r['eval_words_per_s']:,.0f}", "", "practical"))
@@ -258,6 +277,8 @@ def main(argv: list[str]) -> None:
             results[part] = bench_startup(args.repeats)
         elif part == "words":
             results[part] = bench_words(args.repeats)
+        elif part == "gpu":
+            results[part] = bench_gpu(args.repeats, args.steps, args.sweep_steps)
         else:
             results[part] = bench_memory(args.repeats, args.steps)
     import torch

@@ -56,8 +56,8 @@ def test_word_level_on_the_gpu_matches_cpu_closely(tmp_path):
 
 
 def test_vectorised_sweep_on_the_gpu(tmp_path):
-    """+launcher=vectorized with device=cuda: the stacked steps run eagerly on the GPU (batched
-    kernels instead of one small launch per run), landing where the CPU's group lands."""
+    """+launcher=vectorized with device=cuda: the stacked steps run as a CUDA graph on the GPU
+    (batched kernels, launched by one replay per 20 steps), landing where the CPU's group lands."""
     from conftest import ROOT, run_cmd
     from test_vector import LECTURE
     for device in ("cpu", "cuda"):
@@ -66,4 +66,78 @@ def test_vectorised_sweep_on_the_gpu(tmp_path):
     for job in ("0", "1"):
         cpu, gpu = (json.loads((tmp_path / d / job / "summary.json").read_text()) for d in ("cpu", "cuda"))
         assert gpu["path"] == "vectorized" and gpu["device"].startswith("cuda")
+        assert "a CUDA graph of 20 steps per replay" in gpu["path_reason"]
         assert gpu["dev_loss"] == pytest.approx(cpu["dev_loss"], rel=5e-3)
+
+
+@pytest.mark.parametrize("runs", [0, 3])
+def test_graph_steps_equal_the_same_steps_run_eagerly(runs):
+    """K steps as one CUDA graph replay (one model, or 3 stacked) against sgd_steps run eagerly on
+    a copy, call after call: the graph reads each call's minibatches and learning rates and
+    updates the weights in place; capturing changes nothing; a call of fewer steps runs eagerly.
+    (index_add_'s atomics make the GPU's sums order-dependent: equal to rounding.)"""
+    from nplm.fast import GraphSteps, sgd_steps, stacked_sgd_steps
+    V, E, T, H, B, K = 27, 10, 3, 200, 32, 20
+    lead = (runs,) if runs else ()
+
+    def weights():
+        g = torch.Generator().manual_seed(1)
+        return [torch.randn(*lead, *s, generator=g).cuda() for s in ((V, E), (T * E, H), (H,), (H, V), (V,))]
+    graphed, eager = weights(), weights()
+    steps = GraphSteps(graphed, K, B, T, runs=runs)
+    assert steps.graph is not None
+    assert all(torch.equal(a, b) for a, b in zip(graphed, eager))
+    g = torch.Generator().manual_seed(2)
+    fn = stacked_sgd_steps if runs else sgd_steps
+    for n, lr in ((K, 0.1), (K, 0.05), (7, 0.01), (K, 0.01)):
+        X, Y = torch.randint(0, V, (n, *lead, B, T), generator=g), torch.randint(0, V, (n, *lead, B), generator=g)
+        lrs = torch.full((n, *lead), lr)
+        got = steps(X.cuda(), Y.cuda(), lrs)
+        with torch.no_grad():
+            *eager, want = fn(*eager, X.cuda(), Y.cuda(), lrs.cuda())
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+        for a, b in zip(graphed, eager):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_lecture_on_the_gpu_trains_through_a_cuda_graph(tmp_path):
+    """experiment=lecture on the GPU takes the CUDA graph (train.fast=auto, any length) and follows
+    the plain path on the GPU and on the CPU to float rounding; the summary says which path ran."""
+    from test_fast import lecture_run
+    from test_resume import losses
+    graph = lecture_run(tmp_path / "graph", "device=cuda")
+    plain = lecture_run(tmp_path / "plain", "device=cuda", "train.fast=off")
+    lecture_run(tmp_path / "cpu", "device=cpu", "train.fast=off")
+    assert graph["path"] == "cuda_graph" and graph["path_reason"] == "20 SGD steps per replay of a CUDA graph"
+    assert plain["path"] == "plain" and graph["device"].startswith("cuda")
+    rows = {k: [(int(s), float(v)) for s, _, v in losses(tmp_path / k) if v] for k in ("graph", "plain", "cpu")}
+    assert [s for s, _ in rows["graph"]] == [500, 1000, 1500, 2000]
+    for other in ("plain", "cpu"):  # dev losses 4.9 .. 3.3: chaotic early training amplifies rounding
+        for (_, a), (_, b) in zip(rows[other], rows["graph"]):
+            assert b == pytest.approx(a, rel=0.01)
+
+
+def test_a_cuda_graph_run_resumes(tmp_path):
+    """SIGTERM during a CUDA-graph run, then resume=: it goes on through the graph (captured again
+    on the resumed weights) and lands where the run left alone lands."""
+    import signal
+    import subprocess
+    import sys
+    from conftest import ROOT, run_cmd
+    from test_fast import LECTURE, lecture_run
+    from test_resume import losses, logged_step, summary, wait_for
+    run = ["device=cuda", "train.steps=100000", "optim.decay_steps=[50000]", "train.eval_interval=10000",
+           "train.log_interval=1000"]
+    whole = lecture_run(tmp_path / "whole", *run)
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, ROOT / "train.py", *LECTURE, *run, f"hydra.run.dir={run_dir}"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: logged_step(run_dir) >= 30000, proc)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=60)
+    assert proc.returncode == 143 and summary(run_dir)["status"] == "interrupted"
+    run_cmd([ROOT / "train.py", f"resume={run_dir}"])
+    s = summary(run_dir)
+    assert s["status"] == "finished" and s["resumed_at"] and s["path"] == "cuda_graph"
+    assert [r[0] for r in losses(run_dir)] == [r[0] for r in losses(tmp_path / "whole")]
+    assert s["dev_loss"] == pytest.approx(whole["dev_loss"], abs=0.02)  # chaotic at lr 0.1: rounding spreads

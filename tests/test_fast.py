@@ -9,7 +9,7 @@ import torch
 from conftest import ROOT, compose_cfg, run_cmd
 from nplm.config import ConfigError, ModelConfig, to_config
 from nplm.data import load_dataset
-from nplm.fast import MIN_STEPS, choose, pad, sgd_steps
+from nplm.fast import MIN_STEPS, GraphSteps, choose, pad, sgd_steps
 from nplm.model import NPLM
 from nplm.optim import SGD
 from test_resume import losses, summary, wait_for, logged_step
@@ -76,6 +76,35 @@ def test_the_runner_chooses_the_path_and_says_why(overrides, takes, why):
     cfg = to_config(compose_cfg(overrides))
     assert choose(cfg, torch.device("cpu"))[0] is takes
     assert why in choose(cfg, torch.device("cpu"))[1]
+
+
+@pytest.mark.parametrize("overrides, takes, why", [
+    (["experiment=lecture", "train.steps=2000"], True, "20 SGD steps per replay of a CUDA graph"),
+    (["experiment=lecture", "train.steps=2000", "train.fast=on"], True, "CUDA graph"),
+    (["experiment=lecture", "train.fast=off"], False, "train.fast=off"),
+    ([], False, "does not cover optim.name=adamw"),
+])
+def test_on_a_gpu_the_runner_chooses_a_cuda_graph_at_any_length(overrides, takes, why):
+    """The choice alone (no GPU needed): capturing a graph takes milliseconds, so auto takes it for
+    short runs too; the graphs themselves are tested in tests/test_cuda.py where a GPU exists."""
+    cfg = to_config(compose_cfg(overrides))
+    taken, reason = choose(cfg, torch.device("cuda"))
+    assert taken is takes and why in reason
+
+
+def test_graph_steps_without_capture_are_the_step_functions(tmp_path):
+    """GraphSteps with capture=False (the CPU; the vectorised sweep's eager steps) runs sgd_steps
+    and writes the new weights into the tensors it was given."""
+    g = torch.Generator().manual_seed(0)
+    shapes = [(27, 10), (30, 64), (64,), (64, 27), (27,)]
+    weights = [torch.randn(*s, generator=g) for s in shapes]
+    mine = [w.clone() for w in weights]
+    steps = GraphSteps(mine, 20, 8, 3, capture=False)
+    X, Y = torch.randint(0, 27, (5, 8, 3), generator=g), torch.randint(0, 27, (5, 8), generator=g)
+    losses = steps(X, Y, torch.full((5,), 0.1))
+    *new, want = sgd_steps(*weights, X, Y, torch.full((5,), 0.1))
+    assert steps.graph is None and torch.equal(losses, want)
+    assert all(torch.equal(a, b) for a, b in zip(mine, new))
 
 
 def test_a_failed_build_falls_back_to_the_plain_path(tmp_path):
