@@ -325,7 +325,7 @@ class GraphSteps:
                         self._steps(self.X, self.Y, self.lrs)
                 torch.cuda.current_stream().wait_stream(side)
                 graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph):
+                with torch.cuda.graph(graph, stream=side):  # captured on this device's side stream
                     self.losses = self._steps(self.X, self.Y, self.lrs)
             self.graph = graph
         finally:  # the warm-up's steps undone (capturing runs nothing), whether or not capture worked
