@@ -31,12 +31,15 @@ class CheckpointError(ValueError):
 
 
 def save_checkpoint(path: Path, *, model, optimizer, step: int, best_val_loss: float,
-                    cfg: Config, itos: list[str]) -> None:
+                    cfg: Config, itos: list[str], weights_step: int | None = None) -> None:
+    """`step`: the steps trained; `weights_step`: the step the saved weights are from, if earlier
+    (train.keep_best)."""
     state = {
         "format": "nplm-checkpoint-1",
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,  # None: a count model
         "step": step,
+        "weights_step": step if weights_step is None else weights_step,
         "best_val_loss": best_val_loss,
         "config": dataclasses.asdict(cfg),
         "itos": itos,

@@ -123,6 +123,7 @@ def train(cfg: Config, data: Dataset, device: torch.device, tracker: Tracker, ou
         t0 = time.perf_counter()
         model, optimizer = NGram(m.order, data.vocab.size, m.block_size).fit(Xtr, Ytr), None
         train_time, steps, best_val, best_step = time.perf_counter() - t0, 0, math.inf, 0
+        weights_step = 0
         log.info("model: %d-gram, interpolated modified Kneser-Ney, %s counts, fitted in %.2f s",
                  m.order, f"{model.num_params():,}", train_time)
     else:
@@ -169,9 +170,10 @@ def train(cfg: Config, data: Dataset, device: torch.device, tracker: Tracker, ou
             return _diverged(cfg, model, step, loss, tracker, t_start, train_time)
         finally:
             stop.defer(False)
-        steps = t.steps
+        steps = weights_step = t.steps
         if t.keep_best and best_state is not None:
             model.load_state_dict(best_state)
+            weights_step = best_step
             log.info("keep_best: ending with the weights of step %d (dev loss %.4f)", best_step, best_val)
         if m.mix_order:
             model, mix = _mix(cfg, model, data.vocab.size, Xtr, Ytr, Xdev, Ydev)
@@ -203,7 +205,7 @@ def train(cfg: Config, data: Dataset, device: torch.device, tracker: Tracker, ou
     if m.type == "nplm":
         loss_curve, embedding = drawn()
         tracker.log_images({"loss_curve": loss_curve, "embedding": embedding})
-    save_checkpoint(out_dir / CKPT_NAME, model=model, optimizer=optimizer, step=steps,
+    save_checkpoint(out_dir / CKPT_NAME, model=model, optimizer=optimizer, step=steps, weights_step=weights_step,
                     best_val_loss=best_val, cfg=cfg, itos=data.vocab.itos)
     wall = time.perf_counter() - t_start
     if path.get("path") == "vectorized":  # its share of its group's training came before its job

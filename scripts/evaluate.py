@@ -22,10 +22,12 @@ def main(argv: list[str]) -> None:
     model, _, state, data = load_run(run_dir)
     split = opts["split"]
     loss = split_loss(model, data.X[split], data.Y[split], opts["chunk"])
+    step = state.get("weights_step", state["step"])  # keep_best: the best evaluation's step, before the last
     result = {"split": split, "loss": loss, "perplexity": perplexity(loss), "examples": len(data.X[split]),
-              "step": state["step"]}
+              "step": step, "steps_trained": state["step"]}
+    when = f"step {step:,}" + (f" of {state['step']:,}, train.keep_best" if step != state["step"] else "")
     print(f"{split} loss {loss:.4f}, perplexity {perplexity(loss):.2f} ({len(data.X[split]):,} examples, "
-          f"step {state['step']:,})")
+          f"the weights of {when})")
     if Path(run_dir).is_dir():
         (Path(run_dir) / f"eval_{split}.json").write_text(json.dumps(result, indent=2) + "\n")
 

@@ -71,7 +71,7 @@ def test_test_split_only_when_asked(tiny_run):
     assert not [k for k in summary if "test" in k]
     assert "test" not in (tiny_run / "metrics.csv").read_text()
     out = run_cmd(["scripts/evaluate.py", tiny_run, "split=test"]).stdout
-    assert out.startswith("test loss ") and "(22,866 examples, step 60)" in out
+    assert out.startswith("test loss ") and "(22,866 examples, the weights of step 60)" in out
     assert json.loads((tiny_run / "eval_test.json").read_text())["examples"] == 22866
 
 
@@ -160,11 +160,17 @@ def test_lecture_experiment_matches_the_plain_lecture_loop_bit_for_bit(tmp_path)
 def test_keep_best_reports_the_best_evaluated_weights(tmp_path):
     # a learning rate that ends high makes the last evaluation worse than an earlier one
     train(tmp_path / "r", "wandb.mode=disabled", "train.keep_best=true", "optim.schedule=constant",
-          "optim.lr=0.5", "train.steps=120")
+          "optim.lr=1.0", "train.steps=120")  # evaluations at 30 .. 120: the best is at 90
     s = json.loads((tmp_path / "r" / "summary.json").read_text())
     vals = [float(r["val/loss"]) for r in read_metrics(tmp_path / "r") if r["val/loss"]]
     assert s["best_dev_loss"] == min(vals)
     assert s["dev_loss"] == pytest.approx(min(vals), abs=1e-9)
+    # the checkpoint says which step its weights are from, and evaluate.py says so
+    best = s["best_dev_step"]
+    assert best < 120 and torch.load(tmp_path / "r" / "ckpt.pt", weights_only=True)["weights_step"] == best
+    out = run_cmd(["scripts/evaluate.py", tmp_path / "r", "split=dev"]).stdout
+    assert f"dev loss {s['dev_loss']:.4f}" in out and f"the weights of step {best} of 120, train.keep_best" in out
+    assert json.loads((tmp_path / "r" / "eval_dev.json").read_text())["step"] == best
 
 
 def test_maxent_run_learns_its_table_and_reloads(tmp_path):
