@@ -92,7 +92,7 @@ def test_on_a_gpu_the_runner_chooses_a_cuda_graph_at_any_length(overrides, takes
     assert taken is takes and why in reason
 
 
-def test_graph_steps_without_capture_are_the_step_functions(tmp_path):
+def test_graph_steps_without_capture_are_the_step_functions():
     """GraphSteps with capture=False (the CPU; the vectorised sweep's eager steps) runs sgd_steps
     and writes the new weights into the tensors it was given."""
     g = torch.Generator().manual_seed(0)
