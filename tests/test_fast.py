@@ -107,6 +107,7 @@ def test_graph_steps_without_capture_are_the_step_functions():
     assert all(torch.equal(a, b) for a, b in zip(mine, new))
 
 
+@pytest.mark.slow  # 10 s: keeps the default suite near 5 minutes (CI runs it)
 def test_a_failed_build_falls_back_to_the_plain_path(tmp_path):
     """Where the package cannot be built (here: its cache folder cannot be made), the run says so
     in one warning and trains on the plain path."""

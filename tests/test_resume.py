@@ -90,6 +90,7 @@ def test_sigterm_saves_and_resume_ends_with_the_same_losses(uninterrupted, tmp_p
     assert not (run_dir / STATE_NAME).exists()  # finished: ckpt.pt is the record
 
 
+@pytest.mark.slow  # 11 s: keeps the default suite near 5 minutes (CI runs it)
 def test_sigkill_during_a_checkpoint_write_loses_nothing_saved(uninterrupted, tmp_path):
     """SIGKILL while last.pt.tmp is being written (the wide layer makes each write take a while):
     the previous state survives whole, and resuming from it still ends exactly as the run left alone."""
