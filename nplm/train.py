@@ -371,7 +371,8 @@ def _replay(cfg: Config, grouped: vector.Result, model: NPLM,
     return grouped.best_val, grouped.best_step, grouped.train_time, grouped.best_state, grouped.path
 
 
-def _fast_path(cfg: Config, model: NPLM, device: torch.device) -> tuple[fast.FastSteps | None, dict]:
+def _fast_path(cfg: Config, model: NPLM,
+               device: torch.device) -> tuple[fast.FastSteps | fast.GraphSteps | None, dict]:
     """The fast path's steps if it covers and pays for this run (nplm/fast.py: a compiled package on
     the CPU, a CUDA graph on a GPU), else None, and what the summary records: which path trains, why,
     and the package's build time; says so."""

@@ -120,24 +120,12 @@ def test_lecture_on_the_gpu_trains_through_a_cuda_graph(tmp_path):
 def test_a_cuda_graph_run_resumes(tmp_path):
     """SIGTERM during a CUDA-graph run, then resume=: it goes on through the graph (captured again
     on the resumed weights) and lands where the run left alone lands."""
-    import signal
-    import subprocess
-    import sys
-    from conftest import ROOT, run_cmd
-    from test_fast import LECTURE, lecture_run
-    from test_resume import losses, logged_step, summary, wait_for
+    from test_fast import interrupted_lecture_run, lecture_run
+    from test_resume import losses
     run = ["device=cuda", "train.steps=100000", "optim.decay_steps=[50000]", "train.eval_interval=10000",
            "train.log_interval=1000"]
     whole = lecture_run(tmp_path / "whole", *run)
-    run_dir = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, ROOT / "train.py", *LECTURE, *run, f"hydra.run.dir={run_dir}"],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_for(lambda: logged_step(run_dir) >= 30000, proc)
-    proc.send_signal(signal.SIGTERM)
-    proc.communicate(timeout=60)
-    assert proc.returncode == 143 and summary(run_dir)["status"] == "interrupted"
-    run_cmd([ROOT / "train.py", f"resume={run_dir}"])
-    s = summary(run_dir)
+    s = interrupted_lecture_run(tmp_path / "run", 30000, *run)
     assert s["status"] == "finished" and s["resumed_at"] and s["path"] == "cuda_graph"
-    assert [r[0] for r in losses(run_dir)] == [r[0] for r in losses(tmp_path / "whole")]
+    assert [r[0] for r in losses(tmp_path / "run")] == [r[0] for r in losses(tmp_path / "whole")]
     assert s["dev_loss"] == pytest.approx(whole["dev_loss"], abs=0.02)  # chaotic at lr 0.1: rounding spreads

@@ -23,6 +23,21 @@ def lecture_run(run_dir, *overrides):
     return summary(run_dir)
 
 
+def interrupted_lecture_run(run_dir, at_step, *overrides):
+    """lecture_run, sent SIGTERM once it has logged `at_step` (it saves and stops, recorded as
+    interrupted), then resumed to its end; returns its summary."""
+    import subprocess
+    import sys
+    proc = subprocess.Popen([sys.executable, ROOT / "train.py", *LECTURE, *overrides, f"hydra.run.dir={run_dir}"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: logged_step(run_dir) >= at_step, proc)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=60)
+    assert proc.returncode == 143 and summary(run_dir)["status"] == "interrupted"
+    run_cmd([ROOT / "train.py", f"resume={run_dir}"])
+    return summary(run_dir)
+
+
 def test_hand_written_steps_equal_autograd():
     """Ten steps of the hand-written forward, backward and update (uncompiled) against the model,
     autograd and the optimiser, from the lecture's initialisation: equal to float rounding."""
@@ -153,20 +168,11 @@ def test_fast_run_lands_where_the_plain_run_lands(tmp_path):
 def test_fast_run_is_deterministic_and_resumes_exactly(tmp_path):
     """SIGTERM in the middle of a compiled run, then resume=: the same losses as the run left alone,
     which are the same in every process."""
-    import subprocess
-    import sys
     run = ["train.steps=30000", "optim.decay_steps=[15000]", "train.eval_interval=3000", "train.log_interval=500",
            "train.fast=on"]
     whole = lecture_run(tmp_path / "whole", *run)
     again = lecture_run(tmp_path / "again", *run)
     assert losses(tmp_path / "whole") == losses(tmp_path / "again") and whole["dev_loss"] == again["dev_loss"]
-    run_dir = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, ROOT / "train.py", *LECTURE, *run, f"hydra.run.dir={run_dir}"],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_for(lambda: logged_step(run_dir) >= 7000, proc)
-    proc.send_signal(signal.SIGTERM)
-    proc.communicate(timeout=60)
-    assert proc.returncode == 143 and summary(run_dir)["status"] == "interrupted"
-    run_cmd([ROOT / "train.py", f"resume={run_dir}"])
-    assert losses(run_dir) == losses(tmp_path / "whole")
-    assert summary(run_dir)["dev_loss"] == whole["dev_loss"] and summary(run_dir)["path"] == "compiled"
+    resumed = interrupted_lecture_run(tmp_path / "run", 7000, *run)
+    assert losses(tmp_path / "run") == losses(tmp_path / "whole")
+    assert resumed["dev_loss"] == whole["dev_loss"] and resumed["path"] == "compiled"
