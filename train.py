@@ -6,12 +6,14 @@
     python train.py +sweep=grid                       # a named sweep from conf/sweep/
     python train.py experiment=lecture                # makemore part 2, exactly
     python train.py resume=outputs/runs/<run>         # continue an interrupted run in its folder
+    python train.py --help                            # every key, its meaning, allowed values and default
 """
 # ruff: noqa: E402  (the plot worker starts before the imports below)
 import gc
 import logging
 import math
 import os
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -31,8 +33,8 @@ from nplm.checkpoint import STATE_NAME
 from nplm.cli import USER_ERRORS, config_error_line, fail
 from nplm.config import register_schema, to_config
 from nplm.resume import Interrupted, check_resumable, claim, continue_from, resume_dir
-from nplm.sweep import (finished_dev_loss, job_name, register_launcher, sweep_folder, sweep_started,
-                        write_report_if_sweep)
+from nplm.sweep import (finished_dev_loss, is_new_folder, job_name, register_launcher, remove_if_refused,
+                        sweep_folder, sweep_started, write_report_if_sweep)
 from nplm.tracking import save_summary
 from nplm.train import run
 
@@ -68,12 +70,15 @@ def main(cfg: DictConfig) -> float:
             return dev_loss
     except USER_ERRORS as e:
         if multirun:
-            # the sweep's report lists the failed job; a folder holding another run's record is left alone
+            # the sweep's report lists the refused job (the whole sweep folder goes if every job is refused);
+            # a folder holding another run's record is left alone
             if not (out_dir / "summary.json").exists() and not (out_dir / "config.yaml").exists():
-                save_summary(out_dir, {"status": "failed", "error": f"{type(e).__name__}: {e}",
+                save_summary(out_dir, {"status": "failed", "refused": True, "error": f"{type(e).__name__}: {e}",
                                        "overrides": list(hc.overrides.task)})
             raise  # Hydra records the failed job and goes on with the others
         log.error("error: %s", e)
+        if is_new_folder(out_dir):  # a refused command leaves nothing behind
+            shutil.rmtree(out_dir, ignore_errors=True)
         sys.exit(2)
 
 
@@ -91,6 +96,20 @@ def redirect_resume() -> None:
         sys.argv.append(f"hydra.run.dir={folder}")
 
 
+def print_help(argv: list[str]) -> None:
+    """--help / -h: the page nplm/help.py generates, with the defaults the other arguments give."""
+    from hydra import compose, initialize_config_dir
+    from nplm.help import help_text
+    overrides = [a for a in argv if a not in ("-h", "--help", "-m", "--multirun") and not a.startswith("hydra.")]
+    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parent / "conf"), version_base="1.3"):
+        try:
+            cfg = to_config(compose(config_name="config", overrides=overrides))
+        except USER_ERRORS as e:
+            fail(f"{e} (the other arguments given with --help must make a valid config)")
+    print(help_text(cfg), end="")
+    sys.exit(0)
+
+
 if __name__ == "__main__":
     # Composition errors (unknown keys, wrong types, bad override syntax, a missing config) come
     # back here as exceptions and leave as one line and exit 2. HYDRA_FULL_ERROR=1 is the debug
@@ -98,6 +117,8 @@ if __name__ == "__main__":
     debug = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
+        if "--help" in sys.argv[1:] or "-h" in sys.argv[1:]:
+            print_help(sys.argv[1:])
         redirect_resume()
         main()
     except (Interrupted, KeyboardInterrupt) as e:  # the run saved its state (if training began) and its record
@@ -112,10 +133,14 @@ if __name__ == "__main__":
     except (HydraException, OmegaConfBaseException) as e:
         if debug:
             raise
+        remove_if_refused()
         fail(config_error_line(e))
     except Exception as e:
         if debug or not sweep_started():
             raise  # a bug, not bad input: the traceback is what a report needs
+        refusal = remove_if_refused()
+        if refusal:  # every job refused the same way: bad input, and the sweep leaves nothing behind
+            fail(f"every job of the sweep was refused: {refusal}")
         # a multirun: every job ran; the failed ones are recorded in their folders and the report
         fail(f"a job of the sweep failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
              "the leaderboard lists every job with its status and error", code=1)

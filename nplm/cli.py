@@ -39,6 +39,15 @@ def config_error_line(e: Exception) -> str:
              if ln.strip() and not ln.startswith((" ", "\t")) and "HYDRA_FULL_ERROR" not in ln
              and not ln.startswith("To append to your config")]
     message = "; ".join(ln.rstrip(".") for ln in lines) or type(e).__name__
+    if "NoViableAlt" in message or "mismatched input" in message:  # Hydra's override grammar refused an argument
+        arg = next((a for a in sys.argv[1:] if a in message), None)
+        if arg is not None and "~" in arg.partition("=")[2]:
+            key, _, value = arg.partition("=")
+            return (f"cannot read {arg}: the shell does not expand '~' inside key=value, and Hydra cannot parse it; "
+                    f"write the folder out ({key}=$HOME{value[value.index('~') + 1:]}) or quote the value "
+                    f"({key}='\"{value}\"')")
+        if arg is not None:
+            return f"cannot parse the argument {arg}; quote a value that holds special characters ({arg.partition('=')[0]}='\"...\"')"
     if "Key '" in message and " not in " in message:  # an unknown key
         message += "; check its spelling (python train.py --cfg job prints every key and its value)"
     return message

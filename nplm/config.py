@@ -27,6 +27,11 @@ WANDB_MODES = ("online", "offline", "disabled")
 MODES = ("train", "lr_find", "overfit_batch")
 FAST = ("auto", "on", "off")
 LEVELS = ("char", "word")
+DEVICES = ("auto", "cpu", "cuda", "cuda:N")
+# the keys whose value is one of a list; validate() checks them and `python train.py --help` shows them
+CHOICES = {"data.level": LEVELS, "model.type": MODEL_TYPES, "model.init": INITS, "model.norm": NORMS,
+           "optim.name": OPTIMIZERS, "optim.schedule": SCHEDULES, "train.fast": FAST, "wandb.mode": WANDB_MODES,
+           "mode": MODES, "device": DEVICES}
 
 
 class ConfigError(ValueError):
@@ -70,7 +75,7 @@ class ModelConfig:
 class OptimConfig:
     name: str = MISSING  # sgd | adamw
     lr: float = MISSING  # peak learning rate
-    weight_decay: float = 0.0
+    weight_decay: float = 0.0  # decoupled (adamw) or L2 (sgd) weight decay, on the weight matrices unless decay_all
     decay_all: bool = False  # weight decay on every parameter; default: the weight matrices only (not the
     # embeddings, biases or norm gains)
     momentum: float = 0.0  # sgd only
@@ -80,19 +85,20 @@ class OptimConfig:
     warmup_steps: int = 0  # cosine and onecycle (onecycle: 0 = 30% of the steps)
     min_lr: float = 0.0  # cosine only: the learning rate at the last step
     decay_steps: list[int] = field(default_factory=list)  # step only: multiply lr by decay_factor at each
-    decay_factor: float = 0.1
+    decay_factor: float = 0.1  # step only: the factor applied at each of decay_steps
     grad_clip: float = 0.0  # clip the gradients' global norm to this; 0 = no clipping
 
 
 @dataclass
 class TrainConfig:
-    steps: int = MISSING
-    batch_size: int = MISSING
+    steps: int = MISSING  # optimiser steps to train
+    batch_size: int = MISSING  # examples (contexts) per minibatch
     eval_interval: int = MISSING  # steps between full dev-split evaluations (and at the last step)
     log_interval: int = MISSING  # steps between metrics rows / progress lines
     eval_chunk: int = 4096  # rows per chunk when evaluating a whole split (bounds memory); fewer with a large
     # vocabulary, so a chunk's logits stay cache-sized (nplm/evaluate.py)
-    threads: int = 0  # torch CPU threads; 0 = torch's default
+    threads: int = 0  # torch CPU threads; 0 = chosen for the model's size (nplm/threads.py: one thread for
+    # small models, which other busy processes would stall at two or more)
     num_samples: int = 20  # names sampled at the end of the run
     keep_best: bool = False  # end with the weights of the best dev evaluation, not the last step's
     fast: str = "auto"  # the fast path (nplm/fast.py; on a GPU a CUDA graph): auto (covered, it pays) | on | off
@@ -102,25 +108,25 @@ class TrainConfig:
 
 @dataclass
 class LRFindConfig:  # mode=lr_find: one step at each of `steps` lrs, exponentially spaced min_lr..max_lr
-    steps: int = 1000
-    min_lr: float = 1e-4
-    max_lr: float = 10.0
+    steps: int = 1000  # mode=lr_find: optimiser steps, one at each learning rate
+    min_lr: float = 1e-4  # mode=lr_find: the first learning rate
+    max_lr: float = 10.0  # mode=lr_find: the last (it stops early once the loss is 4x its lowest)
 
 
 @dataclass
 class OverfitBatchConfig:  # mode=overfit_batch: train on one fixed minibatch of train.batch_size
-    steps: int = 1000
+    steps: int = 1000  # mode=overfit_batch: steps on one fixed minibatch of train.batch_size
     tolerance: float = 0.05  # pass when the batch loss ends within this of the lowest possible
 
 
 @dataclass
 class WandbConfig:
     mode: Optional[str] = None  # online | offline | disabled; null = $WANDB_MODE if set, else offline
-    project: str = MISSING
+    project: str = MISSING  # the W&B project the runs are logged to
     entity: Optional[str] = None  # your W&B user or team (online only); null = your default
     group: Optional[str] = None  # null = the sweep folder in a multirun (all jobs of a sweep share it)
     name: Optional[str] = None  # null = the job's overrides in a multirun, else W&B's generated name
-    tags: list[str] = field(default_factory=list)
+    tags: list[str] = field(default_factory=list)  # W&B tags of the run
 
 
 @dataclass
@@ -248,6 +254,21 @@ def validate(cfg: Config) -> Config:
            or (cfg.device.startswith("cuda:") and cfg.device[5:].isdigit()),
            f"device={cfg.device!r} is not known; use auto, cpu, cuda or cuda:N")
     return cfg
+
+
+def setting_warnings(cfg: Config) -> list[str]:
+    """Settings that are valid but cannot do what they say in this run (a schedule step beyond its end)."""
+    o, t, out = cfg.optim, cfg.train, []
+    if cfg.model.type != "nplm" or cfg.mode != "train":
+        return out
+    if o.schedule in ("cosine", "onecycle") and o.warmup_steps >= t.steps > 0:
+        out.append(f"optim.warmup_steps={o.warmup_steps} is not below train.steps={t.steps}: the learning rate never "
+                   f"reaches optim.lr={o.lr:g}; lower optim.warmup_steps")
+    late = [s for s in o.decay_steps if s >= t.steps]
+    if o.schedule == "step" and late and t.steps > 0:
+        out.append(f"optim.decay_steps {late} {'is' if len(late) == 1 else 'are'} not below train.steps={t.steps}: "
+                   "the learning rate never decays there; lower them or raise train.steps")
+    return out
 
 
 def _unknown_keys(node: DictConfig, schema: type, prefix: str = "") -> list[str]:

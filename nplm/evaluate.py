@@ -45,3 +45,19 @@ def chunk_rows(chunk: int, vocab_size: int) -> int:
 def perplexity(loss: float) -> float:
     """exp(loss): the loss in nats per token as perplexity (inf past what a float holds)."""
     return math.exp(loss) if loss < 700 else math.inf
+
+
+FAR = 5.0  # a loss this many times the larger of the uniform guess and the untrained model's loss: diverged
+
+
+def divergence_limit(model: torch.nn.Module, X: torch.Tensor, Y: torch.Tensor, vocab_size: int) -> float:
+    """The loss above which training has diverged: FAR x the larger of ln(vocab_size) (guessing
+    uniformly) and the untrained model's loss on the first rows of (X, Y) (the lecture's raw
+    initialisation starts far above uniform), and never past where perplexity overflows."""
+    start = split_loss(model, X[:4096], Y[:4096])
+    return min(FAR * max(math.log(vocab_size), start), 700.0)
+
+
+def is_diverged(loss: float, limit: float) -> bool:
+    """A loss that is not a number, infinite, or above the run's divergence limit."""
+    return not math.isfinite(loss) or loss > limit

@@ -51,15 +51,21 @@ class MaxEnt(nn.Module):
     def __init__(self, order: int, buckets: int, vocab_size: int):
         super().__init__()
         self.order, self.vocab_size = order, vocab_size
-        self.rows = [min(vocab_size ** k, buckets) for k in range(1, order + 1)]  # rows per order
-        if sum(self.rows) * vocab_size > self.MAX_WEIGHTS:
-            raise ConfigError(
-                f"model.maxent_order={order} with model.maxent_buckets={buckets} needs {sum(self.rows) * vocab_size:,} "
-                f"weights (rows x vocab_size {vocab_size:,}), more than {self.MAX_WEIGHTS:,}: set "
-                f"model.maxent_buckets={max(1, self.MAX_WEIGHTS // (vocab_size * order))} or less")
+        self.rows = self.check(order, buckets, vocab_size)  # rows per order
         self.exact = [vocab_size ** k <= buckets for k in range(1, order + 1)]
         self.offsets = [sum(self.rows[:i]) for i in range(order)]
         self.weight = nn.Parameter(torch.zeros(sum(self.rows), vocab_size))
+
+    @classmethod
+    def check(cls, order: int, buckets: int, vocab_size: int) -> list[int]:
+        """The table's rows per order, or ConfigError if it would hold more than MAX_WEIGHTS weights."""
+        rows = [min(vocab_size ** k, buckets) for k in range(1, order + 1)]
+        if sum(rows) * vocab_size > cls.MAX_WEIGHTS:
+            raise ConfigError(
+                f"model.maxent_order={order} with model.maxent_buckets={buckets} needs {sum(rows) * vocab_size:,} "
+                f"weights (rows x vocab_size {vocab_size:,}), more than {cls.MAX_WEIGHTS:,}: set "
+                f"model.maxent_buckets={max(1, cls.MAX_WEIGHTS // (vocab_size * order))} or less")
+        return rows
 
     def index(self, idx: torch.Tensor) -> torch.Tensor:
         """idx (B, block_size) -> the table row of each order (B, order)."""

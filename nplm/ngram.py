@@ -19,6 +19,14 @@ import torch.nn.functional as F
 from nplm.config import ConfigError
 
 
+def check_order(order: int, vocab_size: int) -> None:
+    """ConfigError if an n-gram of this order over this vocabulary does not fit one int64 key (base V)."""
+    if vocab_size ** order >= 2 ** 63:
+        raise ConfigError(f"a {order}-gram over {vocab_size:,} tokens does not fit the count model's 64-bit keys; "
+                          f"use model.order <= {max_order(vocab_size)} (or a smaller vocabulary: data.min_count, "
+                          "data.max_vocab)")
+
+
 def max_order(vocab_size: int) -> int:
     """The highest order whose n-grams fit one int64 key (base vocab_size)."""
     n = 1
@@ -56,10 +64,7 @@ class NGram(nn.Module):
     def fit(self, X: torch.Tensor, Y: torch.Tensor) -> "NGram":
         """Count every n-gram of the training examples and derive the discounts."""
         V, X, Y = self.vocab_size, X.cpu(), Y.cpu()
-        if V ** self.order >= 2 ** 63:  # each n-gram is one int64 key, base V
-            raise ConfigError(f"a {self.order}-gram over {V:,} tokens does not fit the count model's 64-bit keys; "
-                              f"use model.order <= {max_order(V)} (or a smaller vocabulary: data.min_count, "
-                              "data.max_vocab)")
+        check_order(self.order, V)
         grams = torch.cat([X[:, X.shape[1] - (self.order - 1):] if self.order > 1 else X[:, :0],
                            Y[:, None]], dim=1)  # (N, order): context then next char
         keys, counts = torch.unique(_pack(grams, V), return_counts=True)

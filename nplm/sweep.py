@@ -6,12 +6,15 @@
   different config is never overwritten.
 - The report is written when the sweep ends, also when some jobs failed: Hydra skips its
   `on_multirun_end` callback then, so train.py calls `write_report_if_sweep()` on its way out.
+- A refused command leaves nothing: a single run's new folder is removed when its config or data is
+  refused, and a new sweep folder when every job was refused (or none started).
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import logging
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,6 +26,7 @@ from nplm.config import Config, ConfigError
 
 log = logging.getLogger("nplm")
 _sweep_dir: Path | None = None  # set in the launching process when a multirun starts
+_new_dirs: set[Path] = set()  # the run or sweep folders this process made (they did not exist before)
 
 
 def finished_dev_loss(out_dir: Path, cfg: Config) -> float | None:
@@ -66,11 +70,19 @@ def job_name(sweep_dir: str, task_overrides: list[str], num: int) -> str:
 
 class SweepCallback(Callback):
     """In the launching process: records what the sweep varies (sweep.json, read by every job,
-    whatever launcher runs it) and remembers the folder for the report at the end."""
+    whatever launcher runs it) and remembers the folder for the report at the end; for a single run
+    or a sweep, whether its folder is new (so that a refused command can remove it)."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        folder = Path(config.hydra.run.dir)  # ${now:...} resolves once: the folder Hydra makes next
+        if not folder.exists():
+            _new_dirs.add(folder.resolve())
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         global _sweep_dir
         _sweep_dir = Path(config.hydra.sweep.dir)
+        if not _sweep_dir.exists():
+            _new_dirs.add(_sweep_dir.resolve())
         _sweep_dir.mkdir(parents=True, exist_ok=True)
         params = config.hydra.sweeper.get("params")
         swept = swept_keys(list(config.hydra.overrides.task), dict(params) if params else None)
@@ -86,6 +98,31 @@ def register_launcher() -> None:
     from hydra.core.plugins import Plugins
     from hydra_plugins.nplm_launcher import VectorizedLauncher
     Plugins.instance().register(VectorizedLauncher)
+
+
+def is_new_folder(folder: Path) -> bool:
+    """Whether this process made `folder` (a single run's), so a refusal may remove it."""
+    return Path(folder).resolve() in _new_dirs
+
+
+def remove_if_refused() -> str | None:
+    """After a multirun that made its sweep folder: if no job started, or every job was refused
+    (bad config or data, nothing trained), remove the folder and return the refusals' messages
+    ('' if no job started); else None (the sweep has a report to write)."""
+    if _sweep_dir is None or _sweep_dir.resolve() not in _new_dirs or not _sweep_dir.is_dir():
+        return None
+    from nplm.report import job_dirs
+    errors = []
+    for job in job_dirs(_sweep_dir):
+        try:
+            summary = json.loads((job / "summary.json").read_text())
+        except (OSError, ValueError):
+            return None
+        if not summary.get("refused"):
+            return None
+        errors.append(summary["error"].split(": ", 1)[-1])
+    shutil.rmtree(_sweep_dir, ignore_errors=True)
+    return "; ".join(dict.fromkeys(errors))
 
 
 def sweep_started() -> bool:

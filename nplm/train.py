@@ -21,17 +21,19 @@ from omegaconf import OmegaConf
 
 from nplm import plots
 from nplm.checkpoint import CKPT_NAME, STATE_FORMAT, STATE_NAME, save_atomic, save_checkpoint
-from nplm.config import Config, ConfigError
+from nplm.config import Config, ConfigError, setting_warnings
 from nplm.data import SPLITS, Dataset, load_data
-from nplm import fast, vector
-from nplm.evaluate import perplexity, split_loss
+from nplm import fast, threads, vector
+from nplm.evaluate import FAR, divergence_limit, is_diverged, perplexity, split_loss
 from nplm.mixture import Mixture, fit_weight
 from nplm.model import NPLM
-from nplm.ngram import NGram
+from nplm.model import MaxEnt
+from nplm.ngram import NGram, check_order
 from nplm.optim import EMA, Optimizer, clip_grad_norm, lr_at, lrs_at, make_optimizer
 from nplm.resume import Interrupted, StopSignals
 from nplm.sample import label_words, sample_words
 from nplm.tools import lr_find, overfit_batch
+from nplm.threads import SpeedWatch
 from nplm.tracking import Tracker, save_summary
 
 log = logging.getLogger("nplm")
@@ -58,22 +60,21 @@ def run(cfg: Config, out_dir: Path, group: str | None = None, name: str | None =
 
     `group` and `name` label the W&B run (a sweep's folder and the job's overrides). `resume` is the
     training state an interrupted run saved in out_dir (nplm/resume.py): training continues from it.
-    If anything raises, summary.json still records the run as failed (or interrupted), with the
-    error; SIGINT and SIGTERM during training save the state first.
+    The config, the device and the data are checked first (`preflight`): a run they refuse raises
+    ConfigError or DataError before anything is written. Once it starts, if anything raises,
+    summary.json still records the run as failed (or interrupted), with the error; SIGINT and
+    SIGTERM during training save the state first.
     """
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     if cfg.data.path:  # recorded absolute, so that later commands find the data from any directory
         cfg.data.path = str(Path(cfg.data.path).expanduser().resolve())
+    device, data = preflight(cfg)
+    out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
     tracker, failed = None, True
     with StopSignals() as stop:
         try:
-            device = resolve_device(cfg.device)
-            if cfg.train.threads:
-                torch.set_num_threads(cfg.train.threads)
-            data = load_data(cfg.data, cfg.model.block_size)
             tracker = Tracker(out_dir, cfg.wandb, dataclasses.asdict(cfg), group, name,
                               resume_step=resume["step"] if resume else None,
                               wandb_id=resume["wandb_id"] if resume else None)
@@ -98,8 +99,39 @@ def run(cfg: Config, out_dir: Path, group: str | None = None, name: str | None =
                 tracker.close(failed=failed)
 
 
+def preflight(cfg: Config) -> tuple[torch.device, Dataset]:
+    """The checks a run must pass before it writes anything: the device, the data, the settings
+    that depend on the data (raise ConfigError or DataError); warnings for settings that cannot
+    help; the thread count. Returns the device and the dataset."""
+    m, t = cfg.model, cfg.train
+    device = resolve_device(cfg.device)
+    data = load_data(cfg.data, m.block_size)
+    V = data.vocab.size
+    if m.type == "ngram":
+        check_order(m.order, V)
+    else:
+        if t.batch_size > len(data.X["train"]):
+            raise ConfigError(f"train.batch_size={t.batch_size} is larger than the {len(data.X['train'])} training "
+                              "examples; lower train.batch_size")
+        if m.maxent_order:
+            MaxEnt.check(m.maxent_order, m.maxent_buckets, V)
+        longest = max(len(w.split()) if cfg.data.level == "word" else len(w) for s in data.words.values() for w in s)
+        if m.block_size > longest + 1:
+            unit = "tokens" if cfg.data.level == "word" else "characters"
+            log.warning("model.block_size=%d is longer than the longest %s (%d %s) plus one: the extra %d positions "
+                        "always hold the boundary, so they add parameters and time but cannot lower the loss; "
+                        "model.block_size=%d reads every one whole", m.block_size,
+                        "line" if cfg.data.level == "word" else "word", longest, unit, m.block_size - longest - 1,
+                        longest + 1)
+    for warning in setting_warnings(cfg):
+        log.warning(warning)
+    torch.set_num_threads(threads.choose(cfg, V)[0])
+    return device, data
+
+
 class Diverged(Exception):
-    """The training loss became NaN or inf."""
+    """The loss became NaN or inf, or rose far above where training started (evaluate.divergence_limit).
+    args: (step, loss, training seconds, what: 'training loss' or 'dev loss')."""
 
 
 def train(cfg: Config, data: Dataset, device: torch.device, tracker: Tracker, out_dir: Path,
@@ -127,9 +159,6 @@ def train(cfg: Config, data: Dataset, device: torch.device, tracker: Tracker, ou
         log.info("model: %d-gram, interpolated modified Kneser-Ney, %s counts, fitted in %.2f s",
                  m.order, f"{model.num_params():,}", train_time)
     else:
-        if t.batch_size > len(Xtr):
-            raise ConfigError(f"train.batch_size={t.batch_size} is larger than the {len(Xtr)} training examples; "
-                              "lower train.batch_size")
         # One generator for training, seeded by cfg.seed: parameter draws first, then minibatch
         # indices, the lecture's order. Sampling gets a generator of its own.
         g = torch.Generator().manual_seed(cfg.seed)
@@ -138,6 +167,7 @@ def train(cfg: Config, data: Dataset, device: torch.device, tracker: Tracker, ou
         model.init_weights(m.init, g)
         model.to(device)
         optimizer = make_optimizer(model, cfg.optim)
+        limit = divergence_limit(model, Xdev, Ydev, data.vocab.size)  # of the untrained model, also when resuming
         if resume:  # the interrupted run's weights, optimiser and generators, as they were at its step
             model.load_state_dict(resume["model"])
             optimizer.load_state_dict(resume["optimizer"])
@@ -149,10 +179,10 @@ def train(cfg: Config, data: Dataset, device: torch.device, tracker: Tracker, ou
         maxent = (f", hashed n-gram direct connections of orders 1-{m.maxent_order} "
                   f"({model.maxent.weight.numel():,} of the parameters)" if model.maxent is not None else "")
         log.info("model: n_embd %d, block_size %d, %s, norm %s, dropout %g%s%s, init %s, "
-                 "%d parameters; %s lr %g (%s); device %s, %d CPU thread(s)", m.n_embd, m.block_size,
+                 "%d parameters; %s lr %g (%s); device %s, %d CPU thread(s) (%s)", m.n_embd, m.block_size,
                  hidden, m.norm, m.dropout, ", direct connections" if m.direct else "", maxent, m.init,
                  model.num_params(), cfg.optim.name, cfg.optim.lr, cfg.optim.schedule, device,
-                 torch.get_num_threads())
+                 torch.get_num_threads(), threads.choose(cfg, data.vocab.size)[1])
         if cfg.mode != "train":
             return _tool(cfg, model, optimizer, g, Xtr, Ytr, tracker, out_dir, t_start, device)
         if resume:
@@ -164,10 +194,9 @@ def train(cfg: Config, data: Dataset, device: torch.device, tracker: Tracker, ou
                 best_val, best_step, train_time, best_state, path = _replay(cfg, grouped, model, tracker)
             else:
                 best_val, best_step, train_time, best_state, path = _loop(cfg, model, optimizer, g, Xtr, Ytr, Xdev,
-                                                                          Ydev, tracker, stop, resume)
+                                                                          Ydev, tracker, stop, resume, limit, t_start)
         except Diverged as e:
-            step, loss, train_time = e.args
-            return _diverged(cfg, model, step, loss, tracker, t_start, train_time)
+            return _diverged(cfg, model, *e.args, limit, tracker, t_start, resume)
         finally:
             stop.defer(False)
         steps = weights_step = t.steps
@@ -207,7 +236,7 @@ def train(cfg: Config, data: Dataset, device: torch.device, tracker: Tracker, ou
         tracker.log_images({"loss_curve": loss_curve, "embedding": embedding})
     save_checkpoint(out_dir / CKPT_NAME, model=model, optimizer=optimizer, step=steps, weights_step=weights_step,
                     best_val_loss=best_val, cfg=cfg, itos=data.vocab.itos)
-    wall = time.perf_counter() - t_start
+    wall = time.perf_counter() - t_start + (resume.get("wall_time", resume["train_time"]) if resume else 0.0)
     if path.get("path") == "vectorized":  # its share of its group's training came before its job
         wall += train_time
     summary = {
@@ -225,6 +254,7 @@ def train(cfg: Config, data: Dataset, device: torch.device, tracker: Tracker, ou
         "eval_tokens_per_s": (len(Xtr) + len(Xdev)) / eval_time,
         "num_params": model.num_params(), "vocab_size": data.vocab.size,
         "seed": cfg.seed, "device": str(device), "threads": torch.get_num_threads(),
+        "threads_reason": threads.choose(cfg, data.vocab.size)[1],
         "rss_mb": rss_mb(), "peak_rss_mb": peak_rss_mb(),
         "resumed_at": (resume["resumed_at"] + [resume["step"]]) if resume else [],
         **mix,
@@ -252,21 +282,24 @@ def train(cfg: Config, data: Dataset, device: torch.device, tracker: Tracker, ou
 
 def _loop(cfg: Config, model: NPLM, optimizer: Optimizer, g: torch.Generator,
           Xtr: torch.Tensor, Ytr: torch.Tensor, Xdev: torch.Tensor, Ydev: torch.Tensor,
-          tracker: Tracker, stop: StopSignals, resume: dict | None) -> tuple[float, int, float, dict | None, dict]:
+          tracker: Tracker, stop: StopSignals, resume: dict | None, limit: float,
+          t_start: float) -> tuple[float, int, float, dict | None, dict]:
     """The training loop: minibatch steps, a metrics row every log_interval, the full dev split
     every eval_interval (of the weights' moving average if train.ema) followed by a save of the
     training state, and on SIGINT/SIGTERM a save and Interrupted. Starts where `resume` left off.
     Steps go through the fast path (nplm/fast.py: compiled, or a CUDA graph) where it covers the
     run, else one at a time through autograd. Returns (best dev loss, its step, training seconds,
-    the weights then if train.keep_best, which path ran); raises Diverged."""
+    the weights then if train.keep_best, which path ran); raises Diverged when a loss is not finite
+    or above `limit`. The progress line's steps/s counts training time only (not evaluations)."""
     o, t, device = cfg.optim, cfg.train, Xtr.device
     best_val, best_step, val_loss, best_state = math.inf, -1, math.nan, None
     # Polyak averaging: evaluate (and end with) a moving average of the weights, buffers included
     ema = EMA(model, t.ema) if t.ema else None
     evaluated = ema.module if ema is not None else model
-    train_time, t_log, steps_since_log, start = 0.0, time.perf_counter(), 0, 0
+    train_time, steps_since_log, start, wall_before = 0.0, 0, 0, 0.0
     if resume:
         start, train_time, val_loss = resume["step"], resume["train_time"], resume["val_loss"]
+        wall_before = resume.get("wall_time", train_time)
         best_val, best_step, best_state = resume["best_val_loss"], resume["best_step"], resume["best_state"]
         if ema is not None:
             ema.load_state_dict(resume["ema"])
@@ -280,11 +313,13 @@ def _loop(cfg: Config, model: NPLM, optimizer: Optimizer, g: torch.Generator,
                     "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else None},
             "best_val_loss": best_val, "best_step": best_step, "best_state": best_state,
             "train_time": train_time, "val_loss": val_loss, "wandb_id": tracker.wandb_id,
+            "wall_time": wall_before + time.perf_counter() - t_start,
             "resumed_at": (resume["resumed_at"] + [resume["step"]]) if resume else [],
         }, tracker.out_dir / STATE_NAME)
 
     compiled, path = _fast_path(cfg, model, device)
-    t_log = time.perf_counter()  # building the compiled package is not training
+    watch, logged_time = SpeedWatch(torch.get_num_threads()), train_time
+    t_loop = time.perf_counter()  # building the compiled package is not training
     step = start - 1  # the last step done (0-based)
     while step + 1 < t.steps:
         t0 = time.perf_counter()
@@ -316,26 +351,30 @@ def _loop(cfg: Config, model: NPLM, optimizer: Optimizer, g: torch.Generator,
         train_time += time.perf_counter() - t0
         steps_since_log += n
         if not finite:
-            raise Diverged(step + 1, loss.item(), train_time)
+            raise Diverged(step + 1, loss.item(), train_time, "training loss")
 
         evaluate = (step + 1) % t.eval_interval == 0 or step == t.steps - 1
         if (step + 1) % t.log_interval == 0 or evaluate:
-            now = time.perf_counter()
-            rate = steps_since_log / (now - t_log)
-            t_log, steps_since_log = now, 0
+            rate = steps_since_log / max(train_time - logged_time, 1e-9)
+            logged_time, steps_since_log = train_time, 0
             row = {"step": step + 1, "train/loss": loss.item(), "lr": lr, "elapsed": train_time,
                    "steps_per_s": rate}
-            if not math.isfinite(row["train/loss"]):
-                raise Diverged(step + 1, row["train/loss"], train_time)
+            if is_diverged(row["train/loss"], limit):
+                raise Diverged(step + 1, row["train/loss"], train_time, "training loss")
             if evaluate:
                 val_loss = split_loss(evaluated, Xdev, Ydev, t.eval_chunk)
                 row["val/loss"], row["val/ppl"] = val_loss, perplexity(val_loss)
+                if is_diverged(val_loss, limit):
+                    raise Diverged(step + 1, val_loss, train_time, "dev loss")
                 if val_loss < best_val:
                     best_val, best_step = val_loss, step + 1
                     if t.keep_best:
                         best_state = {k: v.detach().clone() for k, v in evaluated.state_dict().items()}
             tracker.log(row)
-            _progress(cfg, row)
+            # time left: at the wall-clock pace of this process so far, evaluations and saves included
+            _progress(cfg, row, (time.perf_counter() - t_loop) / (step + 1 - start))
+            if (warning := watch.update(rate)) is not None:
+                log.warning(warning)
             if evaluate:
                 save_state(step + 1)
         if stop.signum is not None:  # SIGINT/SIGTERM came during this step: save (unless just saved), stop
@@ -347,14 +386,14 @@ def _loop(cfg: Config, model: NPLM, optimizer: Optimizer, g: torch.Generator,
     return best_val, best_step, train_time, best_state, path
 
 
-def _progress(cfg: Config, row: dict) -> None:
-    """The progress line of a metrics row."""
+def _progress(cfg: Config, row: dict, seconds_per_step: float) -> None:
+    """The progress line of a metrics row: training steps/s, and the time left at `seconds_per_step`."""
     t, val = cfg.train, row.get("val/loss")
     log.info("step %*d/%d | train/loss %.4f |%s lr %.2e | %.0f steps/s | %s left",
              len(str(t.steps)), row["step"], t.steps, row["train/loss"],
              (f" val/loss {val:.4f}" + (f" (ppl {perplexity(val):.1f})" if cfg.data.level == "word" else "") + " |")
              if val is not None else "", row["lr"], row["steps_per_s"],
-             _hms((t.steps - row["step"]) / row["steps_per_s"]))
+             _hms((t.steps - row["step"]) * seconds_per_step))
 
 
 def _replay(cfg: Config, grouped: vector.Result, model: NPLM,
@@ -365,9 +404,10 @@ def _replay(cfg: Config, grouped: vector.Result, model: NPLM,
     log.info("training path: vectorised (%s)", grouped.path["path_reason"])
     for row in grouped.rows:
         tracker.log(row)
-        _progress(cfg, row)
+        _progress(cfg, row, 1 / row["steps_per_s"])
     if grouped.diverged is not None:
-        raise Diverged(*grouped.diverged, grouped.train_time)
+        step, loss, what = grouped.diverged
+        raise Diverged(step, loss, grouped.train_time, what)
     return grouped.best_val, grouped.best_step, grouped.train_time, grouped.best_state, grouped.path
 
 
@@ -448,14 +488,20 @@ def _tool(cfg: Config, model: NPLM, optimizer: Optimizer, g: torch.Generator, Xt
     return value
 
 
-def _diverged(cfg: Config, model: NPLM, step: int, loss: float, tracker: Tracker,
-              t_start: float, train_time: float) -> float:
-    """A non-finite loss ends the run at once: recorded as diverged; sweepers get inf, never NaN."""
-    log.error("diverged: the training loss is %s at step %d; lower optim.lr (now %g) or add warmup",
-              loss, step, cfg.optim.lr)
+def _diverged(cfg: Config, model: NPLM, step: int, loss: float, train_time: float, what: str, limit: float,
+              tracker: Tracker, t_start: float, resume: dict | None) -> float:
+    """A loss that is not finite, or far above where training started, ends the run at once:
+    recorded as diverged; sweepers get inf, never NaN."""
+    how = "not a number" if math.isnan(loss) else "infinite" if math.isinf(loss) else \
+        f"{loss:.4g}, above {limit:.4g} ({FAR:g}x the larger of the uniform guess and the untrained model's loss)"
+    log.error("diverged: the %s is %s at step %d; lower optim.lr (now %g) or add warmup", what, how, step,
+              cfg.optim.lr)
     tracker.write_summary({
-        "status": "diverged", "diverged_step": step, "train_loss": None, "dev_loss": None,
-        "wall_time_s": time.perf_counter() - t_start, "train_time_s": train_time,
+        "status": "diverged", "diverged_step": step, "diverged_loss": loss if math.isfinite(loss) else str(loss),
+        "diverged_what": what, "divergence_limit": limit, "error": f"diverged at step {step}: the {what} is {how}",
+        "train_loss": None, "dev_loss": None,
+        "wall_time_s": time.perf_counter() - t_start + (resume.get("wall_time", resume["train_time"]) if resume else 0),
+        "train_time_s": train_time,
         "num_params": model.num_params(), "seed": cfg.seed, **provenance(), "config": dataclasses.asdict(cfg)})
     return math.inf
 

@@ -15,8 +15,8 @@ they are compiled (an AOTInductor package, cached per shape and number of runs) 
 says so: `on`, or `auto` when the group trains at least fast.MIN_STEPS steps in all. Else they run
 eagerly.
 
-Used by the launcher `+launcher=vectorized` (nplm/hydra_plugin); a group trains when the first of
-its jobs comes up, on all the CPU cores this process may use.
+Used by the launcher `+launcher=vectorized` (nplm/launcher); a group trains when the first of
+its jobs comes up, on the threads nplm/threads.py chooses for the group's stacked work.
 """
 from __future__ import annotations
 
@@ -24,17 +24,16 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from nplm import fast
+from nplm import fast, threads
 from nplm.config import Config
 from nplm.data import load_data
-from nplm.evaluate import perplexity, split_loss
+from nplm.evaluate import divergence_limit, is_diverged, perplexity, split_loss
 from nplm.model import NPLM
 from nplm.optim import lrs_at
 
@@ -58,7 +57,7 @@ class Result:
     best_step: int = -1
     best_state: dict | None = None
     train_time: float = 0.0  # this run's share of the group's training seconds
-    diverged: tuple[int, float] | None = None  # (step, loss) where its loss stopped being finite
+    diverged: tuple[int, float, str] | None = None  # (step, loss, which loss) where it diverged
     final: tuple[float, float] | None = None  # the final weights' train and dev loss over the full splits
     eval_time: float = 0.0  # seconds that took
     path: dict = field(default_factory=dict)
@@ -126,17 +125,18 @@ def train_group(cfgs: list[Config], out_dirs: list[Path], labels: list[str]) -> 
     cfg0, R = cfgs[0], len(cfgs)
     m, t = cfg0.model, cfg0.train
     device = resolve_device(cfg0.device)
-    torch.set_num_threads(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
     data = load_data(cfg0.data, m.block_size)
+    torch.set_num_threads(threads.choose(cfg0, data.vocab.size, runs=R)[0])
     Xtr, Ytr = data.X["train"].to(device), data.Y["train"].to(device)
     Xdev, Ydev = data.X["dev"].to(device), data.Y["dev"].to(device)
-    gens, models = [], []
+    gens, models, limits = [], [], []
     for cfg in cfgs:  # each run's own generator: parameter draws, then its minibatches, as alone
         g = torch.Generator().manual_seed(cfg.seed)
         model = NPLM(m, data.vocab.size)
         model.init_weights(m.init, g)
         gens.append(g)
         models.append(model.to(device))
+        limits.append(divergence_limit(model, Xdev, Ydev, data.vocab.size))
     C, W1, b1, W2, b2 = (torch.stack(ps) for ps in zip(*(fast.parameters(model) for model in models)))
     W1, W2, b2 = fast.pad(W1, W2, b2)  # faster matrix products, the same results
     stacked = [C, W1, b1, W2, b2]
@@ -149,7 +149,7 @@ def train_group(cfgs: list[Config], out_dirs: list[Path], labels: list[str]) -> 
              "; ".join(labels if R <= 6 else [*labels[:3], "...", labels[-1]]), how, torch.get_num_threads())
     results = [Result(config=dataclasses.asdict(cfg), state={}) for cfg in cfgs]
     alive = list(range(R))
-    train_time, t_log, since_log, step = 0.0, time.perf_counter(), 0, -1
+    train_time, logged_time, since_log, step = 0.0, 0.0, 0, -1
     while step + 1 < t.steps and alive:
         t0 = time.perf_counter()
         boundary = min(t.steps, *((step + 1) // n * n + n for n in (t.log_interval, t.eval_interval)))
@@ -164,19 +164,24 @@ def train_group(cfgs: list[Config], out_dirs: list[Path], labels: list[str]) -> 
             bad = torch.nonzero(~torch.isfinite(losses[:, r]))
             if len(bad):  # as alone: the run stops at its first step whose loss is not finite
                 k = int(bad[0])
-                results[r].diverged = (step + 1 + k + 1, float(losses[k, r]))
+                results[r].diverged = (step + 1 + k + 1, float(losses[k, r]), "training loss")
                 alive.remove(r)
         step += n
         evaluate = (step + 1) % t.eval_interval == 0 or step == t.steps - 1
         if (step + 1) % t.log_interval == 0 or evaluate:
-            now = time.perf_counter()
-            rate, t_log, since_log = since_log / (now - t_log), now, 0
-            for r in alive:
+            rate, logged_time, since_log = since_log / max(train_time - logged_time, 1e-9), train_time, 0
+            for r in list(alive):
                 # times are this run's share of the group's: they add up to the sweep's
                 row = {"step": step + 1, "train/loss": float(losses[-1, r]), "lr": lr[-1][r],
                        "elapsed": train_time / R, "steps_per_s": rate * R}
+                val = split_loss(models[r], Xdev, Ydev, t.eval_chunk) if evaluate else None
+                for loss, what in ((row["train/loss"], "training loss"), (val, "dev loss")):
+                    if loss is not None and is_diverged(loss, limits[r]) and results[r].diverged is None:
+                        results[r].diverged = (step + 1, loss, what)  # as alone: far above where it started
+                if results[r].diverged is not None:
+                    alive.remove(r)
+                    continue
                 if evaluate:
-                    val = split_loss(models[r], Xdev, Ydev, t.eval_chunk)
                     row["val/loss"], row["val/ppl"] = val, perplexity(val)
                     if val < results[r].best_val:
                         results[r].best_val, results[r].best_step = val, step + 1

@@ -1,7 +1,10 @@
 """Shared fixtures: real Hydra composition, real subprocess runs of the real commands."""
+import atexit
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -15,8 +18,15 @@ CONF = ROOT / "conf"
 TINY = ["train.steps=60", "train.batch_size=32", "train.eval_interval=30", "train.log_interval=20",
         "model.n_embd=4", "model.n_hidden=16", "train.num_samples=5", "device=cpu", "train.threads=1"]
 
-os.environ.setdefault("WANDB_MODE", "offline")
-os.environ.setdefault("WANDB_SILENT", "true")
+# The tests do not depend on the user's environment or caches: W&B offline and silent whatever the
+# user's WANDB_* say, compiled packages in a cache of this session's own (nplm/fast.py reads
+# NPLM_CACHE when imported, after this file). The CPU code path (ATEN_CPU_CAPABILITY, MKL_CBWR) is
+# left as given: CI runs the suite a second time with another one forced.
+for _key in [k for k in os.environ if k.startswith("WANDB_")]:
+    del os.environ[_key]
+os.environ.update(WANDB_MODE="offline", WANDB_SILENT="true",
+                  NPLM_CACHE=tempfile.mkdtemp(prefix="nplm-test-cache-"))
+atexit.register(shutil.rmtree, os.environ["NPLM_CACHE"], ignore_errors=True)
 register_schema()
 
 

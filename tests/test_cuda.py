@@ -117,6 +117,7 @@ def test_lecture_on_the_gpu_trains_through_a_cuda_graph(tmp_path):
             assert b == pytest.approx(a, rel=0.01)
 
 
+@pytest.mark.slow  # two 100,000-step runs
 def test_a_cuda_graph_run_resumes(tmp_path):
     """SIGTERM during a CUDA-graph run, then resume=: it goes on through the graph (captured again
     on the resumed weights) and lands where the run left alone lands."""

@@ -85,6 +85,7 @@ def test_sigterm_saves_and_resume_ends_with_the_same_losses(uninterrupted, tmp_p
     assert losses(run_dir) == losses(uninterrupted)
     s = summary(run_dir)
     assert s["status"] == "finished" and s["resumed_at"] == [stopped]
+    assert s["wall_time_s"] >= s["train_time_s"]  # both count the time before the interruption
     assert s["config"]["train"]["num_samples"] == 3 and len((run_dir / "samples.tsv").read_text().splitlines()) == 4
     assert s["dev_loss"] == summary(uninterrupted)["dev_loss"]
     assert not (run_dir / STATE_NAME).exists()  # finished: ckpt.pt is the record
@@ -92,17 +93,29 @@ def test_sigterm_saves_and_resume_ends_with_the_same_losses(uninterrupted, tmp_p
 
 @pytest.mark.slow  # 11 s: keeps the default suite near 5 minutes (CI runs it)
 def test_sigkill_during_a_checkpoint_write_loses_nothing_saved(uninterrupted, tmp_path):
-    """SIGKILL while last.pt.tmp is being written (the wide layer makes each write take a while):
-    the previous state survives whole, and resuming from it still ends exactly as the run left alone."""
+    """SIGKILL while last.pt.tmp is being written: the previous state survives whole, and resuming
+    from it still ends exactly as the run left alone. Deterministic: after the first save, the
+    temporary file is a named pipe, so the next save blocks in the middle of its write until this
+    test reads from it; the test reads a part, kills the run, and leaves that part as the file."""
     run_dir = tmp_path / "run"
     tmp = run_dir / (STATE_NAME + ".tmp")
     proc = start(run_dir)
-    wait_for(lambda: (run_dir / STATE_NAME).exists() and tmp.exists(), proc)
-    proc.kill()
-    proc.communicate(timeout=60)
-    # killed before the rename: in the middle of the write (usually: the file is short) or of its flush
-    assert tmp.exists() and tmp.stat().st_size <= (run_dir / STATE_NAME).stat().st_size
+    while True:  # between two saves, make the temporary file a pipe
+        wait_for(lambda: (run_dir / STATE_NAME).exists() and not tmp.exists(), proc)
+        try:
+            os.mkfifo(tmp)
+            break
+        except FileExistsError:  # the next save began just now
+            continue
+    saved = (run_dir / STATE_NAME).read_bytes()
+    with open(tmp, "rb") as pipe:  # returns once the run opens it to write its next state
+        part = pipe.read(4096)  # the run is now blocked in the middle of writing
+        proc.kill()
+        proc.communicate(timeout=60)
+    assert len(part) == 4096 and (run_dir / STATE_NAME).read_bytes() == saved  # the saved state is untouched
     assert not (run_dir / "summary.json").exists()  # killed: no chance to write anything
+    tmp.unlink()
+    tmp.write_bytes(part)  # what a write killed half-way leaves
 
     proc = run_cmd([ROOT / "train.py", f"resume={run_dir}"])
     assert "resuming at step" in proc.stdout
@@ -113,7 +126,17 @@ def test_sigkill_during_a_checkpoint_write_loses_nothing_saved(uninterrupted, tm
 def test_sigkill_between_checkpoints_drops_the_rows_after_the_last_save(uninterrupted, tmp_path):
     run_dir = tmp_path / "run"
     proc = start(run_dir)
-    wait_for(lambda: logged_step(run_dir) >= 180 and logged_step(run_dir) % 50 != 0, proc)
+
+    def between_saves():  # stopped (SIGSTOP) where rows were logged after the last save, then killed
+        if logged_step(run_dir) < 180 or logged_step(run_dir) % 50 == 0:
+            return False
+        proc.send_signal(signal.SIGSTOP)
+        if logged_step(run_dir) % 50 != 0 and (run_dir / STATE_NAME).exists() \
+                and not (run_dir / (STATE_NAME + ".tmp")).exists():
+            return True
+        proc.send_signal(signal.SIGCONT)  # it reached the next evaluation meanwhile: wait on
+        return False
+    wait_for(between_saves, proc)
     proc.kill()
     proc.communicate(timeout=60)
     saved = torch.load(run_dir / STATE_NAME, weights_only=True)["step"]
