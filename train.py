@@ -18,9 +18,10 @@ import signal
 import sys
 from pathlib import Path
 
-from nplm import plots
+from nplm import plots, wandb_log
 
 plots.start_worker()  # first: it imports matplotlib on another core while this process imports torch
+wandb_log.start_worker(sys.argv[1:])  # and W&B's worker imports wandb and starts its service
 
 import hydra
 from hydra.core.hydra_config import HydraConfig

@@ -2,8 +2,8 @@
 
 `train.threads=0` (the default) chooses by the work of one training step. Measured on a 2-core AMD
 EPYC with torch 2.13 (plain AdamW steps, docs/speed.md): on an idle machine two threads beat one by
-1.1x at the lecture's size (0.4M multiply-adds a step) and by ~1.4x from 5M to 565M; beside one
-busy core, a team of two OpenMP threads stalls at every barrier and runs 2-5x slower than one
+1.1x at the lecture's size (0.4M multiply-adds a step) and by 1.4-1.7x from 5M to 565M; beside one
+busy core, a team of two OpenMP threads stalls at every barrier and runs 1.6-4.7x slower than one
 thread at every size measured. So one thread, unless a step is large (LARGE): then all the cores
 this process may use. The choice depends on the config and the machine only, never on the load
 of the moment, because the thread count can change the last bits of a large model's losses and the

@@ -2,7 +2,8 @@
 
 Local files: metrics.csv (a row per logged step, flushed as it happens), summary.json, samples.tsv.
 W&B: the same metrics under the same keys, the resolved config, summary values, the samples as a
-table and the plots as images. W&B runs offline unless told otherwise (no account, no network:
+table and the plots as images (sent to a worker process, nplm/wandb_log.py, so W&B's start-up
+overlaps the run's own). W&B runs offline unless told otherwise (no account, no network:
 `wandb sync` uploads later). If W&B cannot start, training goes on with local files and one
 warning; the W&B run is always finished, also when training raises, so the next job of an
 in-process sweep never logs into it.
@@ -14,9 +15,12 @@ import json
 import logging
 import math
 import os
+import secrets
+import string
 from pathlib import Path
 
 from nplm.config import WandbConfig
+from nplm.wandb_log import Client
 
 log = logging.getLogger("nplm")
 METRIC_COLUMNS = ("step", "train/loss", "val/loss", "lr", "elapsed")
@@ -35,7 +39,8 @@ def wandb_mode(cfg: WandbConfig) -> str:
 class Tracker:
     """Records one run. With `resume_step`, continues the record of an interrupted run: metrics.csv
     keeps its rows up to that step (later ones, logged after the last saved state, are dropped, as
-    the resumed run logs them again) and the W&B run `wandb_id` is continued."""
+    the resumed run logs them again) and the W&B run `wandb_id` is continued. W&B is driven through
+    nplm/wandb_log.py (a worker process where there is one): nothing here waits for it but `close`."""
 
     def __init__(self, out_dir: Path, wb: WandbConfig, config: dict, group: str | None = None,
                  name: str | None = None, resume_step: int | None = None, wandb_id: str | None = None):
@@ -49,70 +54,50 @@ class Tracker:
         os.replace(tmp, path)
         self._file = open(path, "a", newline="")
         self._csv = csv.DictWriter(self._file, fieldnames=METRIC_COLUMNS)
-        self.run = self._start_wandb(wb, config, wb.group or group, wb.name or name, wandb_id)
-
-    @property
-    def wandb_id(self) -> str | None:
-        return self.run.id if self.run is not None else None
-
-    def _start_wandb(self, wb: WandbConfig, config: dict, group: str | None, name: str | None,
-                     run_id: str | None):
         mode = wandb_mode(wb)
-        if mode == "disabled":
-            return None
-        try:
-            import wandb
-            return wandb.init(mode=mode, dir=str(self.out_dir), project=wb.project, entity=wb.entity,
-                              group=group, name=name, tags=list(wb.tags), config=config,
-                              id=run_id, resume="allow" if run_id else None,
-                              reinit="finish_previous", settings=wandb.Settings(init_timeout=60, silent=True))
-        except Exception as e:  # no network, no key, a full disk...: the local files are the record
-            log.warning("W&B could not start (%s: %s); logging to local files only",
-                        type(e).__name__, str(e).splitlines()[0] if str(e) else "")
-            return None
+        self.wandb_id = None if mode == "disabled" else wandb_id or new_run_id()
+        self.wandb = None if mode == "disabled" else Client(dict(
+            mode=mode, dir=str(out_dir), project=wb.project, entity=wb.entity, group=wb.group or group,
+            name=wb.name or name, tags=list(wb.tags), config=config, id=self.wandb_id,
+            resume="allow" if wandb_id else None))
 
-    def _wandb(self, what: str, fn) -> None:
-        """Call fn(run); a W&B failure mid-run loses W&B's copy, never the training or the local files."""
-        if self.run is None:
-            return
-        try:
-            fn(self.run)
-        except Exception as e:
-            log.warning("W&B failed to %s (%s); logging to local files only from now on", what, e)
-            self.run = None
+    def _wandb(self, what: str, *args) -> None:
+        """A W&B failure mid-run loses W&B's copy, never the training or the local files."""
+        if self.wandb is not None:
+            self.wandb.call(what, *args)
 
     def log(self, row: dict) -> None:
         """One row: step, train/loss, val/loss (when evaluated), lr, elapsed, and anything else for W&B."""
         self._csv.writerow({k: _fmt(row.get(k)) for k in METRIC_COLUMNS})
         self._file.flush()
-        self._wandb("log", lambda run: run.log({k: v for k, v in row.items() if k != "step" and v is not None},
-                                               step=row["step"]))
+        self._wandb("log", {k: v for k, v in row.items() if k != "step" and v is not None}, row["step"])
 
     def write_summary(self, summary: dict) -> None:
         save_summary(self.out_dir, summary)
-        scalars = {k: v for k, v in summary.items() if isinstance(v, (int, float, str, bool)) and k != "command"}
-        self._wandb("write the summary", lambda run: run.summary.update(scalars))
+        self._wandb("summary", {k: v for k, v in summary.items()
+                                if isinstance(v, (int, float, str, bool)) and k != "command"})
 
     def write_samples(self, labelled: list[tuple[str, str]]) -> None:
         with open(self.out_dir / "samples.tsv", "w") as f:
             f.write("word\tlabel\n")
             f.writelines(f"{w}\t{lab}\n" for w, lab in labelled)
-
-        def table(run):
-            import wandb
-            run.log({"samples": wandb.Table(columns=["word", "label"], data=[list(x) for x in labelled])})
-        self._wandb("log the samples", table)
+        self._wandb("table", "samples", ["word", "label"], [list(x) for x in labelled])
 
     def log_images(self, images: dict[str, Path]) -> None:
-        def upload(run):
-            import wandb
-            run.log({key: wandb.Image(str(path)) for key, path in images.items()})
-        self._wandb("log the plots", upload)
+        self._wandb("images", {key: str(path) for key, path in images.items()})
 
     def close(self, failed: bool = False) -> None:
+        """Close metrics.csv and finish the W&B run (waits until its record is written)."""
         self._file.close()
-        self._wandb("finish", lambda run: run.finish(exit_code=1 if failed else 0))
-        self.run = None
+        if self.wandb is not None:
+            self.wandb.finish(1 if failed else 0, str(self.out_dir / "train.log"))
+            self.wandb = None
+
+
+def new_run_id() -> str:
+    """A W&B run id (8 characters of [a-z0-9], as W&B's own), chosen here so that the training state
+    can record it before W&B has started."""
+    return "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
 
 
 def save_summary(out_dir: Path, summary: dict) -> None:

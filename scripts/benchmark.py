@@ -14,7 +14,10 @@ alternating, and the table shows medians and ratios (issue 5's targets beside th
            reference loops one after another vs one vectorised `train.py -m` sweep
            (+launcher=vectorized: the 16 runs as one stacked model, all cores), each lr x0.1
            half-way as in the lecture (--sweep-steps per run), and the 16 runs' mean dev loss in both.
-- startup: wall time of `python train.py train.steps=0` vs `python -c "import torch"`.
+- startup: wall time of `python train.py train.steps=0` vs `python -c "import torch"`, with W&B
+           disabled and with W&B offline (the default), alternating.
+- load:    steps/s of the default run (`python train.py`, 2,000 steps) with train.threads=0 (the
+           default) and train.threads=1, on an idle machine and beside a process busy on one core.
 - memory:  peak RSS of the lecture run vs the reference loop.
 - words:   words/s of word-level training (batch 128) and chunked evaluation: `data=shakespeare`
            (5,989 tokens) and a synthetic Zipf corpus with a 16,000-word vocabulary, where the
@@ -37,7 +40,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PARTS = ("steps", "fast", "sweep", "startup", "memory", "words", "gpu")
+PARTS = ("steps", "fast", "sweep", "startup", "load", "memory", "words", "gpu")
 QUIET = {"WANDB_MODE": "disabled", "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0"}
 
 REFERENCE = """
@@ -144,12 +147,38 @@ def bench_sweep(repeats: int, steps: int, device: str = "cpu") -> dict:
 
 
 def bench_startup(repeats: int) -> dict:
-    torch_only, runner_walls = [], []
+    torch_only, runner_walls, wandb_walls = [], [], []
     for _ in range(max(5, repeats)):
         torch_only.append(timed([sys.executable, "-c", "import torch"])[0])
         runner_walls.append(runner("train.steps=0", "train.num_samples=0")[1])
+        wandb_walls.append(runner("train.steps=0", "train.num_samples=0", "wandb.mode=offline")[1])
     return {"runner_wall_s": statistics.median(runner_walls), "import_torch_s": statistics.median(torch_only),
-            "all_s": runner_walls, "all_import_torch_s": torch_only, "target": "<= 3 s"}
+            "wandb_wall_s": statistics.median(wandb_walls),
+            "wandb_extra_s": statistics.median(w - r for w, r in zip(wandb_walls, runner_walls)),
+            "all_s": runner_walls, "all_import_torch_s": torch_only, "all_wandb_s": wandb_walls,
+            "target": "<= 3 s", "wandb_target": "<= +0.5 s"}
+
+
+def bench_load(repeats: int) -> dict:
+    """The default run's steps/s, default threads vs one thread, idle and beside a busy core."""
+    out = {}
+    for load in ("idle", "busy"):
+        busy = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if load == "busy" else None
+        try:
+            rates = {"auto": [], "one": []}
+            for _ in range(repeats):
+                for name, threads in (("auto", 0), ("one", 1)):
+                    s = runner("train.steps=2000", "train.num_samples=0", f"train.threads={threads}")[0]
+                    rates[name].append(s["steps_per_s"])
+                    out.setdefault("threads", s["threads"])
+        finally:
+            if busy is not None:
+                busy.kill()
+                busy.wait()
+        out[load] = {name: statistics.median(r) for name, r in rates.items()} | {"all": rates}
+        out[load]["ratio"] = out[load]["auto"] / out[load]["one"]
+    out["target"] = ">= 0.5x of one thread beside a busy core"
+    return out
 
 
 def bench_memory(repeats: int, steps: int) -> dict:
@@ -236,6 +265,14 @@ def table(results: dict) -> str:
         r = results["startup"]
         rows.append(("start-up: train.py with 0 steps, wall s", f"{r['import_torch_s']:.2f} (import torch)",
                      f"{r['runner_wall_s']:.2f}", "", r["target"]))
+        rows.append(("  the same with W&B offline (the default), wall s", f"{r['runner_wall_s']:.2f} (W&B disabled)",
+                     f"{r['wandb_wall_s']:.2f}", f"{r['wandb_extra_s']:+.2f} s", r["wandb_target"]))
+    if "load" in results:
+        r = results["load"]
+        for load in ("idle", "busy"):
+            rows.append((f"default run steps/s, {load}{' (one core busy beside it)' if load == 'busy' else ''}: "
+                         f"threads=1 vs default ({r['threads']})", f"{r[load]['one']:,.0f}", f"{r[load]['auto']:,.0f}",
+                         f"{r[load]['ratio']:.2f}x", r["target"] if load == "busy" else ""))
     if "memory" in results:
         r = results["memory"]
         rows.append((f"peak RSS MB, lecture recipe {r['steps']:,} steps", f"{r['reference_peak_rss_mb']:.0f}",
@@ -275,6 +312,8 @@ def main(argv: list[str]) -> None:
             results[part] = bench_sweep(args.repeats, args.sweep_steps)
         elif part == "startup":
             results[part] = bench_startup(args.repeats)
+        elif part == "load":
+            results[part] = bench_load(args.repeats)
         elif part == "words":
             results[part] = bench_words(args.repeats)
         elif part == "gpu":
