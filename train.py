@@ -8,7 +8,7 @@
     python train.py resume=outputs/runs/<run>         # continue an interrupted run in its folder
     python train.py --help                            # every key, its meaning, allowed values and default
 """
-# ruff: noqa: E402  (the plot worker starts before the imports below)
+
 import gc
 import logging
 import math
@@ -34,8 +34,16 @@ from nplm.checkpoint import STATE_NAME
 from nplm.cli import USER_ERRORS, config_error_line, fail
 from nplm.config import register_schema, to_config
 from nplm.resume import Interrupted, check_resumable, claim, continue_from, resume_dir
-from nplm.sweep import (finished_dev_loss, is_new_folder, job_name, register_launcher, remove_if_refused,
-                        sweep_folder, sweep_started, write_report_if_sweep)
+from nplm.sweep import (
+    finished_dev_loss,
+    is_new_folder,
+    job_name,
+    register_launcher,
+    remove_if_refused,
+    sweep_folder,
+    sweep_started,
+    write_report_if_sweep,
+)
 from nplm.tracking import save_summary
 from nplm.train import run
 
@@ -100,6 +108,7 @@ def redirect_resume() -> None:
 def print_help(argv: list[str]) -> None:
     """--help / -h: the page nplm/help.py generates, with the defaults the other arguments give."""
     from hydra import compose, initialize_config_dir
+
     from nplm.help import help_text
     overrides = [a for a in argv if a not in ("-h", "--help", "-m", "--multirun") and not a.startswith("hydra.")]
     with initialize_config_dir(config_dir=str(Path(__file__).resolve().parent / "conf"), version_base="1.3"):

@@ -96,15 +96,17 @@ def scripts_text() -> str:
 
 
 def help_text(cfg: config.Config) -> str:
+    intro = ("nplm: train Bengio et al.'s neural probabilistic language model (makemore part 2) from the Hydra "
+             "configs in conf/.\n\nusage: python train.py [-m] [key=value ...] [group=option ...]")
+    more = ("more: README.md; python train.py --cfg job prints the composed config; --hydra-help shows Hydra's "
+            "own options.")
     return "\n\n".join([
-        "nplm: train Bengio et al.'s neural probabilistic language model (makemore part 2) from the Hydra "
-        "configs in conf/.\n\nusage: python train.py [-m] [key=value ...] [group=option ...]",
+        intro,
         "examples:\n" + EXAMPLES,
         "config groups and shipped recipes:\n" + groups_text(),
         "keys (value = the default, or as set by the other arguments given with --help):\n\n" + keys_text(cfg),
         "scripts (run on a run or sweep folder):\n" + scripts_text(),
-        "more: README.md; python train.py --cfg job prints the composed config; --hydra-help shows Hydra's own "
-        "options.",
+        more,
     ]) + "\n"
 
 

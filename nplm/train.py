@@ -26,14 +26,13 @@ from nplm.data import SPLITS, Dataset, load_data
 from nplm import fast, threads, vector
 from nplm.evaluate import FAR, divergence_limit, is_diverged, perplexity, split_loss
 from nplm.mixture import Mixture, fit_weight
-from nplm.model import NPLM
-from nplm.model import MaxEnt
+from nplm.model import NPLM, MaxEnt
 from nplm.ngram import NGram, check_order
 from nplm.optim import EMA, Optimizer, clip_grad_norm, lr_at, lrs_at, make_optimizer
 from nplm.resume import Interrupted, StopSignals
 from nplm.sample import label_words, sample_words
-from nplm.tools import lr_find, overfit_batch
 from nplm.threads import SpeedWatch
+from nplm.tools import lr_find, overfit_batch
 from nplm.tracking import Tracker, save_summary
 
 log = logging.getLogger("nplm")

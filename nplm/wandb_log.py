@@ -14,6 +14,7 @@ record (nplm/tracking.py). This module does not import torch, so neither does th
 """
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
@@ -25,6 +26,7 @@ import sys
 
 log = logging.getLogger("nplm")
 _worker: subprocess.Popen | None = None
+WARM = ("requests", "yaml", "wandb.apis.public", "wandb.sdk.data_types.image")  # imported by the worker at start
 
 
 class Session:
@@ -184,10 +186,10 @@ def _serve() -> None:
         import wandb
         wandb.setup()
         wandb.Table(columns=["a"], data=[["b"]])  # their first use imports what they need
-        import requests, yaml, wandb.apis.public  # noqa: E401, F401  (and a run's first start: ~0.6 s)
-        from wandb.sdk.data_types import image  # noqa: F401
-    except Exception:
-        pass  # Session.init reports what is wrong
+        for module in WARM:  # what a run's first start imports (~0.6 s), and images
+            importlib.import_module(module)
+    except Exception:  # noqa: BLE001, S110  (Session.init reports what is wrong)
+        pass
 
     def answer(kind: str, text: str | None) -> None:
         if text or kind == "finished":

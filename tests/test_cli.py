@@ -4,12 +4,12 @@ import json
 import math
 
 import pytest
-
 from conftest import ROOT, TINY, compose_cfg, run_cmd, train
+from test_errors import assert_one_line_error, run_all
+
 from nplm import threads
 from nplm.config import CHOICES, to_config
 from nplm.help import field_comments
-from test_errors import assert_one_line_error, run_all
 
 
 def test_help_lists_every_key_with_its_meaning_choices_and_default():
@@ -17,7 +17,7 @@ def test_help_lists_every_key_with_its_meaning_choices_and_default():
     cfg = to_config(compose_cfg())
     comments = field_comments()
     for section in ("data", "model", "optim", "train", "wandb", "lr_find", "overfit_batch"):
-        for key, value in vars(getattr(cfg, section)).items():
+        for key in vars(getattr(cfg, section)):
             assert f"  {section}.{key} = " in out, key
     sections = ("Config.data", "Config.model", "Config.optim", "Config.train", "Config.wandb", "Config.lr_find",
                 "Config.overfit_batch")
@@ -97,9 +97,10 @@ def test_a_sweep_whose_loss_explodes_records_each_run_diverged(tmp_path):
     assert "finished" in board[2] and "diverged" in board[3] and "diverged" in board[4]
 
 
-def test_the_default_thread_count_follows_the_model_size(tiny_run):
-    s = json.loads((tiny_run / "summary.json").read_text())
-    assert s["threads"] == 1 and s["threads_reason"] == "train.threads"  # TINY sets it
+def test_the_default_thread_count_follows_the_model_size(tmp_path):
+    train(tmp_path / "r", "wandb.mode=disabled", "train.threads=0", "train.steps=20")
+    s = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert s["threads"] == 1 and "multiply-adds a step: one thread" in s["threads_reason"]
     default = to_config(compose_cfg())
     n, why = threads.choose(default, 27)
     assert n == 1 and "5.5M multiply-adds a step: one thread" in why
@@ -118,3 +119,37 @@ def test_the_speed_watch_warns_once_when_training_slows_far_below_its_best():
                        "with 2 threads one busy core stalls them all: set train.threads=1")
     assert watch.update(8) is None and watch.update(math.inf) is None  # once
     assert "stop the other work" in next(w for w in map(threads.SpeedWatch(1).update, (500, 100, 100)) if w)
+
+
+def test_a_run_slowed_from_outside_warns_once(tmp_path):
+    """The real command, stopped (SIGSTOP) for 0.4 s of every 0.5 s from outside, as a busy core would
+    slow it: one warning that names the cause and what to set."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    out = tmp_path / "output"
+    with open(out, "w") as f:
+        proc = subprocess.Popen([sys.executable, ROOT / "train.py", *TINY, "wandb.mode=disabled", "train.steps=1000000",
+                                 "train.log_interval=200", "train.eval_interval=1000000", f"hydra.run.dir={tmp_path / 'r'}"],
+                                cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        try:
+            deadline = time.monotonic() + 120
+            while out.read_text().count("steps/s |") < 5:  # its own speed first
+                assert time.monotonic() < deadline and proc.poll() is None, out.read_text()
+                time.sleep(0.05)
+            while "training slowed" not in out.read_text():
+                assert time.monotonic() < deadline and proc.poll() is None, out.read_text()
+                proc.send_signal(signal.SIGSTOP)
+                time.sleep(0.4)
+                proc.send_signal(signal.SIGCONT)
+                time.sleep(0.1)
+        finally:
+            proc.send_signal(signal.SIGCONT)
+            proc.terminate()
+            proc.wait(timeout=60)
+    text = out.read_text()
+    assert text.count("training slowed") == 1
+    line = next(ln for ln in text.splitlines() if "training slowed" in ln)
+    assert "other processes are using this run's CPU cores; stop the other work" in line

@@ -24,6 +24,12 @@ def test_offline_run_records_config_metrics_summary_media(tiny_run):
     assert train_steps == [int(r["step"]) for r in rows]  # the same rows as metrics.csv, same steps
     assert val == {int(r["step"]): pytest.approx(float(r["val/loss"])) for r in rows if r["val/loss"]}
     assert all("lr" in h and "steps_per_s" in h for h in wb["history"] if "train/loss" in h)
+    # steps/s counts training only: the steps since the last row over the training time since then
+    # (evaluations at steps 30 and 60 are not in it)
+    logged = [h for h in wb["history"] if "train/loss" in h]
+    for before, row in zip(logged, logged[1:]):
+        assert row["steps_per_s"] == pytest.approx((row["_step"] - before["_step"]) / (row["elapsed"] - before["elapsed"]),
+                                                   rel=1e-6)
 
     summary = json.loads((tiny_run / "summary.json").read_text())
     for key in ("best_dev_loss", "dev_loss", "train_loss", "num_params", "wall_time_s"):
@@ -32,6 +38,7 @@ def test_offline_run_records_config_metrics_summary_media(tiny_run):
     media = {p.parent.name for p in (run / "files" / "media").rglob("*") if p.is_file()}
     assert {"table", "images"} <= media
     assert len(list((run / "files" / "media" / "images").glob("*.png"))) == 2  # loss curve, embedding
+    assert "done: train loss" in (run / "files" / "output.log").read_text()  # the console record: train.log
 
 
 def test_disabled_mode_writes_no_wandb_folder(tmp_path):
