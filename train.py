@@ -85,9 +85,10 @@ def main(cfg: DictConfig) -> float:
                 save_summary(out_dir, {"status": "failed", "refused": True, "error": f"{type(e).__name__}: {e}",
                                        "overrides": list(hc.overrides.task)})
             raise  # Hydra records the failed job and goes on with the others
-        log.error("error: %s", e)
         if is_new_folder(out_dir):  # a refused command leaves nothing behind
             shutil.rmtree(out_dir, ignore_errors=True)
+            fail(str(e))
+        log.error("error: %s", e)  # in a folder that was there before (resume=): its train.log keeps it
         sys.exit(2)
 
 

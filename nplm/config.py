@@ -49,7 +49,8 @@ class DataConfig:
     min_count: int = 1  # level=word: words seen fewer times in the training split become <unk>
     max_vocab: int = 0  # level=word: keep at most this many tokens (</s> and <unk> included); 0 = all
     train_tokens: int = 0  # level=word: split by token counts instead of fractions: the lines holding the
-    dev_tokens: int = 0  # first train_tokens tokens train, the next dev_tokens dev, the rest test; 0 = fractions
+    # first train_tokens tokens train, the next dev_tokens dev, the rest test; 0 = split by fractions
+    dev_tokens: int = 0  # level=word, with train_tokens: the tokens of the dev split; 0 = split by fractions
 
 
 @dataclass

@@ -58,6 +58,17 @@ def divergence_limit(model: torch.nn.Module, X: torch.Tensor, Y: torch.Tensor, v
     return min(FAR * max(math.log(vocab_size), start), 700.0)
 
 
-def is_diverged(loss: float, limit: float) -> bool:
-    """A loss that is not a number, infinite, or above the run's divergence limit."""
-    return not math.isfinite(loss) or loss > limit
+class DivergenceWatch:
+    """Whether a run has diverged, from its logged losses: one that is not finite, a dev loss (the
+    whole split) above `limit`, or a minibatch's training loss above it at two logged steps in a row
+    (one small minibatch can be unlucky; a diverged run stays up)."""
+
+    def __init__(self, limit: float):
+        self.limit, self.high = limit, False
+
+    def train(self, loss: float) -> bool:
+        was_high, self.high = self.high, loss > self.limit
+        return not math.isfinite(loss) or (was_high and self.high)
+
+    def dev(self, loss: float) -> bool:
+        return not math.isfinite(loss) or loss > self.limit

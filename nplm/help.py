@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import io
+import re
 import textwrap
 import tokenize
 from pathlib import Path
@@ -66,7 +67,8 @@ def keys_text(cfg: config.Config) -> str:
             choices = config.CHOICES.get(key)
             if choices and not any(f"{c} |" in meaning or f"| {c}" in meaning for c in choices[1:]):
                 meaning = f"one of {' | '.join(choices)}. {meaning}".strip()
-            rows.append(f"  {key} = {_show(value)}   ({kind.replace('Optional[', '').rstrip(']')})\n"
+            kind = kind[len("Optional["):-1] if kind.startswith("Optional[") else kind
+            rows.append(f"  {key} = {_show(value)}   ({kind})\n"
                         + textwrap.fill(meaning, 100, initial_indent=" " * 6, subsequent_indent=" " * 6))
         return rows
 
@@ -82,7 +84,8 @@ def groups_text() -> str:
                        ("sweep", "+sweep="), ("launcher", "+launcher=")):
         rows = []
         for path in sorted((ROOT / "conf" / group).glob("*.yaml")):
-            rows.append(f"  {how}{path.stem:<12} {_header(path)}")
+            name = f"  {how}{path.stem}"
+            rows.append(textwrap.fill(_header(path), 100, initial_indent=f"{name:<26}", subsequent_indent=" " * 26))
         out.append(f"{group} ({how}NAME):\n" + "\n".join(rows))
     return "\n".join(out)
 
@@ -119,8 +122,7 @@ def _header(path: Path) -> str:
         words = line.lstrip("#").strip()
         if words and not words.startswith(("@package", "python ")):
             text.append(words)
-    sentence = " ".join(text).split(". ")[0].rstrip(".")
-    return sentence if len(sentence) <= 110 else sentence[:107].rsplit(" ", 1)[0] + " ..."
+    return re.split(r"\.\s+(?=[A-Z(])", " ".join(text))[0].rstrip(".")
 
 
 def _show(value) -> str:

@@ -24,7 +24,7 @@ from nplm.checkpoint import CKPT_NAME, STATE_FORMAT, STATE_NAME, save_atomic, sa
 from nplm.config import Config, ConfigError, setting_warnings
 from nplm.data import SPLITS, Dataset, load_data
 from nplm import fast, threads, vector
-from nplm.evaluate import FAR, divergence_limit, is_diverged, perplexity, split_loss
+from nplm.evaluate import FAR, DivergenceWatch, divergence_limit, perplexity, split_loss
 from nplm.mixture import Mixture, fit_weight
 from nplm.model import NPLM, MaxEnt
 from nplm.ngram import NGram, check_order
@@ -317,7 +317,7 @@ def _loop(cfg: Config, model: NPLM, optimizer: Optimizer, g: torch.Generator,
         }, tracker.out_dir / STATE_NAME)
 
     compiled, path = _fast_path(cfg, model, device)
-    watch, logged_time = SpeedWatch(torch.get_num_threads()), train_time
+    watch, logged_time, diverging = SpeedWatch(torch.get_num_threads()), train_time, DivergenceWatch(limit)
     t_loop = time.perf_counter()  # building the compiled package is not training
     step = start - 1  # the last step done (0-based)
     while step + 1 < t.steps:
@@ -358,12 +358,12 @@ def _loop(cfg: Config, model: NPLM, optimizer: Optimizer, g: torch.Generator,
             logged_time, steps_since_log = train_time, 0
             row = {"step": step + 1, "train/loss": loss.item(), "lr": lr, "elapsed": train_time,
                    "steps_per_s": rate}
-            if is_diverged(row["train/loss"], limit):
+            if diverging.train(row["train/loss"]):
                 raise Diverged(step + 1, row["train/loss"], train_time, "training loss")
             if evaluate:
                 val_loss = split_loss(evaluated, Xdev, Ydev, t.eval_chunk)
                 row["val/loss"], row["val/ppl"] = val_loss, perplexity(val_loss)
-                if is_diverged(val_loss, limit):
+                if diverging.dev(val_loss):
                     raise Diverged(step + 1, val_loss, train_time, "dev loss")
                 if val_loss < best_val:
                     best_val, best_step = val_loss, step + 1

@@ -33,7 +33,7 @@ import torch
 from nplm import fast, threads
 from nplm.config import Config
 from nplm.data import load_data
-from nplm.evaluate import divergence_limit, is_diverged, perplexity, split_loss
+from nplm.evaluate import DivergenceWatch, divergence_limit, perplexity, split_loss
 from nplm.model import NPLM
 from nplm.optim import lrs_at
 
@@ -129,14 +129,14 @@ def train_group(cfgs: list[Config], out_dirs: list[Path], labels: list[str]) -> 
     torch.set_num_threads(threads.choose(cfg0, data.vocab.size, runs=R)[0])
     Xtr, Ytr = data.X["train"].to(device), data.Y["train"].to(device)
     Xdev, Ydev = data.X["dev"].to(device), data.Y["dev"].to(device)
-    gens, models, limits = [], [], []
+    gens, models, diverging = [], [], []
     for cfg in cfgs:  # each run's own generator: parameter draws, then its minibatches, as alone
         g = torch.Generator().manual_seed(cfg.seed)
         model = NPLM(m, data.vocab.size)
         model.init_weights(m.init, g)
         gens.append(g)
         models.append(model.to(device))
-        limits.append(divergence_limit(model, Xdev, Ydev, data.vocab.size))
+        diverging.append(DivergenceWatch(divergence_limit(model, Xdev, Ydev, data.vocab.size)))
     C, W1, b1, W2, b2 = (torch.stack(ps) for ps in zip(*(fast.parameters(model) for model in models)))
     W1, W2, b2 = fast.pad(W1, W2, b2)  # faster matrix products, the same results
     stacked = [C, W1, b1, W2, b2]
@@ -175,9 +175,10 @@ def train_group(cfgs: list[Config], out_dirs: list[Path], labels: list[str]) -> 
                 row = {"step": step + 1, "train/loss": float(losses[-1, r]), "lr": lr[-1][r],
                        "elapsed": train_time / R, "steps_per_s": rate * R}
                 val = split_loss(models[r], Xdev, Ydev, t.eval_chunk) if evaluate else None
-                for loss, what in ((row["train/loss"], "training loss"), (val, "dev loss")):
-                    if loss is not None and is_diverged(loss, limits[r]) and results[r].diverged is None:
-                        results[r].diverged = (step + 1, loss, what)  # as alone: far above where it started
+                if diverging[r].train(row["train/loss"]):  # as alone: far above where it started
+                    results[r].diverged = (step + 1, row["train/loss"], "training loss")
+                elif val is not None and diverging[r].dev(val):
+                    results[r].diverged = (step + 1, val, "dev loss")
                 if results[r].diverged is not None:
                     alive.remove(r)
                     continue
