@@ -60,6 +60,7 @@ def test_weight_of_a_real_network_is_the_likelihood_maximum():
     assert mixed(w) <= min(mixed(w - 0.02), mixed(w + 0.02))
 
 
+@pytest.mark.slow  # ~10 s: keeps the default suite near its time (CI runs it)
 def test_mixture_run_is_no_worse_than_either_part_and_is_what_gets_saved(tmp_path):
     run_dir = tmp_path / "mix"
     train(run_dir, "model.mix_order=4")

@@ -39,6 +39,7 @@ def test_dev_loss_matches_reference(order, dev, reference):
     assert reference - 0.015 < loss <= reference
 
 
+@pytest.mark.slow  # ~10 s: keeps the default suite near its time (CI runs it)
 def test_ngram_run_is_saved_sampleable_and_evaluable(tmp_path):
     run_dir = tmp_path / "r"
     train(run_dir, "model=ngram", "model.order=5")

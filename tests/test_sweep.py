@@ -28,6 +28,7 @@ def test_swept_keys():
         ["model.n_embd", "optim.lr", "train.batch_size"]
 
 
+@pytest.mark.slow  # ~10 s: keeps the default suite near its time (CI runs it)
 def test_named_sweep_runs_without_m_and_writes_report(tmp_path):
     sweep = tmp_path / "seeds"
     proc = run_cmd([ROOT / "train.py", "+sweep=seeds", *QUICK, f"hydra.sweep.dir={sweep}"])

@@ -180,6 +180,7 @@ def test_keep_best_reports_the_best_evaluated_weights(tmp_path):
     assert json.loads((tmp_path / "r" / "eval_dev.json").read_text())["step"] == best
 
 
+@pytest.mark.slow  # ~10 s: keeps the default suite near its time (CI runs it)
 def test_maxent_run_learns_its_table_and_reloads(tmp_path):
     """model.maxent_order end to end, with gradient clipping: the table learns (only rows the training
     contexts use), the checkpoint reloads it, and evaluate.py reproduces the run's dev loss."""
