@@ -3,7 +3,6 @@ for settings that cannot help, runs that diverge by value, the thread count and 
 import json
 import math
 
-import pytest
 from conftest import ROOT, TINY, compose_cfg, run_cmd, train
 from test_errors import assert_one_line_error, run_all
 
