@@ -19,6 +19,8 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from nplm.threads import cores
+
 log = logging.getLogger("nplm")
 _worker: subprocess.Popen | None = None
 _owed = 0  # answers the worker owes to requests of draw()
@@ -27,8 +29,7 @@ _owed = 0  # answers the worker owes to requests of draw()
 def start_worker() -> None:
     """Start the plot worker, where there is a core for it (and it is not started already)."""
     global _worker
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    if _worker is None and cores > 1:
+    if _worker is None and cores() > 1:
         try:
             _worker = subprocess.Popen([sys.executable, "-m", "nplm.plots"], stdin=subprocess.PIPE,
                                        stdout=subprocess.PIPE, text=True)

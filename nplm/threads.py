@@ -13,8 +13,10 @@ so once, with what to do (SpeedWatch).
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
-from nplm.config import Config
+if TYPE_CHECKING:  # this module imports neither torch nor the config, so the workers can use cores()
+    from nplm.config import Config
 
 LARGE = 50e6  # multiply-adds per training step (forward) from which a run uses every core
 SLOWER = 3.0  # a logged interval this many times slower than the run's best (twice in a row): warn

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import json
-import logging
 import math
 import os
 import secrets
@@ -22,7 +21,6 @@ from pathlib import Path
 from nplm.config import WandbConfig
 from nplm.wandb_log import Client
 
-log = logging.getLogger("nplm")
 METRIC_COLUMNS = ("step", "train/loss", "val/loss", "lr", "elapsed")
 
 

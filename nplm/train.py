@@ -64,7 +64,8 @@ def run(cfg: Config, out_dir: Path, group: str | None = None, name: str | None =
     summary.json still records the run as failed (or interrupted), with the error; SIGINT and
     SIGTERM during training save the state first.
     """
-    t_start = time.perf_counter()
+    # the run's wall time counts from here, plus the earlier parts of a resumed run
+    t_start = time.perf_counter() - (resume.get("wall_time", resume["train_time"]) if resume else 0.0)
     out_dir = Path(out_dir)
     if cfg.data.path:  # recorded absolute, so that later commands find the data from any directory
         cfg.data.path = str(Path(cfg.data.path).expanduser().resolve())
@@ -195,7 +196,7 @@ def train(cfg: Config, data: Dataset, device: torch.device, tracker: Tracker, ou
                 best_val, best_step, train_time, best_state, path = _loop(cfg, model, optimizer, g, Xtr, Ytr, Xdev,
                                                                           Ydev, tracker, stop, resume, limit, t_start)
         except Diverged as e:
-            return _diverged(cfg, model, *e.args, limit, tracker, t_start, resume)
+            return _diverged(cfg, model, *e.args, limit, tracker, t_start)
         finally:
             stop.defer(False)
         steps = weights_step = t.steps
@@ -235,7 +236,7 @@ def train(cfg: Config, data: Dataset, device: torch.device, tracker: Tracker, ou
         tracker.log_images({"loss_curve": loss_curve, "embedding": embedding})
     save_checkpoint(out_dir / CKPT_NAME, model=model, optimizer=optimizer, step=steps, weights_step=weights_step,
                     best_val_loss=best_val, cfg=cfg, itos=data.vocab.itos)
-    wall = time.perf_counter() - t_start + (resume.get("wall_time", resume["train_time"]) if resume else 0.0)
+    wall = time.perf_counter() - t_start
     if path.get("path") == "vectorized":  # its share of its group's training came before its job
         wall += train_time
     summary = {
@@ -295,10 +296,9 @@ def _loop(cfg: Config, model: NPLM, optimizer: Optimizer, g: torch.Generator,
     # Polyak averaging: evaluate (and end with) a moving average of the weights, buffers included
     ema = EMA(model, t.ema) if t.ema else None
     evaluated = ema.module if ema is not None else model
-    train_time, steps_since_log, start, wall_before = 0.0, 0, 0, 0.0
+    train_time, steps_since_log, start = 0.0, 0, 0
     if resume:
         start, train_time, val_loss = resume["step"], resume["train_time"], resume["val_loss"]
-        wall_before = resume.get("wall_time", train_time)
         best_val, best_step, best_state = resume["best_val_loss"], resume["best_step"], resume["best_state"]
         if ema is not None:
             ema.load_state_dict(resume["ema"])
@@ -312,7 +312,7 @@ def _loop(cfg: Config, model: NPLM, optimizer: Optimizer, g: torch.Generator,
                     "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else None},
             "best_val_loss": best_val, "best_step": best_step, "best_state": best_state,
             "train_time": train_time, "val_loss": val_loss, "wandb_id": tracker.wandb_id,
-            "wall_time": wall_before + time.perf_counter() - t_start,
+            "wall_time": time.perf_counter() - t_start,
             "resumed_at": (resume["resumed_at"] + [resume["step"]]) if resume else [],
         }, tracker.out_dir / STATE_NAME)
 
@@ -488,7 +488,7 @@ def _tool(cfg: Config, model: NPLM, optimizer: Optimizer, g: torch.Generator, Xt
 
 
 def _diverged(cfg: Config, model: NPLM, step: int, loss: float, train_time: float, what: str, limit: float,
-              tracker: Tracker, t_start: float, resume: dict | None) -> float:
+              tracker: Tracker, t_start: float) -> float:
     """A loss that is not finite, or far above where training started, ends the run at once:
     recorded as diverged; sweepers get inf, never NaN."""
     how = "not a number" if math.isnan(loss) else "infinite" if math.isinf(loss) else \
@@ -499,7 +499,7 @@ def _diverged(cfg: Config, model: NPLM, step: int, loss: float, train_time: floa
         "status": "diverged", "diverged_step": step, "diverged_loss": loss if math.isfinite(loss) else str(loss),
         "diverged_what": what, "divergence_limit": limit, "error": f"diverged at step {step}: the {what} is {how}",
         "train_loss": None, "dev_loss": None,
-        "wall_time_s": time.perf_counter() - t_start + (resume.get("wall_time", resume["train_time"]) if resume else 0),
+        "wall_time_s": time.perf_counter() - t_start,
         "train_time_s": train_time,
         "num_params": model.num_params(), "seed": cfg.seed, **provenance(), "config": dataclasses.asdict(cfg)})
     return math.inf

@@ -24,6 +24,8 @@ import signal
 import subprocess
 import sys
 
+from nplm.threads import cores
+
 log = logging.getLogger("nplm")
 _worker: subprocess.Popen | None = None
 WARM = ("requests", "yaml", "wandb.apis.public", "wandb.sdk.data_types.image")  # imported by the worker at start
@@ -100,8 +102,7 @@ def _env_mode() -> str:
 def start_worker(argv: list[str]) -> None:
     """Start the W&B worker where the command may log to W&B and there is a core for it."""
     global _worker
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    if _worker is None and cores > 1 and wanted(argv):
+    if _worker is None and cores() > 1 and wanted(argv):
         try:
             _worker = subprocess.Popen([sys.executable, "-m", "nplm.wandb_log"], stdin=subprocess.PIPE,
                                        stdout=subprocess.PIPE, text=True)
