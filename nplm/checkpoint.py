@@ -11,7 +11,9 @@ non-zero rows only, and come back dense on loading.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -87,18 +89,6 @@ def save_atomic(state: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def load_train_state(run_dir: Path) -> dict:
-    """The training state a run saved to resume from (last.pt), checked; CheckpointError if unusable."""
-    path = Path(run_dir) / STATE_NAME
-    if not path.is_file():
-        raise CheckpointError(f"{str(run_dir)!r} holds no saved training state ({STATE_NAME}); give the folder "
-                              "of an interrupted run (its summary.json says status interrupted)")
-    state = _load(path)
-    if state.get("format") != STATE_FORMAT:
-        raise CheckpointError(f"{str(path)!r} is not an nplm training state (no {STATE_FORMAT} format tag)")
-    return state
-
-
 def _load(path: Path) -> dict:
     try:
         state = _unpack(torch.load(path, map_location="cpu", weights_only=True))
@@ -108,6 +98,49 @@ def _load(path: Path) -> dict:
     if not isinstance(state, dict):
         raise CheckpointError(f"{str(path)!r} is not an nplm checkpoint")
     return state
+
+
+@dataclass
+class TrainState:
+    """Everything an interrupted run needs to go on exactly where it stopped: the record `last.pt`
+    holds (written at every evaluation and when a signal stops the run; nplm/resume.py)."""
+    step: int  # steps done
+    config: dict  # the run's config, dataclasses.asdict
+    model: dict  # state_dicts: the model, the optimiser, the weight average (train.ema)
+    optimizer: dict
+    ema: dict | None = None
+    rng: dict = field(default_factory=dict)  # generator states: "train" (parameters, minibatches), "torch", "cuda"
+    best_val_loss: float = math.inf
+    best_step: int = -1
+    best_state: dict | None = None  # the weights of best_step (train.keep_best)
+    val_loss: float = math.nan  # at the last evaluation
+    train_time: float = 0.0  # seconds training so far
+    wall_time: float = 0.0  # seconds since the run began, over all its parts
+    wandb_id: str | None = None  # the W&B run it continues
+    resumed_at: list[int] = field(default_factory=list)  # the steps earlier parts were resumed at
+
+    def save(self, run_dir: Path) -> None:
+        """Atomically to run_dir/last.pt."""
+        save_atomic({"format": STATE_FORMAT, **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)}},
+                    Path(run_dir) / STATE_NAME)
+
+    @classmethod
+    def load(cls, run_dir: Path) -> TrainState:
+        """The training state a run saved to resume from, checked; CheckpointError if unusable."""
+        path = Path(run_dir) / STATE_NAME
+        if not path.is_file():
+            raise CheckpointError(f"{str(run_dir)!r} holds no saved training state ({STATE_NAME}); give the folder "
+                                  "of an interrupted run (its summary.json says status interrupted)")
+        saved = _load(path)
+        if saved.get("format") != STATE_FORMAT:
+            raise CheckpointError(f"{str(path)!r} is not an nplm training state (no {STATE_FORMAT} format tag)")
+        names = {f.name for f in dataclasses.fields(cls)}
+        if "wall_time" not in saved:  # saved before the state recorded it
+            saved["wall_time"] = saved.get("train_time", 0.0)
+        try:
+            return cls(**{k: v for k, v in saved.items() if k in names})
+        except TypeError as e:
+            raise CheckpointError(f"{str(path)!r} is an incomplete nplm training state ({e})") from None
 
 
 def load_checkpoint(run_dir: str | Path) -> tuple[dict, Config]:

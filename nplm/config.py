@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional
 
 from hydra.core.config_store import ConfigStore
@@ -254,6 +255,8 @@ def validate(cfg: Config) -> Config:
     _check(cfg.device == "auto" or cfg.device == "cpu" or cfg.device == "cuda"
            or (cfg.device.startswith("cuda:") and cfg.device[5:].isdigit()),
            f"device={cfg.device!r} is not known; use auto, cpu, cuda or cuda:N")
+    if d.path:  # absolute, so that the record finds the data from any directory, and equal configs compare equal
+        d.path = str(Path(d.path).expanduser().resolve())
     return cfg
 
 

@@ -1,8 +1,8 @@
 """The fast training path: STEPS_PER_CALL minibatch SGD steps of an NPLM as one compiled function.
 
-The plain path (nplm/train.py) runs each step through nn.Module, autograd and the optimiser: at
+The plain path (nplm/loop.py) runs each step through nn.Module, autograd and the optimiser: at
 batch 32 about three quarters of a step is Python, dispatcher and autograd overhead, the
-arithmetic ~80 µs (REFERENCE.md). Here the forward pass, its hand-written backward pass and the
+arithmetic ~80 µs (torch's profiler, on a 2-core AMD EPYC). Here the forward pass, its hand-written backward pass and the
 SGD update of STEPS_PER_CALL steps are one function, exported with torch.export and compiled ahead
 of time by AOTInductor into a shared library (C++ kernels and the call sequence, no Python). The
 minibatch indices of those steps are drawn at once from the same generator, which gives the same
@@ -32,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import logging
 import os
 import platform
 import subprocess
@@ -43,6 +44,7 @@ import torch
 
 from nplm.config import Config, ConfigError
 
+log = logging.getLogger("nplm")
 STEPS_PER_CALL = 20  # steps per compiled call: 20 runs ~15% faster than 10, and compiles in about a minute
 MIN_STEPS = 100_000  # train.fast=auto: shorter runs would not win back a first build (~45 s)
 CACHE = Path(os.environ.get("NPLM_CACHE") or Path.home() / ".cache" / "nplm") / "compiled"
@@ -51,7 +53,7 @@ CACHE = Path(os.environ.get("NPLM_CACHE") or Path.home() / ".cache" / "nplm") / 
 def unsupported(cfg: Config, device: torch.device, compiled: bool = True) -> str | None:
     """Why the fast path does not cover this run (an option it lacks), or None if it does: its math
     (sgd_steps, stacked_sgd_steps) and, on the CPU with compiled=True, AOTInductor. The vectorised
-    sweep (nplm/vector.py) asks with compiled=False: it can run the steps eagerly."""
+    sweep (nplm/sweep/vector.py) asks with compiled=False: it can run the steps eagerly."""
     m, o, t = cfg.model, cfg.optim, cfg.train
     checks = [
         (m.type != "nplm", f"model={m.type}"),
@@ -105,23 +107,93 @@ def package_path(shape: dict) -> Path:
                    f"-b{shape['batch_size']}-{key}.pt2"
 
 
-def choose(cfg: Config, device: torch.device) -> tuple[bool, str]:
-    """(take the fast path?, why not) for train.fast = auto | on | off."""
+def choose(cfg: Config, device: torch.device, runs: int = 0) -> tuple[bool, str]:
+    """(take the fast path?, why or why not) for train.fast = auto | on | off, for one run or a
+    stacked group of `runs` (nplm/sweep/vector.py: auto counts the steps of all its runs)."""
     if cfg.train.fast == "off":
         return False, "train.fast=off"
     why_not = unsupported(cfg, device)
-    if why_not and cfg.train.fast == "on":
+    if why_not and cfg.train.fast == "on" and not runs:
         raise ConfigError(f"train.fast=on but the fast path does not cover {why_not}; use train.fast=auto "
                           "(it then takes the plain path) or change those options")
     if why_not:
         return False, f"the fast path does not cover {why_not}"
     if device.type == "cuda":  # capturing the graph takes milliseconds: it pays at any length
         return True, f"{STEPS_PER_CALL} SGD steps per replay of a CUDA graph"
-    if cfg.train.fast == "auto" and cfg.train.steps < MIN_STEPS:
-        return False, (f"{cfg.train.steps:,} steps are too few to pay for building the compiled package "
+    total = max(1, runs) * cfg.train.steps
+    if cfg.train.fast == "auto" and total < MIN_STEPS:
+        return False, (f"{total:,} steps are too few to pay for building the compiled package "
                        f"(~1 minute, once per shape; train.fast=auto takes it from {MIN_STEPS:,} steps, "
                        "train.fast=on always)")
     return True, f"{STEPS_PER_CALL} SGD steps per call of an AOTInductor package"
+
+
+def steps_for(cfg: Config, tensors: list[torch.Tensor], vocab_size: int, device: torch.device, runs: int = 0):
+    """The one place that chooses how a run (or a stacked group of `runs`) trains, and builds its
+    K-step function, which updates `tensors` in place (parameters(model), or the group's stacked and
+    padded ones): a CUDA graph on a GPU, a compiled package on the CPU, where choose() takes the fast
+    path and it builds. Else, for one run None (its loop steps through autograd), for a group the
+    same steps run eagerly. Returns it and what the summary records: path (plain, eager, compiled or
+    cuda_graph), path_reason, and build_time_s when a package was built; says so in the log."""
+    take, why = choose(cfg, device, runs)
+    steps, info = None, {}
+    if take and device.type == "cuda":
+        try:
+            steps = GraphSteps(tensors, STEPS_PER_CALL, cfg.train.batch_size, cfg.model.block_size, runs=runs)
+        except Exception as e:  # capture is not supported here: the plain path does the same
+            log.warning("the CUDA graph is not available (%s); %s", e, INSTEAD[bool(runs)])
+            why = f"capturing the CUDA graph failed: {e}"
+    elif take:
+        steps, why = _compiled(cfg, tensors, vocab_size, runs, why, info)
+    info["path"] = "plain" if steps is None else "cuda_graph" if device.type == "cuda" else "compiled"
+    if steps is None and runs:  # a group's steps, eagerly: batched matrix products
+        steps, info["path"] = GraphSteps(tensors, STEPS_PER_CALL, cfg.train.batch_size, cfg.model.block_size,
+                                         runs=runs, capture=False), "eager"
+    elif isinstance(steps, FastSteps) and runs:  # a call short of K steps (before a log or evaluation) runs eagerly
+        steps = _ShortCallsEager(steps, GraphSteps(tensors, STEPS_PER_CALL, cfg.train.batch_size,
+                                                   cfg.model.block_size, runs=runs, capture=False))
+    info["path_reason"] = why
+    if not runs:
+        log.info("training path: %s (%s)", PATH_NAMES[info["path"]], why)
+    return steps, info
+
+
+INSTEAD = {False: "training on the plain path", True: "running them eagerly"}
+PATH_NAMES = {"plain": "plain autograd", "eager": "batched matrix products, eagerly",
+              "compiled": "compiled fast path", "cuda_graph": "CUDA graph"}
+
+
+def _compiled(cfg: Config, tensors: list[torch.Tensor], vocab_size: int, runs: int, why: str, info: dict):
+    """The compiled package's steps for this shape (built once, then cached), or None where it fails
+    (no C++ compiler, an export or Inductor failure: the plain path does the same); and the reason."""
+    shape = shape_of(cfg, vocab_size, runs=runs)
+    package = package_path(shape)
+    if package.is_file():
+        why += ", loaded from the cache"
+    else:
+        why += ", built once for this shape, then cached"
+        log.info("building the compiled package for %sthis shape (about a minute, once): %s",
+                 f"{runs} stacked runs of " if runs else "", package)
+    try:
+        steps = FastSteps(tensors, shape, package)
+    except Exception as e:
+        log.warning("the %s not available (%s); %s", "compiled stacked steps are" if runs else "fast path is", e,
+                    INSTEAD[bool(runs)])
+        return None, str(e)
+    if steps.build_time:
+        info["build_time_s"] = steps.build_time
+        log.info("built in %.1f s and cached: later runs of this shape load it at once", steps.build_time)
+    return steps, why
+
+
+class _ShortCallsEager:
+    """A group's compiled steps, with calls of fewer than K steps run eagerly (the package takes K)."""
+
+    def __init__(self, compiled: FastSteps, eager: GraphSteps):
+        self.compiled, self.eager, self.K = compiled, eager, compiled.K
+
+    def __call__(self, X: torch.Tensor, Y: torch.Tensor, lrs: torch.Tensor) -> torch.Tensor:
+        return self.compiled(X, Y, lrs) if len(X) == self.K else self.eager(X, Y, lrs)
 
 
 def tanh(x: torch.Tensor) -> torch.Tensor:
@@ -161,7 +233,7 @@ def sgd_steps(C, W1, b1, W2, b2, X, Y, lrs):
 
 
 def stacked_sgd_steps(C, W1, b1, W2, b2, X, Y, lrs):
-    """sgd_steps for R models at once (a vectorised sweep, nplm/vector.py), each with its own
+    """sgd_steps for R models at once (a vectorised sweep, nplm/sweep/vector.py), each with its own
     weights, minibatches and learning rates: C (R, V, n_embd), W1 (R, fan_in, H), b1 (R, H),
     W2 (R, H, V), b2 (R, V); X (K, R, batch, block_size), Y (K, R, batch), lrs (K, R). Each model's
     arithmetic is sgd_steps's, as batched matrix products. Returns the parameters and losses (K, R).

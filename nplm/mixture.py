@@ -9,15 +9,18 @@ bisection on the derivative). The mixture then is the run's model: its losses ar
 """
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from nplm.evaluate import chunk_rows
+from nplm.evaluate import chunk_rows, split_loss
 from nplm.model import NPLM
 from nplm.ngram import NGram
+
+log = logging.getLogger("nplm")
 
 
 class Mixture(nn.Module):
@@ -88,3 +91,17 @@ def fit_weight(nplm: NPLM, ngram: NGram, X: torch.Tensor, Y: torch.Tensor, chunk
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if slope(mid) > 0 else (lo, mid)
     return (lo + hi) / 2
+
+
+def fit_mixture(model: NPLM, order: int, X: dict[str, torch.Tensor], Y: dict[str, torch.Tensor],
+                chunk: int) -> tuple[Mixture, dict]:
+    """model.mix_order: the trained network mixed with a Kneser-Ney `order`-gram built from the training
+    split (X, Y by split), the network's weight fitted on dev. Returns it and what the summary records."""
+    ngram = NGram(order, model.vocab_size, model.block_size).fit(X["train"], Y["train"])
+    weight = fit_weight(model, ngram, X["dev"], Y["dev"], chunk)
+    nplm_dev = split_loss(model, X["dev"], Y["dev"], chunk)
+    ngram_dev = split_loss(ngram, X["dev"], Y["dev"], chunk)
+    log.info("mixture: %.3f x network (dev %.4f) + %.3f x Kneser-Ney %d-gram (dev %.4f, %s counts), "
+             "weight fitted on dev", weight, nplm_dev, 1 - weight, order, ngram_dev, f"{ngram.num_params():,}")
+    return Mixture(model, ngram, weight), {"mix_order": order, "mix_weight": weight, "nplm_dev_loss": nplm_dev,
+                                           "ngram_dev_loss": ngram_dev, "ngram_counts": ngram.num_params()}

@@ -137,6 +137,13 @@ class NPLM(nn.Module):
         return [self.maxent.weight] if self.maxent is not None else []
 
 
+def make_model(cfg: ModelConfig, vocab_size: int, generator: torch.Generator) -> NPLM:
+    """An NPLM with its weights drawn from `generator` as cfg.init says (one run, or each run of a group)."""
+    model = NPLM(cfg, vocab_size)
+    model.init_weights(cfg.init, generator)
+    return model
+
+
 def model_device(model: nn.Module) -> torch.device:
     """Where a model's tensors live (its parameters, or for a count model its buffers)."""
     for t in model.parameters():

@@ -10,8 +10,10 @@
   exactly the losses of an uninterrupted one.
 - One process at a time trains in a folder (`claim`): two runs started in the same second, or a
   resume while the run still goes on, get an error instead of writing over each other.
-- A sweep job whose folder holds the saved state of the same config resumes by itself, so the
-  sweep's own command (with hydra.sweep.dir=...) picks up where it stopped.
+- A folder that holds a finished run of the same config is not trained again (a re-run sweep skips
+  its finished jobs); a finished run of another config is never written over. A folder that holds
+  the saved state of the same config resumes by itself, so a sweep's own command (with
+  hydra.sweep.dir=...) picks up where it stopped.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from nplm.checkpoint import STATE_NAME, load_train_state
+from nplm.checkpoint import STATE_NAME, TrainState
 from nplm.config import Config, ConfigError, from_dict, validate
 
 # Settings a resumed run may change: how long it trains (the schedule follows the new length), how it
@@ -72,23 +74,43 @@ class StopSignals:
         self._defer = on
 
 
-def continue_from(run_dir: Path, cfg: Config, overrides: list[str]) -> tuple[Config, dict | None]:
+def finished_val_loss(run_dir: Path, cfg: Config) -> float | None:
+    """The final val loss of a finished run of this same config in run_dir (to skip it), else None.
+
+    Raises ConfigError when run_dir holds a finished run of another config: it is never overwritten.
+    """
+    path = run_dir / "summary.json"
+    if not path.is_file():
+        return None
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None  # a damaged record of an unfinished run: run it again
+    if summary.get("status") != "finished" or summary.get("mode", "train") != "train":
+        return None  # unfinished, or a tool's run (lr_find, overfit_batch): cheap to run again
+    if summary.get("config") != dataclasses.asdict(cfg):
+        raise ConfigError(f"{run_dir} holds a finished run of a different config; it is never overwritten. "
+                          "Start a new sweep folder with hydra.sweep.dir=... (or hydra.run.dir=...)")
+    return summary["dev_loss"]
+
+
+def continue_from(run_dir: Path, cfg: Config, overrides: list[str]) -> tuple[Config, TrainState | None]:
     """The config to train with in run_dir and the saved training state to start from (None: start
     afresh). `resume=` given: the folder's saved config, changed only by RESUMABLE overrides. Not
     given, but the folder holds the saved state of the same config (a job of a re-run sweep): that.
     The saved state of a different config is never written over."""
     if cfg.resume:
-        state = load_train_state(run_dir)
-        cfg = validate(resume_config(from_dict(state["config"]), cfg, overrides))
+        state = TrainState.load(run_dir)
+        cfg = validate(resume_config(from_dict(state.config), cfg, overrides))
     elif (run_dir / STATE_NAME).is_file():
-        state = load_train_state(run_dir)
-        if state["config"] != dataclasses.asdict(cfg):
+        state = TrainState.load(run_dir)
+        if state.config != dataclasses.asdict(cfg):
             raise ConfigError(f"{run_dir} holds an interrupted run of a different config; resume it with "
                               f"python train.py resume={run_dir}, or choose another folder with hydra.run.dir=...")
     else:
         return cfg, None
-    if cfg.train.steps < state["step"]:
-        raise ConfigError(f"train.steps={cfg.train.steps} is below the step the run stopped at ({state['step']}); "
+    if cfg.train.steps < state.step:
+        raise ConfigError(f"train.steps={cfg.train.steps} is below the step the run stopped at ({state.step}); "
                           "leave train.steps out or raise it")
     return cfg, state
 
@@ -122,7 +144,7 @@ def check_resumable(folder: Path) -> None:
         if status == "finished":
             raise ConfigError(f"the run in {folder} finished already; there is nothing to resume "
                               "(start a new run to train more)")
-    load_train_state(folder)
+    TrainState.load(folder)
 
 
 def resume_dir(argv: list[str]) -> Path | None:

@@ -9,8 +9,10 @@ user is about to run. They write metrics.csv, a plot, and summary.json with `mod
 from __future__ import annotations
 
 import csv
+import dataclasses
 import logging
 import math
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -20,11 +22,31 @@ from nplm.config import Config
 from nplm.model import NPLM
 from nplm.optim import Optimizer, clip_grad_norm, lr_at
 from nplm.plots import figure
-from nplm.tracking import Tracker
+from nplm.tracking import Tracker, provenance
 
 log = logging.getLogger("nplm")
 SMOOTHING = 0.98  # EMA of the minibatch loss: the curve is read from the smoothed values
 STOP_FACTOR = 4.0  # stop the range test once the smoothed loss is this many times its minimum
+
+
+def run_tool(cfg: Config, model: NPLM, optimizer: Optimizer, g: torch.Generator, Xtr: torch.Tensor,
+             Ytr: torch.Tensor, tracker: Tracker, t_start: float) -> float:
+    """mode=lr_find or mode=overfit_batch instead of training: its plot, verdict and summary.
+    Returns the lowest smoothed loss (lr_find) or the final batch loss (overfit_batch)."""
+    t0 = time.perf_counter()
+    if cfg.mode == "lr_find":
+        result = lr_find(cfg, model, optimizer, g, Xtr, Ytr, tracker, tracker.out_dir)
+        value = result["min_smoothed_loss"]
+    else:
+        result = overfit_batch(cfg, model, optimizer, g, Xtr, Ytr, tracker)
+        value = result["overfit_loss"]
+    tracker.write_summary({
+        "status": "finished", "mode": cfg.mode, **result, "train_loss": None, "dev_loss": None,
+        "wall_time_s": time.perf_counter() - t_start, "train_time_s": time.perf_counter() - t0,
+        "num_params": model.num_params(), "seed": cfg.seed, "device": str(Xtr.device),
+        "threads": torch.get_num_threads(), **provenance(), "config": dataclasses.asdict(cfg)})
+    log.info("saved to %s", tracker.out_dir)
+    return value
 
 
 def lr_find(cfg: Config, model: NPLM, optimizer: Optimizer, g: torch.Generator,

@@ -14,8 +14,12 @@ import csv
 import json
 import math
 import os
+import platform
+import resource
 import secrets
 import string
+import subprocess
+import sys
 from pathlib import Path
 
 from nplm.config import WandbConfig
@@ -103,6 +107,41 @@ def save_summary(out_dir: Path, summary: dict) -> None:
     tmp = out_dir / "summary.json.tmp"
     tmp.write_text(json.dumps(summary, indent=2) + "\n")
     os.replace(tmp, out_dir / "summary.json")
+
+
+def provenance() -> dict:
+    """What is needed to repeat the run: versions, the code's git commit, the command line."""
+    import torch
+    return {
+        "torch": torch.__version__, "python": platform.python_version(),
+        "platform": platform.platform(), **_git_state(), "command": " ".join(sys.argv),
+    }
+
+
+def rss_mb() -> float | None:
+    """The resident memory of this process now, in MB (None where /proc is not there)."""
+    try:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def peak_rss_mb() -> float:
+    """The most resident memory this process has used so far, in MB (in a sweep: all jobs so far)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _git_state() -> dict:
+    repo = Path(__file__).resolve().parent.parent
+    try:
+        proc = subprocess.run(["git", "rev-parse", "--verify", "-q", "HEAD"], cwd=repo, capture_output=True,
+                              text=True, timeout=5)
+        commit = proc.stdout.strip() if proc.returncode == 0 else None
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                                    capture_output=True, text=True, timeout=5).stdout.strip()) if commit else None
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = None, None
+    return {"git_commit": commit, "git_dirty": dirty}
 
 
 def _rows_up_to(path: Path, step: int) -> list[dict]:

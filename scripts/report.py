@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from nplm.cli import fail
-from nplm.report import write_report
+from nplm.sweep.report import write_report
 
 
 def main(argv: list[str]) -> None:

@@ -6,7 +6,7 @@ import pytest
 
 from conftest import CONF, ROOT, TINY, compose_cfg, run_cmd
 from nplm.config import to_config
-from nplm.sweep import swept_keys
+from nplm.sweep.folders import swept_keys
 from wandb_records import offline_runs, summarise
 
 QUICK = [*TINY, "train.steps=20", "train.eval_interval=10", "train.log_interval=10", "wandb.mode=disabled"]

@@ -1,4 +1,4 @@
-"""The vectorised sweep (nplm/vector.py, +launcher=vectorized): runs that differ only in seed and
+"""The vectorised sweep (nplm/sweep/vector.py, +launcher=vectorized): runs that differ only in seed and
 learning rate train as one stacked model, each recorded as its own run, landing where it lands alone."""
 import json
 
@@ -8,7 +8,7 @@ import torch
 from conftest import ROOT, compose_cfg, run_cmd
 from nplm.config import to_config
 from nplm.fast import pad, sgd_steps, stacked_sgd_steps
-from nplm.vector import group_key, plan
+from nplm.sweep.vector import group_key, plan
 from test_resume import losses, summary
 
 # lecture-size runs, short; lr sweeps with the lecture's schedule

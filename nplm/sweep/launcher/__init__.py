@@ -1,10 +1,11 @@
-"""Hydra's launcher for vectorised sweeps (`+launcher=vectorized`), installed as the Hydra plugin
-`hydra_plugins.nplm_launcher` (pyproject.toml maps it to this folder).
+"""Hydra's launcher for vectorised sweeps (`+launcher=vectorized`). Hydra takes launchers only from its
+`hydra_plugins` namespace: pyproject.toml installs this folder as `hydra_plugins.nplm_launcher`, the
+name it is imported by (nplm/command.py calls `register()`).
 
 It runs the jobs of a multirun one after another in this process, as Hydra's basic launcher does,
-except that the jobs that can train together (nplm/vector.py: the same config but for seed and
-learning rate) train as one stacked model when the first of them comes up; each job then records
-its own run from that training. Jobs that cannot (other models or optimisers, invalid configs, runs
+except that the jobs that can train together (nplm/sweep/vector.py: the same config but for seed and
+learning rate) train as one stacked model when the first of them comes up, which writes each run's
+training into its job folder; each job then records its own run from that training. Jobs that cannot (other models or optimisers, invalid configs, runs
 that finished already or resume) run as they would with the basic launcher.
 """
 from __future__ import annotations
@@ -21,6 +22,12 @@ from hydra.core.utils import JobReturn, configure_log, filter_overrides, run_job
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+from nplm.checkpoint import STATE_NAME
+from nplm.config import to_config
+from nplm.resume import StopSignals, finished_val_loss
+from nplm.sweep import vector
+from nplm.sweep.folders import job_name
 
 log = logging.getLogger("nplm")
 
@@ -62,9 +69,6 @@ class VectorizedLauncher(Launcher):
         _compose_once(hydra_context.config_loader)
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from nplm import vector
-        from nplm.resume import StopSignals
-        from nplm.sweep import job_name
         setup_globals()
         assert self.config is not None and self.hydra_context is not None and self.task_function is not None
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
@@ -112,9 +116,6 @@ class VectorizedLauncher(Launcher):
     @staticmethod
     def _job(sweep_config: DictConfig):
         """(the job's validated Config, or None where it cannot train in a group; its run folder)."""
-        from nplm.checkpoint import STATE_NAME
-        from nplm.config import to_config
-        from nplm.sweep import finished_dev_loss
         saved = HydraConfig.instance().cfg
         HydraConfig.instance().set_config(sweep_config)  # as run_job does: the folder may use ${hydra:...}
         try:
@@ -125,9 +126,7 @@ class VectorizedLauncher(Launcher):
                 with read_write(task), open_dict(task):
                     del task["hydra"]
                 cfg = to_config(task)
-                if cfg.data.path:  # as nplm.train.run records it
-                    cfg.data.path = str(Path(cfg.data.path).expanduser().resolve())
-                if (out_dir / STATE_NAME).is_file() or finished_dev_loss(out_dir, cfg) is not None:
+                if (out_dir / STATE_NAME).is_file() or finished_val_loss(out_dir, cfg) is not None:
                     cfg = None  # resumes, or is skipped: its own job does that
             except Exception:  # an invalid config, or a folder that is not its own: its job reports why
                 cfg = None
@@ -135,3 +134,10 @@ class VectorizedLauncher(Launcher):
             if saved is not None:
                 HydraConfig.instance().cfg = saved
         return cfg, out_dir
+
+
+def register() -> None:
+    """Make the launcher known to Hydra. An installed package's hydra_plugins are found by Hydra's
+    scan; an editable install's are not, hence this (called by nplm/command.py before Hydra starts)."""
+    from hydra.core.plugins import Plugins
+    Plugins.instance().register(VectorizedLauncher)

@@ -1,17 +1,15 @@
-"""Sweeps: folders, resuming, and the end-of-sweep report, around Hydra's multirun.
+"""Sweep folders: what a sweep varies, its jobs' labels, refusals, and the end-of-sweep report.
 
 - Resume: the same command with `hydra.sweep.dir=<the interrupted sweep's folder>` (printed when a
-  sweep starts) runs only the jobs that have not finished. A job whose folder already holds a
-  finished run of the same config is skipped (its dev loss is returned); a finished run of a
-  different config is never overwritten.
+  sweep starts) runs only the jobs that have not finished: nplm/resume.py skips a job whose folder
+  holds a finished run of the same config and resumes one that holds its saved state.
 - The report is written when the sweep ends, also when some jobs failed: Hydra skips its
-  `on_multirun_end` callback then, so train.py calls `write_report_if_sweep()` on its way out.
+  `on_multirun_end` callback then, so nplm/command.py calls `write_report_if_sweep()` on its way out.
 - A refused command leaves nothing: a single run's new folder is removed when its config or data is
   refused, and a new sweep folder when every job was refused (or none started).
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import shutil
@@ -22,31 +20,11 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from nplm.config import Config, ConfigError
+from nplm.tracking import save_summary
 
 log = logging.getLogger("nplm")
 _sweep_dir: Path | None = None  # set in the launching process when a multirun starts
 _new_dirs: set[Path] = set()  # the run or sweep folders this process made (they did not exist before)
-
-
-def finished_dev_loss(out_dir: Path, cfg: Config) -> float | None:
-    """The dev loss of a finished run of this same config in out_dir (to skip it), else None.
-
-    Raises ConfigError when out_dir holds a finished run of another config: it is never overwritten.
-    """
-    path = out_dir / "summary.json"
-    if not path.is_file():
-        return None
-    try:
-        summary = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None  # a damaged record of an unfinished run: run it again
-    if summary.get("status") != "finished" or summary.get("mode", "train") != "train":
-        return None  # unfinished, or a tool's run (lr_find, overfit_batch): cheap to run again
-    if summary.get("config") != dataclasses.asdict(cfg):
-        raise ConfigError(f"{out_dir} holds a finished run of a different config; it is never overwritten. "
-                          "Start a new sweep folder with hydra.sweep.dir=... (or hydra.run.dir=...)")
-    return summary["dev_loss"]
 
 
 def swept_keys(task_overrides: list[str], sweeper_params: dict | None) -> list[str]:
@@ -92,12 +70,13 @@ class SweepCallback(Callback):
                  _sweep_dir, resume, _sweep_dir)
 
 
-def register_launcher() -> None:
-    """Make the vectorised sweep's launcher (`+launcher=vectorized`) known to Hydra. An installed
-    package's hydra_plugins are found by Hydra's scan; an editable install's are not, hence this."""
-    from hydra.core.plugins import Plugins
-    from hydra_plugins.nplm_launcher import VectorizedLauncher
-    Plugins.instance().register(VectorizedLauncher)
+def record_refusal(run_dir: Path, error: Exception, overrides: list[str]) -> None:
+    """A sweep job refused before it trained (bad config or data): its folder says so, for the report
+    (and for remove_if_refused). A folder holding another run's record is left alone."""
+    if not (run_dir / "summary.json").exists() and not (run_dir / "config.yaml").exists():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_summary(run_dir, {"status": "failed", "refused": True, "error": f"{type(error).__name__}: {error}",
+                               "overrides": overrides})
 
 
 def is_new_folder(folder: Path) -> bool:
@@ -111,7 +90,7 @@ def remove_if_refused() -> str | None:
     ('' if no job started); else None (the sweep has a report to write)."""
     if _sweep_dir is None or _sweep_dir.resolve() not in _new_dirs or not _sweep_dir.is_dir():
         return None
-    from nplm.report import job_dirs
+    from nplm.sweep.report import job_dirs  # pandas: imported only where a sweep needs it
     errors = []
     for job in job_dirs(_sweep_dir):
         try:
@@ -140,7 +119,7 @@ def write_report_if_sweep() -> None:
     if _sweep_dir is None or not _sweep_dir.is_dir():
         return
     try:
-        from nplm.report import job_dirs, load_jobs, write_report
+        from nplm.sweep.report import job_dirs, load_jobs, write_report
         if not job_dirs(_sweep_dir):
             return  # no job started (a bad override stopped the sweep first): nothing to report
         out = write_report([_sweep_dir], _sweep_dir)

@@ -1,0 +1,69 @@
+"""Start-up checks: what a run must pass before it writes anything.
+
+The config is validated when it is composed (nplm/config.py); what depends on the machine and the
+data is checked here: the device, the data itself, settings that do not fit the data (a batch larger
+than the training split, an n-gram order whose counts cannot be keyed, a hashed n-gram table). A
+run they refuse raises ConfigError or DataError and leaves nothing behind. Settings that are valid
+but cannot help get a warning; the thread count is set (nplm/threads.py).
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from nplm import threads
+from nplm.config import Config, ConfigError, setting_warnings
+from nplm.data import Dataset, load_data
+from nplm.model import MaxEnt
+from nplm.ngram import check_order
+
+log = logging.getLogger("nplm")
+
+
+def resolve_device(name: str) -> torch.device:
+    """auto -> cuda if there is a GPU, else cpu. Asking for a GPU that is not there is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device={name} but torch sees no CUDA GPU here; use device=cpu or device=auto")
+        index = int(name[5:]) if ":" in name else 0
+        if index >= torch.cuda.device_count():
+            n = torch.cuda.device_count()
+            raise ConfigError(f"device={name} but there {'is only 1 GPU' if n == 1 else f'are only {n} GPUs'}; "
+                              f"use {'cuda:0' if n == 1 else f'cuda:0 to cuda:{n - 1}'} or device=auto")
+    return torch.device(name)
+
+
+def preflight(cfg: Config) -> tuple[torch.device, Dataset]:
+    """The checks a run must pass before it writes anything (raise ConfigError or DataError);
+    warnings for settings that cannot help; the thread count. Returns the device and the dataset."""
+    m, t = cfg.model, cfg.train
+    device = resolve_device(cfg.device)
+    data = load_data(cfg.data, m.block_size)
+    V = data.vocab.size
+    if m.type == "ngram":
+        check_order(m.order, V)
+    else:
+        if t.batch_size > len(data.X["train"]):
+            raise ConfigError(f"train.batch_size={t.batch_size} is larger than the {len(data.X['train'])} training "
+                              "examples; lower train.batch_size")
+        if m.maxent_order:
+            MaxEnt.check(m.maxent_order, m.maxent_buckets, V)
+        _warn_long_context(cfg, data)
+    for warning in setting_warnings(cfg):
+        log.warning(warning)
+    torch.set_num_threads(threads.choose(cfg, V)[0])
+    return device, data
+
+
+def _warn_long_context(cfg: Config, data: Dataset) -> None:
+    """A context longer than the longest word (or line) plus one only ever reads the boundary there."""
+    block_size, words = cfg.model.block_size, cfg.data.level == "word"
+    longest = max(len(w.split()) if words else len(w) for s in data.words.values() for w in s)
+    if block_size > longest + 1:
+        log.warning("model.block_size=%d is longer than the longest %s (%d %s) plus one: the extra %d positions "
+                    "always hold the boundary, so they add parameters and time but cannot lower the loss; "
+                    "model.block_size=%d reads every one whole", block_size, "line" if words else "word", longest,
+                    "tokens" if words else "characters", block_size - longest - 1, longest + 1)
