@@ -24,7 +24,7 @@ from nplm import command  # noqa: E402
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float:
-    """One run, or one job of a sweep (nplm/command.py): its final dev loss, for sweepers."""
+    """One run, or one job of a sweep (nplm/command.py): its final val loss, for sweepers."""
     return command.job(cfg)
 
 

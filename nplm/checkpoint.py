@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from nplm.config import Config, from_dict
+from nplm.config import Config, from_dict, upgrade
 from nplm.mixture import Mixture
 from nplm.model import NPLM
 from nplm.ngram import NGram
@@ -137,6 +137,8 @@ class TrainState:
         names = {f.name for f in dataclasses.fields(cls)}
         if "wall_time" not in saved:  # saved before the state recorded it
             saved["wall_time"] = saved.get("train_time", 0.0)
+        if isinstance(saved.get("config"), dict):
+            saved["config"] = upgrade(saved["config"])
         try:
             return cls(**{k: v for k, v in saved.items() if k in names})
         except TypeError as e:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 
 from nplm.checkpoint import CheckpointError, load_model
-from nplm.config import ConfigError
+from nplm.config import RENAMED, ConfigError
 from nplm.data import DataError, load_data
 
 USER_ERRORS = (ConfigError, DataError, CheckpointError)
@@ -48,6 +48,9 @@ def config_error_line(e: Exception) -> str:
                     f"({key}='\"{value}\"')")
         if arg is not None:
             return f"cannot parse the argument {arg}; quote a value that holds special characters ({arg.partition('=')[0]}='\"...\"')"
+    renamed = [f"{old} is now called {new}" for old, new in RENAMED.items() if f"'{old}'" in message]
+    if renamed:  # a key renamed since (data.dev_frac -> data.val_frac)
+        return f"{message.split(';')[0]}: {'; '.join(renamed)}"
     if "Key '" in message and " not in " in message:  # an unknown key
         message += "; check its spelling (python train.py --cfg job prints every key and its value)"
     return message

@@ -39,7 +39,7 @@ _run_dir: Path | None = None  # the folder of the run in progress, for the messa
 
 
 def job(cfg: DictConfig) -> float:
-    """One run, or one job of a sweep, in the folder Hydra made for it; returns its final dev loss
+    """One run, or one job of a sweep, in the folder Hydra made for it; returns its final val loss
     (what sweepers minimise: inf, never NaN, for a run that diverged). A finished run of the same
     config in that folder is not run again; an interrupted one goes on (nplm/resume.py)."""
     global _run_dir
@@ -51,7 +51,7 @@ def job(cfg: DictConfig) -> float:
             config = to_config(cfg)
             done = None if config.resume else finished_val_loss(out_dir, config)
             if done is not None:
-                log.info("skipping job %s: it finished already in %s (dev loss %.4f)", hc.job.num, out_dir, done)
+                log.info("skipping job %s: it finished already in %s (val loss %.4f)", hc.job.num, out_dir, done)
                 return done
             config, state = continue_from(out_dir, config, overrides)
             if not multirun:

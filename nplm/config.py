@@ -43,15 +43,15 @@ class ConfigError(ValueError):
 class DataConfig:
     path: Optional[str] = None  # one word (level=word: one sentence) per line; None = the bundled names.txt
     train_frac: float = MISSING  # first fraction of the shuffled words (level=word: of the lines, in order)
-    dev_frac: float = MISSING  # next fraction -> dev; the rest -> test
+    val_frac: float = MISSING  # next fraction -> val; the rest -> test
     split_seed: int = MISSING  # Python random.Random(split_seed).shuffle(words); level=word: unused
     level: str = "char"  # char (names, makemore) | word (sentences, Bengio et al.; nplm/data.py)
     lowercase: bool = False  # level=word: fold case before tokenising
     min_count: int = 1  # level=word: words seen fewer times in the training split become <unk>
     max_vocab: int = 0  # level=word: keep at most this many tokens (</s> and <unk> included); 0 = all
     train_tokens: int = 0  # level=word: split by token counts instead of fractions: the lines holding the
-    # first train_tokens tokens train, the next dev_tokens dev, the rest test; 0 = split by fractions
-    dev_tokens: int = 0  # level=word, with train_tokens: the tokens of the dev split; 0 = split by fractions
+    # first train_tokens tokens train, the next val_tokens val, the rest test; 0 = split by fractions
+    val_tokens: int = 0  # level=word, with train_tokens: the tokens of the val split; 0 = split by fractions
 
 
 @dataclass
@@ -70,7 +70,7 @@ class ModelConfig:
     maxent_buckets: int = 131072  # nplm: rows per n-gram order (orders with fewer contexts get one row each)
     order: int = 0  # ngram: n, the characters of an n-gram (context + next)
     mix_order: int = 0  # nplm: interpolate the trained network with a Kneser-Ney n-gram of this order,
-    # weight fitted on dev (the paper's mixture, nplm/mixture.py); 0 = off
+    # weight fitted on val (the paper's mixture, nplm/mixture.py); 0 = off
 
 
 @dataclass
@@ -95,14 +95,14 @@ class OptimConfig:
 class TrainConfig:
     steps: int = MISSING  # optimiser steps to train
     batch_size: int = MISSING  # examples (contexts) per minibatch
-    eval_interval: int = MISSING  # steps between full dev-split evaluations (and at the last step)
+    eval_interval: int = MISSING  # steps between full val-split evaluations (and at the last step)
     log_interval: int = MISSING  # steps between metrics rows / progress lines
     eval_chunk: int = 4096  # rows per chunk when evaluating a whole split (bounds memory); fewer with a large
     # vocabulary, so a chunk's logits stay cache-sized (nplm/evaluate.py)
     threads: int = 0  # torch CPU threads; 0 = chosen for the model's size (nplm/threads.py: one thread for
     # small models, which other busy processes would stall at two or more)
     num_samples: int = 20  # names sampled at the end of the run
-    keep_best: bool = False  # end with the weights of the best dev evaluation, not the last step's
+    keep_best: bool = False  # end with the weights of the best val evaluation, not the last step's
     fast: str = "auto"  # the fast path (nplm/fast.py; on a GPU a CUDA graph): auto (covered, it pays) | on | off
     ema: float = 0.0  # decay of an exponential moving average of the weights, used for evaluation and
     # kept at the end (Polyak averaging; 0.999 averages over ~1,000 steps); 0 = off
@@ -179,20 +179,20 @@ def _check_choice(value: str, choices: tuple[str, ...], key: str) -> None:
 def validate(cfg: Config) -> Config:
     """Check ranges and names; raise ConfigError with a message that says what to change."""
     d, m, o, t = cfg.data, cfg.model, cfg.optim, cfg.train
-    for key, frac in (("data.train_frac", d.train_frac), ("data.dev_frac", d.dev_frac)):
+    for key, frac in (("data.train_frac", d.train_frac), ("data.val_frac", d.val_frac)):
         _check(0 < frac < 1, f"{key}={frac} must be between 0 and 1 (exclusive)")
-    _check(d.train_frac + d.dev_frac < 1,
-           f"data.train_frac + data.dev_frac = {d.train_frac + d.dev_frac:g} must be below 1 "
+    _check(d.train_frac + d.val_frac < 1,
+           f"data.train_frac + data.val_frac = {d.train_frac + d.val_frac:g} must be below 1 "
            "so the test split is not empty")
     _check_choice(d.level, LEVELS, "data.level")
     _check(d.min_count >= 1, f"data.min_count={d.min_count} must be at least 1")
     _check(d.max_vocab == 0 or d.max_vocab >= 3, f"data.max_vocab={d.max_vocab} must be 0 (no limit) or at least 3")
-    if d.train_tokens or d.dev_tokens:
-        _check(d.level == "word", "data.train_tokens / data.dev_tokens split sentences by token counts; they need "
-               "data.level=word (characters are split by data.train_frac / data.dev_frac)")
-        _check(d.train_tokens > 0 and d.dev_tokens > 0,
-               f"data.train_tokens={d.train_tokens} and data.dev_tokens={d.dev_tokens} must both be positive "
-               "(or both 0 to split by data.train_frac / data.dev_frac)")
+    if d.train_tokens or d.val_tokens:
+        _check(d.level == "word", "data.train_tokens / data.val_tokens split sentences by token counts; they need "
+               "data.level=word (characters are split by data.train_frac / data.val_frac)")
+        _check(d.train_tokens > 0 and d.val_tokens > 0,
+               f"data.train_tokens={d.train_tokens} and data.val_tokens={d.val_tokens} must both be positive "
+               "(or both 0 to split by data.train_frac / data.val_frac)")
     _check_choice(m.type, MODEL_TYPES, "model")
     if m.type == "ngram":
         _check(1 <= m.order <= 10, f"model.order={m.order} must be between 1 and 10")
@@ -287,15 +287,31 @@ def _unknown_keys(node: DictConfig, schema: type, prefix: str = "") -> list[str]
     return unknown
 
 
+RENAMED = {"data.dev_frac": "data.val_frac", "data.dev_tokens": "data.val_tokens"}  # old key -> its name now
+
+
+def upgrade(saved: dict) -> dict:
+    """A config saved as a plain dict before keys were renamed (RENAMED), with the names of now."""
+    saved = {k: dict(v) if isinstance(v, dict) else v for k, v in saved.items()}
+    for old, new in RENAMED.items():
+        (section, name), (_, new_name) = old.split("."), new.split(".")
+        if name in saved.get(section, {}):
+            saved[section][new_name] = saved[section].pop(name)
+    return saved
+
+
 def from_dict(saved: dict) -> Config:
     """A config saved as a plain dict (checkpoints, training states) as validated dataclasses; keys
-    added to the schema since it was saved take their defaults (off)."""
-    return validate(OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), saved)))
+    added to the schema since it was saved take their defaults (off), renamed ones their new names."""
+    return validate(OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), upgrade(saved))))
 
 
 def to_config(cfg: DictConfig) -> Config:
     """Turn Hydra's composed DictConfig into validated plain dataclasses."""
     unknown = _unknown_keys(cfg, Config)
+    renamed = [k for k in unknown if k in RENAMED]
+    if renamed:
+        raise ConfigError("; ".join(f"{k} is now called {RENAMED[k]}: write {RENAMED[k]}=..." for k in renamed))
     if unknown:
         raise ConfigError(f"unknown key {', '.join(map(repr, unknown))}: the config has no such key; check its "
                           "spelling (python train.py --cfg job prints every key and its value)")

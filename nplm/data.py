@@ -1,8 +1,8 @@
 """Data: read a text file, build the vocabulary, split it, make (context, next token) examples.
 
-data.level=char (default) follows makemore part 2 exactly (REFERENCE.md): one word per line, '.'
+data.level=char (default) follows makemore part 2 exactly (docs/reference.md): one word per line, '.'
 is index 0 and marks both the start and the end of a word; the words are shuffled once with
-random.Random(split_seed) and cut into train/dev/test by word, so one name's examples never
+random.Random(split_seed) and cut into train/val/test by word, so one name's examples never
 straddle two splits.
 
 data.level=word is Bengio et al.'s setting: each line is a sentence, tokenised into words and
@@ -10,9 +10,9 @@ punctuation marks (TOKEN below; data.lowercase folds case first); `</s>` is inde
 the start and the end of a line, as '.' does for names; `<unk>` stands for every word seen fewer
 than data.min_count times in the training split (or outside the data.max_vocab most frequent).
 The lines are cut in order, not shuffled, as the paper cut its corpus by position: the first
-train_frac of them train, the next dev_frac dev, the rest test; or, with data.train_tokens and
-data.dev_tokens, by counts of tokens (the paper: the first 800,000 words train, the next 200,000
-validate): lines go to train until train_tokens tokens are reached, then to dev until dev_tokens
+train_frac of them train, the next val_frac val, the rest test; or, with data.train_tokens and
+data.val_tokens, by counts of tokens (the paper: the first 800,000 words train, the next 200,000
+validate): lines go to train until train_tokens tokens are reached, then to val until val_tokens
 more are, the rest to test. Tokens are the TOKEN matches (words and marks, not </s>); the cut
 falls at the end of the line that reaches the count, so no sentence straddles two splits.
 """
@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 BOUNDARY = "."
-SPLITS = ("train", "dev", "test")
+SPLITS = ("train", "val", "test")
 EOS, UNK = "</s>", "<unk>"  # data.level=word: the line boundary (index 0) and the unknown word (index 1)
 TOKEN = re.compile(r"\w+(?:'\w+)*|[^\w\s]")  # a word (letters, digits, _, inner apostrophes) or one mark
 
@@ -110,17 +110,17 @@ class Vocab:
         return "".join(self.itos[i] for i in idx)
 
 
-def split_words(words: list[str], train_frac: float, dev_frac: float, seed: int) -> dict[str, list[str]]:
-    """Shuffle a copy once with random.Random(seed), then cut into train/dev/test by word."""
+def split_words(words: list[str], train_frac: float, val_frac: float, seed: int) -> dict[str, list[str]]:
+    """Shuffle a copy once with random.Random(seed), then cut into train/val/test by word."""
     words = list(words)
     random.Random(seed).shuffle(words)  # same draws as the lecture's random.seed(42); random.shuffle
     n1 = int(train_frac * len(words))
-    n2 = int((train_frac + dev_frac) * len(words))
-    splits = {"train": words[:n1], "dev": words[n1:n2], "test": words[n2:]}
+    n2 = int((train_frac + val_frac) * len(words))
+    splits = {"train": words[:n1], "val": words[n1:n2], "test": words[n2:]}
     empty = [name for name, ws in splits.items() if not ws]
     if empty:
         raise DataError(f"{len(words)} words are too few: the {', '.join(empty)} split(s) would be empty; "
-                        "use more words or change data.train_frac / data.dev_frac")
+                        "use more words or change data.train_frac / data.val_frac")
     return splits
 
 
@@ -193,32 +193,32 @@ class Dataset:
     Y: dict[str, torch.Tensor]
 
 
-def load_dataset(path: str | Path | None, train_frac: float, dev_frac: float, split_seed: int,
+def load_dataset(path: str | Path | None, train_frac: float, val_frac: float, split_seed: int,
                  block_size: int, level: str = "char", lowercase: bool = False, min_count: int = 1,
-                 max_vocab: int = 0, train_tokens: int = 0, dev_tokens: int = 0) -> Dataset:
+                 max_vocab: int = 0, train_tokens: int = 0, val_tokens: int = 0) -> Dataset:
     if level == "word":
-        return _load_word_dataset(path, train_frac, dev_frac, block_size, lowercase, min_count, max_vocab,
-                                  train_tokens, dev_tokens)
+        return _load_word_dataset(path, train_frac, val_frac, block_size, lowercase, min_count, max_vocab,
+                                  train_tokens, val_tokens)
     words = load_words(path)
     vocab = Vocab.from_words(words)  # from all words, as the lecture does: every split is encodable
-    splits = split_words(words, train_frac, dev_frac, split_seed)
+    splits = split_words(words, train_frac, val_frac, split_seed)
     X, Y = {}, {}
     for name, ws in splits.items():
         X[name], Y[name] = build_examples(ws, vocab, block_size)
     return Dataset(vocab, splits, X, Y)
 
 
-def _load_word_dataset(path, train_frac: float, dev_frac: float, block_size: int, lowercase: bool,
-                       min_count: int, max_vocab: int, train_tokens: int = 0, dev_tokens: int = 0) -> Dataset:
+def _load_word_dataset(path, train_frac: float, val_frac: float, block_size: int, lowercase: bool,
+                       min_count: int, max_vocab: int, train_tokens: int = 0, val_tokens: int = 0) -> Dataset:
     lines = [tokens for tokens in (tokenize(line, lowercase) for line in read_lines(path, "sentence")) if tokens]
     if train_tokens:
         n1 = _cut_by_tokens(lines, train_tokens)
-        n2 = n1 + _cut_by_tokens(lines[n1:], dev_tokens)
-        change = "data.train_tokens / data.dev_tokens"
+        n2 = n1 + _cut_by_tokens(lines[n1:], val_tokens)
+        change = "data.train_tokens / data.val_tokens"
     else:
-        n1, n2 = int(train_frac * len(lines)), int((train_frac + dev_frac) * len(lines))
-        change = "data.train_frac / data.dev_frac"
-    parts = {"train": lines[:n1], "dev": lines[n1:n2], "test": lines[n2:]}  # in order, by position
+        n1, n2 = int(train_frac * len(lines)), int((train_frac + val_frac) * len(lines))
+        change = "data.train_frac / data.val_frac"
+    parts = {"train": lines[:n1], "val": lines[n1:n2], "test": lines[n2:]}  # in order, by position
     empty = [name for name, part in parts.items() if not part]
     if empty:
         total = sum(map(len, lines))
@@ -249,8 +249,8 @@ def load_data(d, block_size: int) -> Dataset:
     """The dataset a config's `data` section (nplm.config.DataConfig) describes. The last one is
     kept: the next job of an in-process sweep on the same data (file unchanged) gets it at once."""
     global _last
-    args = (d.path, d.train_frac, d.dev_frac, d.split_seed, block_size, d.level, d.lowercase, d.min_count,
-            d.max_vocab, d.train_tokens, d.dev_tokens)
+    args = (d.path, d.train_frac, d.val_frac, d.split_seed, block_size, d.level, d.lowercase, d.min_count,
+            d.max_vocab, d.train_tokens, d.val_tokens)
     try:
         stat = Path(d.path or bundled_names_path()).stat()
         key = (*args, stat.st_mtime_ns, stat.st_size)

@@ -1,7 +1,7 @@
 """Evaluation: the mean cross-entropy (nats per character, or per word) of a whole split, in chunks.
 
 Chunks of `chunk` rows under inference mode keep peak memory flat and run faster than one pass
-over the whole split (REFERENCE.md). With a large vocabulary the rows per chunk shrink so that one
+over the whole split (docs/reference.md). With a large vocabulary the rows per chunk shrink so that one
 chunk's logits stay near LOGITS_PER_CHUNK floats (16 MB, cache-sized): at 16,000 words, chunks of
 262 rows evaluate 2.3x faster than chunks of 4,096 on this CPU (22,700 vs 9,900 tokens/s; 6,000
 words: 58,900 vs 24,600), and at characters the cap never binds.
@@ -59,7 +59,7 @@ def divergence_limit(model: torch.nn.Module, X: torch.Tensor, Y: torch.Tensor, v
 
 
 class DivergenceWatch:
-    """Whether a run has diverged, from its logged losses: one that is not finite, a dev loss (the
+    """Whether a run has diverged, from its logged losses: one that is not finite, a val loss (the
     whole split) above `limit`, or a minibatch's training loss above it at two logged steps in a row
     (one small minibatch can be unlucky; a diverged run stays up)."""
 
@@ -70,5 +70,5 @@ class DivergenceWatch:
         was_high, self.high = self.high, loss > self.limit
         return not math.isfinite(loss) or (was_high and self.high)
 
-    def dev(self, loss: float) -> bool:
+    def val(self, loss: float) -> bool:
         return not math.isfinite(loss) or loss > self.limit

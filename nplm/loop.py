@@ -31,13 +31,13 @@ log = logging.getLogger("nplm")
 
 class Diverged(Exception):
     """A loss became NaN or inf, or rose far above where training started (evaluate.divergence_limit).
-    args: (step, loss, training seconds then, what: 'training loss' or 'dev loss')."""
+    args: (step, loss, training seconds then, what: 'training loss' or 'val loss')."""
 
 
 @dataclass
 class Cadence:
     """When a run of `steps` steps logs a metrics row (every log_interval steps), evaluates the full
-    dev split and saves its training state (every eval_interval steps, and at the last step).
+    val split and saves its training state (every eval_interval steps, and at the last step).
     Steps are counted as steps done: 1 after the first step."""
     steps: int
     log_interval: int
@@ -66,7 +66,7 @@ class Fit:
 
 
 class Monitor:
-    """One run's record of its own training: builds its metrics rows, evaluates the dev split (X, Y)
+    """One run's record of its own training: builds its metrics rows, evaluates the val split (X, Y)
     when told, keeps its best val loss (and the weights then, if keep_best), and raises Diverged when
     a logged loss shows the run has diverged (evaluate.DivergenceWatch)."""
 
@@ -80,15 +80,15 @@ class Monitor:
 
     def row(self, done: int, loss: float, lr: float, elapsed: float, rate: float,
             evaluated: torch.nn.Module | None = None) -> dict:
-        """The metrics row of step `done`, with the dev split's loss of `evaluated` if given."""
+        """The metrics row of step `done`, with the val split's loss of `evaluated` if given."""
         row = {"step": done, "train/loss": loss, "lr": lr, "elapsed": elapsed, "steps_per_s": rate}
         if self.watch.train(loss):
             raise Diverged(done, loss, elapsed, "training loss")
         if evaluated is not None:
             val = self.val_loss = split_loss(evaluated, self.X, self.Y, self.chunk)
             row["val/loss"], row["val/ppl"] = val, perplexity(val)
-            if self.watch.dev(val):
-                raise Diverged(done, val, elapsed, "dev loss")
+            if self.watch.val(val):
+                raise Diverged(done, val, elapsed, "val loss")
             if val < self.best_val:
                 self.best_val, self.best_step = val, done
                 if self.keep_best:
@@ -126,7 +126,7 @@ def fit(s: Setup, tracker: Tracker, stop: StopSignals, resume: TrainState | None
     cadence = Cadence(t.steps, t.log_interval, t.eval_interval)
     ema = EMA(model, t.ema) if t.ema else None  # Polyak averaging: evaluate (and end with) the averaged weights
     evaluated = ema.module if ema is not None else model
-    monitor = Monitor(s.limit, t.keep_best, s.X["dev"], s.Y["dev"], t.eval_chunk, resume)
+    monitor = Monitor(s.limit, t.keep_best, s.X["val"], s.Y["val"], t.eval_chunk, resume)
     done, train_time = (resume.step, resume.train_time) if resume else (0, 0.0)
     if resume and ema is not None:
         ema.load_state_dict(resume.ema)

@@ -4,7 +4,7 @@ section 4: "mixture of the neural network with a trigram").
     P(w | context) = weight * P_nplm(w | context) + (1 - weight) * P_ngram(w | context)
 
 `model.mix_order=N` builds the N-gram from the training split after training and fits `weight` on
-the dev split (the mixture's log-likelihood is concave in the weight: its maximum is found by
+the val split (the mixture's log-likelihood is concave in the weight: its maximum is found by
 bisection on the derivative). The mixture then is the run's model: its losses are reported, it is sampled and saved.
 """
 from __future__ import annotations
@@ -96,12 +96,12 @@ def fit_weight(nplm: NPLM, ngram: NGram, X: torch.Tensor, Y: torch.Tensor, chunk
 def fit_mixture(model: NPLM, order: int, X: dict[str, torch.Tensor], Y: dict[str, torch.Tensor],
                 chunk: int) -> tuple[Mixture, dict]:
     """model.mix_order: the trained network mixed with a Kneser-Ney `order`-gram built from the training
-    split (X, Y by split), the network's weight fitted on dev. Returns it and what the summary records."""
+    split (X, Y by split), the network's weight fitted on val. Returns it and what the summary records."""
     ngram = NGram(order, model.vocab_size, model.block_size).fit(X["train"], Y["train"])
-    weight = fit_weight(model, ngram, X["dev"], Y["dev"], chunk)
-    nplm_dev = split_loss(model, X["dev"], Y["dev"], chunk)
-    ngram_dev = split_loss(ngram, X["dev"], Y["dev"], chunk)
-    log.info("mixture: %.3f x network (dev %.4f) + %.3f x Kneser-Ney %d-gram (dev %.4f, %s counts), "
-             "weight fitted on dev", weight, nplm_dev, 1 - weight, order, ngram_dev, f"{ngram.num_params():,}")
-    return Mixture(model, ngram, weight), {"mix_order": order, "mix_weight": weight, "nplm_dev_loss": nplm_dev,
-                                           "ngram_dev_loss": ngram_dev, "ngram_counts": ngram.num_params()}
+    weight = fit_weight(model, ngram, X["val"], Y["val"], chunk)
+    nplm_val = split_loss(model, X["val"], Y["val"], chunk)
+    ngram_val = split_loss(ngram, X["val"], Y["val"], chunk)
+    log.info("mixture: %.3f x network (val %.4f) + %.3f x Kneser-Ney %d-gram (val %.4f, %s counts), "
+             "weight fitted on val", weight, nplm_val, 1 - weight, order, ngram_val, f"{ngram.num_params():,}")
+    return Mixture(model, ngram, weight), {"mix_order": order, "mix_weight": weight, "nplm_val_loss": nplm_val,
+                                           "ngram_val_loss": ngram_val, "ngram_counts": ngram.num_params()}

@@ -111,7 +111,7 @@ def read_curve(metrics_csv: Path) -> dict[str, list[tuple[int, float]]]:
 
 
 def plot_losses(metrics_csv: str | Path, path: str | Path, title: str = "", level: str = "char") -> Path:
-    """train/loss (minibatch) and val/loss (full dev split) against step, log-scale loss; for
+    """train/loss (minibatch) and val/loss (full val split) against step, log-scale loss; for
     characters with the lecture's 2.17 for scale."""
     curves = read_curve(metrics_csv)
     fig, ax = figure((7, 4.2))
@@ -120,7 +120,7 @@ def plot_losses(metrics_csv: str | Path, path: str | Path, title: str = "", leve
             steps, losses = zip(*curves[key])
             ax.plot(steps, losses, label=key, **style)
     if level == "char":
-        ax.axhline(2.17, color="grey", ls="--", lw=0.8, label="lecture dev 2.17")
+        ax.axhline(2.17, color="grey", ls="--", lw=0.8, label="lecture 2.17")
     ax.set_yscale("log")
     from matplotlib.ticker import FormatStrFormatter  # plain numbers, not 2.4x10^0, on a log axis
     ax.yaxis.set_major_formatter(FormatStrFormatter("%.2f"))

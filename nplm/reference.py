@@ -20,8 +20,8 @@ def lecture_loop(steps: int = 200_000, batch_size: int = 32, seed: int = 2147483
     return the parameters, the full-split losses and the seconds the training loop took. On
     device=cuda the same draws (from the CPU generator, as the runner draws them), tensors on the GPU."""
     data = load_dataset(None, 0.8, 0.1, 42, block_size)
-    Xtr, Ytr, Xdev, Ydev = (data.X["train"].to(device), data.Y["train"].to(device), data.X["dev"].to(device),
-                            data.Y["dev"].to(device))
+    Xtr, Ytr, Xval, Yval = (data.X["train"].to(device), data.Y["train"].to(device), data.X["val"].to(device),
+                            data.Y["val"].to(device))
     V = data.vocab.size
     g = torch.Generator().manual_seed(seed)
     C = torch.randn((V, n_embd), generator=g).to(device)
@@ -56,4 +56,4 @@ def lecture_loop(steps: int = 200_000, batch_size: int = 32, seed: int = 2147483
             return F.cross_entropy(h @ W2 + b2, Y).item()
 
     return {"params": [p.detach() for p in parameters],
-            "train_loss": split_loss(Xtr, Ytr), "dev_loss": split_loss(Xdev, Ydev), "train_time_s": train_time}
+            "train_loss": split_loss(Xtr, Ytr), "val_loss": split_loss(Xval, Yval), "train_time_s": train_time}

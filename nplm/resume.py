@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from nplm.checkpoint import STATE_NAME, TrainState
-from nplm.config import Config, ConfigError, from_dict, validate
+from nplm.config import Config, ConfigError, from_dict, upgrade, validate
 
 # Settings a resumed run may change: how long it trains (the schedule follows the new length), how it
 # reports, how many threads it uses.
@@ -88,10 +88,10 @@ def finished_val_loss(run_dir: Path, cfg: Config) -> float | None:
         return None  # a damaged record of an unfinished run: run it again
     if summary.get("status") != "finished" or summary.get("mode", "train") != "train":
         return None  # unfinished, or a tool's run (lr_find, overfit_batch): cheap to run again
-    if summary.get("config") != dataclasses.asdict(cfg):
+    if upgrade(summary.get("config") or {}) != dataclasses.asdict(cfg):
         raise ConfigError(f"{run_dir} holds a finished run of a different config; it is never overwritten. "
                           "Start a new sweep folder with hydra.sweep.dir=... (or hydra.run.dir=...)")
-    return summary["dev_loss"]
+    return summary["val_loss"] if "val_loss" in summary else summary["dev_loss"]  # dev_loss: its name before
 
 
 def continue_from(run_dir: Path, cfg: Config, overrides: list[str]) -> tuple[Config, TrainState | None]:

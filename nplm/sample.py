@@ -1,4 +1,4 @@
-"""Sampling: draw words from a trained model and label each as in train, in dev, or new."""
+"""Sampling: draw words from a trained model and label each as in train, in val, or new."""
 from __future__ import annotations
 
 import torch
@@ -35,6 +35,6 @@ def sample_words(model: torch.nn.Module, vocab: Vocab, n: int, generator: torch.
 
 
 def label_words(words: list[str], data: Dataset) -> list[tuple[str, str]]:
-    """(word, 'train' | 'dev' | 'new'): where the word occurs in the data (test is never looked at)."""
-    train, dev = set(data.words["train"]), set(data.words["dev"])
-    return [(w, "train" if w in train else "dev" if w in dev else "new") for w in words]
+    """(word, 'train' | 'val' | 'new'): where the word occurs in the data (test is never looked at)."""
+    train, val = set(data.words["train"]), set(data.words["val"])
+    return [(w, "train" if w in train else "val" if w in val else "new") for w in words]

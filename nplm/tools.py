@@ -41,7 +41,7 @@ def run_tool(cfg: Config, model: NPLM, optimizer: Optimizer, g: torch.Generator,
         result = overfit_batch(cfg, model, optimizer, g, Xtr, Ytr, tracker)
         value = result["overfit_loss"]
     tracker.write_summary({
-        "status": "finished", "mode": cfg.mode, **result, "train_loss": None, "dev_loss": None,
+        "status": "finished", "mode": cfg.mode, **result, "train_loss": None, "val_loss": None,
         "wall_time_s": time.perf_counter() - t_start, "train_time_s": time.perf_counter() - t0,
         "num_params": model.num_params(), "seed": cfg.seed, "device": str(Xtr.device),
         "threads": torch.get_num_threads(), **provenance(), "config": dataclasses.asdict(cfg)})

@@ -1,4 +1,4 @@
-"""One run: `run(cfg, out_dir)` trains one model as its config says, records it, and returns the final dev loss.
+"""One run: `run(cfg, out_dir)` trains one model as its config says, records it, and returns the final val loss.
 
 It reads as a story: check (nplm/preflight.py), build (the network, its optimiser and generator; or
 the count model), fit (nplm/loop.py; or replay the training its vectorised group did,
@@ -38,7 +38,7 @@ log = logging.getLogger("nplm")
 
 def run(cfg: Config, out_dir: Path, group: str | None = None, name: str | None = None,
         resume: TrainState | None = None, grouped=None) -> float:
-    """Train one model as `cfg` says, record it in `out_dir`, and return the final dev loss.
+    """Train one model as `cfg` says, record it in `out_dir`, and return the final val loss.
 
     `group` and `name` label the W&B run (a sweep's folder and the job's overrides). `resume` is the
     training state an interrupted run saved in out_dir (nplm/resume.py): training continues from it.
@@ -59,10 +59,10 @@ def run(cfg: Config, out_dir: Path, group: str | None = None, name: str | None =
             tracker = Tracker(out_dir, cfg.wandb, dataclasses.asdict(cfg), group, name,
                               resume_step=resume.step if resume else None,
                               wandb_id=resume.wandb_id if resume else None)
-            dev_loss = train(cfg, data, device, tracker, stop, t_start, resume, grouped)
+            val_loss = train(cfg, data, device, tracker, stop, t_start, resume, grouped)
             failed = False
             (out_dir / STATE_NAME).unlink(missing_ok=True)  # finished: ckpt.pt is the record now
-            return dev_loss
+            return val_loss
         except BaseException as e:
             _record_failure(cfg, out_dir, tracker, e, t_start)
             raise
@@ -73,10 +73,10 @@ def run(cfg: Config, out_dir: Path, group: str | None = None, name: str | None =
 
 def train(cfg: Config, data: Dataset, device: torch.device, tracker: Tracker, stop: StopSignals, t_start: float,
           resume: TrainState | None = None, grouped=None) -> float:
-    """Build, fit, record. Returns the final dev loss (inf if the run diverged; a tool's own figure)."""
+    """Build, fit, record. Returns the final val loss (inf if the run diverged; a tool's own figure)."""
     _say_data(cfg, data)
-    X = {s: data.X[s].to(device) for s in ("train", "dev")}
-    Y = {s: data.Y[s].to(device) for s in ("train", "dev")}
+    X = {s: data.X[s].to(device) for s in ("train", "val")}
+    Y = {s: data.Y[s].to(device) for s in ("train", "val")}
     if cfg.model.type == "ngram":
         return _record(cfg, data, tracker, t_start, _count(cfg, data, X, Y))
     s = build(cfg, data.vocab.size, X, Y, device, resume)
@@ -97,7 +97,7 @@ def train(cfg: Config, data: Dataset, device: torch.device, tracker: Tracker, st
     if cfg.train.keep_best and fitted.best_state is not None:
         done.model.load_state_dict(fitted.best_state)
         done.weights_step = fitted.best_step
-        log.info("keep_best: ending with the weights of step %d (dev loss %.4f)", fitted.best_step, fitted.best_val)
+        log.info("keep_best: ending with the weights of step %d (val loss %.4f)", fitted.best_step, fitted.best_val)
     if cfg.model.mix_order:
         done.model, done.mix = fit_mixture(done.model, cfg.model.mix_order, X, Y, cfg.train.eval_chunk)
     elif grouped is not None and fitted.best_state is None:
@@ -113,9 +113,9 @@ class Trained:
     fit: Fit
     steps: int  # steps trained
     weights_step: int  # the step the weights are from (earlier with train.keep_best)
-    mix: dict = field(default_factory=dict)  # model.mix_order: the mixture's weight and its parts' dev losses
+    mix: dict = field(default_factory=dict)  # model.mix_order: the mixture's weight and its parts' val losses
     resumed_at: list[int] = field(default_factory=list)  # the steps the run was resumed at
-    measured: tuple | None = None  # ((train loss, dev loss), seconds): the final losses, if its group measured them
+    measured: tuple | None = None  # ((train loss, val loss), seconds): the final losses, if its group measured them
 
 
 def build(cfg: Config, vocab_size: int, X: dict, Y: dict, device: torch.device,
@@ -129,7 +129,7 @@ def build(cfg: Config, vocab_size: int, X: dict, Y: dict, device: torch.device,
     torch.manual_seed(cfg.seed)  # dropout's masks come from torch's global generator
     model = make_model(m, vocab_size, g).to(device)
     optimizer = make_optimizer(model, cfg.optim)
-    limit = divergence_limit(model, X["dev"], Y["dev"], vocab_size)  # of the untrained model, also when resuming
+    limit = divergence_limit(model, X["val"], Y["val"], vocab_size)  # of the untrained model, also when resuming
     if resume:  # the interrupted run's weights, optimiser and generators, as they were at its step
         model.load_state_dict(resume.model)
         optimizer.load_state_dict(resume.optimizer)
@@ -160,22 +160,22 @@ def _count(cfg: Config, data: Dataset, X: dict, Y: dict) -> Trained:
 
 def _record(cfg: Config, data: Dataset, tracker: Tracker, t_start: float, done: Trained) -> float:
     """The record of a trained model: final losses over the full splits, samples, plots, checkpoint
-    and summary; says so. Returns the final dev loss."""
+    and summary; says so. Returns the final val loss."""
     out_dir, model, fitted = tracker.out_dir, done.model, done.fit
     network = cfg.model.type == "nplm"
     drawn = _draw(cfg, model, data, out_dir) if network else None  # by the plot worker, while this process evaluates
     t0 = time.perf_counter()
     if done.measured is not None and done.measured[0]:
-        (train_loss, dev_loss), eval_time = done.measured
+        (train_loss, val_loss), eval_time = done.measured
     else:
         device = model_device(model)
         train_loss = split_loss(model, data.X["train"].to(device), data.Y["train"].to(device), cfg.train.eval_chunk)
-        dev_loss = split_loss(model, data.X["dev"].to(device), data.Y["dev"].to(device), cfg.train.eval_chunk)
+        val_loss = split_loss(model, data.X["val"].to(device), data.Y["val"].to(device), cfg.train.eval_chunk)
         eval_time = time.perf_counter() - t0
-    if done.mix or dev_loss < fitted.best_val:  # a mixture's loss is not comparable with its network's best
-        fitted.best_val, fitted.best_step = dev_loss, done.steps
+    if done.mix or val_loss < fitted.best_val:  # a mixture's loss is not comparable with its network's best
+        fitted.best_val, fitted.best_step = val_loss, done.steps
     if not network:  # its one row of metrics: the fitted model
-        tracker.log({"step": 0, "train/loss": train_loss, "val/loss": dev_loss, "elapsed": fitted.train_time})
+        tracker.log({"step": 0, "train/loss": train_loss, "val/loss": val_loss, "elapsed": fitted.train_time})
     samples = label_words(sample_words(model, data.vocab, cfg.train.num_samples,
                                        torch.Generator().manual_seed(cfg.seed)), data)
     tracker.write_samples(samples)
@@ -187,31 +187,31 @@ def _record(cfg: Config, data: Dataset, tracker: Tracker, t_start: float, done: 
     wall = time.perf_counter() - t_start
     if fitted.path.get("path") == "vectorized":  # its share of its group's training came before its job
         wall += fitted.train_time
-    summary = _summary(cfg, data, done, train_loss, dev_loss, wall, eval_time)
+    summary = _summary(cfg, data, done, train_loss, val_loss, wall, eval_time)
     tracker.write_summary(summary)
     _say_done(cfg, summary, out_dir, samples)
-    return dev_loss
+    return val_loss
 
 
-def _summary(cfg: Config, data: Dataset, done: Trained, train_loss: float, dev_loss: float, wall: float,
+def _summary(cfg: Config, data: Dataset, done: Trained, train_loss: float, val_loss: float, wall: float,
              eval_time: float) -> dict:
     """summary.json of a finished run: its results, speed, machine, provenance and config."""
     t, fitted, steps = cfg.train, done.fit, done.steps
     network, train_time = cfg.model.type == "nplm", fitted.train_time
     return {
         "status": "finished", "mode": "train",
-        "train_loss": train_loss, "dev_loss": dev_loss,
-        "best_dev_loss": fitted.best_val, "best_dev_step": fitted.best_step,
+        "train_loss": train_loss, "val_loss": val_loss,
+        "best_val_loss": fitted.best_val, "best_val_step": fitted.best_step,
         # perplexity: exp(loss in nats per token), the paper's measure at word level
-        "train_ppl": perplexity(train_loss), "dev_ppl": perplexity(dev_loss),
-        "best_dev_ppl": perplexity(fitted.best_val),
+        "train_ppl": perplexity(train_loss), "val_ppl": perplexity(val_loss),
+        "best_val_ppl": perplexity(fitted.best_val),
         "level": cfg.data.level,
         "steps": steps, "batch_size": t.batch_size if network else None,
         "wall_time_s": wall, "train_time_s": train_time,
         "steps_per_s": steps / train_time if steps and train_time else None,
         # throughput in tokens (characters or words): trained on per second, evaluated per second
         "train_tokens_per_s": steps * t.batch_size / train_time if network and steps and train_time else None,
-        "eval_tokens_per_s": (len(data.X["train"]) + len(data.X["dev"])) / eval_time,
+        "eval_tokens_per_s": (len(data.X["train"]) + len(data.X["val"])) / eval_time,
         "num_params": done.model.num_params(), "vocab_size": data.vocab.size,
         "seed": cfg.seed, "device": str(model_device(done.model)), "threads": torch.get_num_threads(),
         "threads_reason": threads.choose(cfg, data.vocab.size)[1],
@@ -238,24 +238,24 @@ def _draw(cfg: Config, model, data: Dataset, out_dir: Path):
 
 def _say_data(cfg: Config, data: Dataset) -> None:
     unit = "words" if cfg.data.level == "char" else "lines"
-    log.info("data: %d %s (train/dev/test %d/%d/%d), vocab_size %d (derived from the data), "
-             "examples train/dev/test %d/%d/%d", sum(map(len, data.words.values())), unit,
+    log.info("data: %d %s (train/val/test %d/%d/%d), vocab_size %d (derived from the data), "
+             "examples train/val/test %d/%d/%d", sum(map(len, data.words.values())), unit,
              *(len(data.words[s]) for s in SPLITS), data.vocab.size, *(len(data.X[s]) for s in SPLITS))
     if cfg.data.level == "word":  # each line gives its tokens and </s> as targets
-        log.info("tokens train/dev/test %d/%d/%d (words and marks, </s> not counted)",
+        log.info("tokens train/val/test %d/%d/%d (words and marks, </s> not counted)",
                  *(len(data.X[s]) - len(data.words[s]) for s in SPLITS))
 
 
 def _say_done(cfg: Config, summary: dict, out_dir: Path, samples: list[tuple[str, str]]) -> None:
     s, tokens = summary, "chars" if cfg.data.level == "char" else "words"
     if cfg.model.type == "ngram":
-        log.info("done: train loss %.4f | dev loss %.4f | %s counts | %.1f s wall (%.2f s counting)",
-                 s["train_loss"], s["dev_loss"], f"{s['num_params']:,}", s["wall_time_s"], s["train_time_s"])
+        log.info("done: train loss %.4f | val loss %.4f | %s counts | %.1f s wall (%.2f s counting)",
+                 s["train_loss"], s["val_loss"], f"{s['num_params']:,}", s["wall_time_s"], s["train_time_s"])
     else:
-        log.info("done: train loss %.4f | dev loss %.4f (best %.4f at step %d) | perplexity train %.2f, dev %.2f | "
+        log.info("done: train loss %.4f | val loss %.4f (best %.4f at step %d) | perplexity train %.2f, val %.2f | "
                  "%s parameters | %.1f s wall (%.1f s training, %.0f steps/s, %s %s/s; evaluation %s %s/s)",
-                 s["train_loss"], s["dev_loss"], s["best_dev_loss"], s["best_dev_step"], s["train_ppl"],
-                 s["dev_ppl"], f"{s['num_params']:,}", s["wall_time_s"], s["train_time_s"], s["steps_per_s"] or 0,
+                 s["train_loss"], s["val_loss"], s["best_val_loss"], s["best_val_step"], s["train_ppl"],
+                 s["val_ppl"], f"{s['num_params']:,}", s["wall_time_s"], s["train_time_s"], s["steps_per_s"] or 0,
                  f"{s['train_tokens_per_s'] or 0:,.0f}", tokens, f"{s['eval_tokens_per_s']:,.0f}", tokens)
     log.info("saved to %s", out_dir)
     sep = ", " if cfg.data.level == "char" else " | "  # sentences hold commas
@@ -273,7 +273,7 @@ def _record_divergence(cfg: Config, model, step: int, loss: float, train_time: f
     tracker.write_summary({
         "status": "diverged", "diverged_step": step, "diverged_loss": loss if math.isfinite(loss) else str(loss),
         "diverged_what": what, "divergence_limit": limit, "error": f"diverged at step {step}: the {what} is {how}",
-        "train_loss": None, "dev_loss": None, "wall_time_s": time.perf_counter() - t_start,
+        "train_loss": None, "val_loss": None, "wall_time_s": time.perf_counter() - t_start,
         "train_time_s": train_time, "num_params": model.num_params(), "seed": cfg.seed, **provenance(),
         "config": dataclasses.asdict(cfg)})
     return math.inf

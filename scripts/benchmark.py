@@ -9,11 +9,11 @@ alternating, and the table shows medians and ratios (issue 5's targets beside th
 
 - steps:   steps/s of the lecture recipe, batch 32, one thread: nplm/reference.py vs
            `python train.py experiment=lecture` (and that both reach the same loss).
-- fast:    training time until dev < 2.17 with `experiment=fast` (time-to-target).
+- fast:    training time until val < 2.17 with `experiment=fast` (time-to-target).
 - sweep:   wall time of a 16-run grid of lecture-size models (4 learning rates x 4 seeds): 16
            reference loops one after another vs one vectorised `train.py -m` sweep
            (+launcher=vectorized: the 16 runs as one stacked model, all cores), each lr x0.1
-           half-way as in the lecture (--sweep-steps per run), and the 16 runs' mean dev loss in both.
+           half-way as in the lecture (--sweep-steps per run), and the 16 runs' mean val loss in both.
 - startup: wall time of `python train.py train.steps=0` vs `python -c "import torch"`, with W&B
            disabled and with W&B offline (the default), alternating.
 - load:    steps/s of the default run (`python train.py`, 2,000 steps) with train.threads=0 (the
@@ -51,8 +51,8 @@ runs = json.loads(sys.argv[1])
 t0 = time.perf_counter()
 out = [lecture_loop(**kw) for kw in runs]
 print(json.dumps({"wall_s": time.perf_counter() - t0, "train_time_s": sum(o["train_time_s"] for o in out),
-                  "dev_loss": out[-1]["dev_loss"], "train_loss": out[-1]["train_loss"],
-                  "dev_losses": [o["dev_loss"] for o in out]}))
+                  "val_loss": out[-1]["val_loss"], "train_loss": out[-1]["train_loss"],
+                  "val_losses": [o["val_loss"] for o in out]}))
 """
 
 
@@ -93,19 +93,19 @@ def bench_steps(repeats: int, steps: int, device: str = "cpu") -> dict:
     for _ in range(repeats):
         r, _ = reference([{"steps": steps, "decay_step": steps // 2, "device": device}])
         ref.append(steps / r["train_time_s"])
-        losses["reference"] = r["dev_loss"]
+        losses["reference"] = r["val_loss"]
         s, _, _ = runner(*run, "train.fast=on")  # the compiled path (as experiment=lecture takes it)
         fast.append(s["steps_per_s"])
-        losses["compiled"] = s["dev_loss"]
+        losses["compiled"] = s["val_loss"]
         s, _, _ = runner(*run, "train.fast=off")
         plain.append(s["steps_per_s"])
-        losses["plain"] = s["dev_loss"]
+        losses["plain"] = s["val_loss"]
     med = statistics.median
     return {"reference_steps_per_s": med(ref), "runner_steps_per_s": med(fast), "plain_steps_per_s": med(plain),
             "ratio": med(fast) / med(ref), "plain_ratio": med(plain) / med(ref), "steps": steps, "device": device,
             "path": warm["path"],
-            "build_s": warm.get("build_time_s"), "reference_dev_loss": losses["reference"],
-            "runner_dev_loss": losses["compiled"], "plain_dev_loss": losses["plain"], "target": ">= 5x"}
+            "build_s": warm.get("build_time_s"), "reference_val_loss": losses["reference"],
+            "runner_val_loss": losses["compiled"], "plain_val_loss": losses["plain"], "target": ">= 5x"}
 
 
 def bench_fast(repeats: int) -> dict:
@@ -113,8 +113,8 @@ def bench_fast(repeats: int) -> dict:
     for _ in range(max(5, repeats)):
         s, _, _ = runner("experiment=fast", "train.num_samples=0")
         times.append(s["train_time_s"])
-        losses.append(s["dev_loss"])
-    return {"train_time_s": statistics.median(times), "all_s": times, "dev_loss": losses[-1],
+        losses.append(s["val_loss"])
+    return {"train_time_s": statistics.median(times), "all_s": times, "val_loss": losses[-1],
             "reached": all(v < 2.17 for v in losses), "target": "<= 1 s"}
 
 
@@ -134,15 +134,15 @@ def bench_sweep(repeats: int, steps: int, device: str = "cpu") -> dict:
         ref.append(r["process_wall_s"])
         s, wall, _ = runner(*sweep)
         run.append(wall)
-    # the same 16 runs (lr, seed) in both: their mean dev loss (one run's final loss at a high
+    # the same 16 runs (lr, seed) in both: their mean val loss (one run's final loss at a high
     # constant lr swings by a few hundredths with rounding; the mean shows whether they agree)
-    dev = {(j["config"]["optim"]["lr"], j["seed"]): j["dev_loss"] for j in s["jobs"]}
-    runner_dev = [dev[(kw["lr"], kw["seed"])] for kw in runs]
+    val = {(j["config"]["optim"]["lr"], j["seed"]): j["val_loss"] for j in s["jobs"]}
+    runner_val = [val[(kw["lr"], kw["seed"])] for kw in runs]
     return {"reference_wall_s": statistics.median(ref), "runner_wall_s": statistics.median(run),
             "ratio": statistics.median(ref) / statistics.median(run), "runs": 16, "steps_per_run": steps,
             "path": s["jobs"][0]["path_reason"], "train_s": s["jobs"][0].get("vector_train_time_s"),
-            "reference_dev_losses": r["dev_losses"], "runner_dev_losses": runner_dev,
-            "reference_dev_loss": statistics.mean(r["dev_losses"]), "runner_dev_loss": statistics.mean(runner_dev),
+            "reference_val_losses": r["val_losses"], "runner_val_losses": runner_val,
+            "reference_val_loss": statistics.mean(r["val_losses"]), "runner_val_loss": statistics.mean(runner_val),
             "device": device, "target": ">= 8x"}
 
 
@@ -240,26 +240,26 @@ def table(results: dict) -> str:
     for r, how in ((r, how) for r, how in steps if r):
         rows.append((f"lecture recipe steps/s {how}", f"{r['reference_steps_per_s']:,.0f}",
                      f"{r['runner_steps_per_s']:,.0f}", f"{r['ratio']:.2f}x", r["target"]))
-        rows.append(("  dev loss after those steps", f"{r['reference_dev_loss']:.4f}", f"{r['runner_dev_loss']:.4f}",
-                     f"{r['runner_dev_loss'] - r['reference_dev_loss']:+.4f}", "within 0.01"))
+        rows.append(("  val loss after those steps", f"{r['reference_val_loss']:.4f}", f"{r['runner_val_loss']:.4f}",
+                     f"{r['runner_val_loss'] - r['reference_val_loss']:+.4f}", "within 0.01"))
         if r["device"] == "cpu":
             rows.append(("  building its compiled package, s (once per shape)", "",
                          f"{r['build_s']:.1f}" if r["build_s"] else "cached", "", ""))
         rows.append((f"lecture recipe steps/s {how.split(',')[0]}, plain path", f"{r['reference_steps_per_s']:,.0f}",
                      f"{r['plain_steps_per_s']:,.0f}", f"{r['plain_ratio']:.2f}x", ""))
-        rows.append(("  dev loss after those steps", f"{r['reference_dev_loss']:.4f}", f"{r['plain_dev_loss']:.4f}",
-                     f"{r['plain_dev_loss'] - r['reference_dev_loss']:+.4f}",
+        rows.append(("  val loss after those steps", f"{r['reference_val_loss']:.4f}", f"{r['plain_val_loss']:.4f}",
+                     f"{r['plain_val_loss'] - r['reference_val_loss']:+.4f}",
                      "equal" if r["device"] == "cpu" else "within 0.01"))
     if "fast" in results:
         r = results["fast"]
-        rows.append(("experiment=fast: training s to dev < 2.17", "", f"{r['train_time_s']:.2f}",
+        rows.append(("experiment=fast: training s to val < 2.17", "", f"{r['train_time_s']:.2f}",
                      "" if r["reached"] else "NOT REACHED", r["target"]))
     for r in filter(None, (results.get("sweep"), results.get("gpu", {}).get("sweep"))):
         on = " on the GPU" if r["device"] != "cpu" else ""
         rows.append((f"16-run grid{on}, {r['steps_per_run']:,} steps each: wall s", f"{r['reference_wall_s']:.1f}",
                      f"{r['runner_wall_s']:.1f}", f"{r['ratio']:.2f}x", r["target"]))
-        rows.append(("  mean dev loss of the 16 runs", f"{r['reference_dev_loss']:.4f}",
-                     f"{r['runner_dev_loss']:.4f}", f"{r['runner_dev_loss'] - r['reference_dev_loss']:+.4f}",
+        rows.append(("  mean val loss of the 16 runs", f"{r['reference_val_loss']:.4f}",
+                     f"{r['runner_val_loss']:.4f}", f"{r['runner_val_loss'] - r['reference_val_loss']:+.4f}",
                      "within 0.01"))
     if "startup" in results:
         r = results["startup"]

@@ -12,11 +12,11 @@ from nplm.cli import fail, load_run, parse_args
 from nplm.data import SPLITS
 from nplm.evaluate import perplexity, split_loss
 
-USAGE = "python scripts/evaluate.py <run dir> [split=dev|train|test] [chunk=4096]"
+USAGE = "python scripts/evaluate.py <run dir> [split=val|train|test] [chunk=4096]"
 
 
 def main(argv: list[str]) -> None:
-    run_dir, opts = parse_args(argv, USAGE, {"split": "dev", "chunk": 4096})
+    run_dir, opts = parse_args(argv, USAGE, {"split": "val", "chunk": 4096})
     if opts["split"] not in SPLITS:
         fail(f"split={opts['split']!r} is not known; use one of: {', '.join(SPLITS)}")
     model, _, state, data = load_run(run_dir)

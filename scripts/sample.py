@@ -1,4 +1,4 @@
-"""Sample names from a saved run, each labelled as in train, in dev, or new.
+"""Sample names from a saved run, each labelled as in train, in val, or new.
 
     python scripts/sample.py outputs/runs/2026-11-22/16-13-37 n=20 seed=1
 """

@@ -90,7 +90,7 @@ def test_a_sweep_whose_loss_explodes_records_each_run_diverged(tmp_path):
     assert "sweep of 3 jobs (2 diverged, 1 finished)" in proc.stdout
     for job in ("1", "2"):
         s = json.loads((sweep / job / "summary.json").read_text())
-        assert s["status"] == "diverged" and s["diverged_step"] == 30 and s["dev_loss"] is None
+        assert s["status"] == "diverged" and s["diverged_step"] == 30 and s["val_loss"] is None
         assert s["diverged_loss"] > s["divergence_limit"] and "diverged at step 30: the training loss is" in s["error"]
         assert not (sweep / job / "ckpt.pt").exists()
     board = (sweep / "leaderboard.md").read_text().splitlines()

@@ -100,7 +100,7 @@ def test_hydra_full_error_is_the_debug_flag(tmp_path):
     ("optim.lr=0", "optim.lr=0.0 must be positive"),
     ("optim.lr=-1", "must be positive"),
     ("data.train_frac=1.2", "between 0 and 1"),
-    ("data.dev_frac=0.3", "must be below 1"),
+    ("data.val_frac=0.3", "must be below 1"),
     ("train.eval_interval=0", "at least 1"),
     ("optim.name=adam", "use one of: sgd, adamw"),
     ("optim.schedule=linear", "use one of: constant, step, cosine"),
@@ -124,7 +124,7 @@ def test_maxent_refuses_momentum():
 def test_token_counts_come_together():
     with pytest.raises(ConfigError, match="must both be positive"):
         to_config(compose_cfg(["data=shakespeare", "data.train_tokens=800000"]))
-    assert to_config(compose_cfg(["data=shakespeare", "data.train_tokens=8", "data.dev_tokens=2"])).data.dev_tokens == 2
+    assert to_config(compose_cfg(["data=shakespeare", "data.train_tokens=8", "data.val_tokens=2"])).data.val_tokens == 2
 
 
 def test_cosine_schedule_warms_up_then_decays_to_min_lr():

@@ -15,7 +15,7 @@ def test_cuda_run_matches_cpu_closely(tmp_path):
     cpu, gpu = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("cpu", "gpu"))
     assert gpu["device"].startswith("cuda")
     # same draws (the generator lives on the CPU), different kernels: equal up to float rounding
-    assert gpu["dev_loss"] == pytest.approx(cpu["dev_loss"], abs=2e-3)
+    assert gpu["val_loss"] == pytest.approx(cpu["val_loss"], abs=2e-3)
 
 
 def test_auto_picks_the_gpu(tmp_path):
@@ -40,7 +40,7 @@ def test_interrupted_cuda_run_resumes(tmp_path):
     s, whole = summary(run_dir), summary(tmp_path / "whole")
     assert s["status"] == "finished" and s["resumed_at"] and s["device"].startswith("cuda")
     assert [r[0] for r in losses(run_dir)] == [r[0] for r in losses(tmp_path / "whole")]
-    assert s["dev_loss"] == pytest.approx(whole["dev_loss"], abs=2e-3)
+    assert s["val_loss"] == pytest.approx(whole["val_loss"], abs=2e-3)
 
 
 def test_word_level_on_the_gpu_matches_cpu_closely(tmp_path):
@@ -52,7 +52,7 @@ def test_word_level_on_the_gpu_matches_cpu_closely(tmp_path):
     train(tmp_path / "gpu", *run, "device=cuda")
     cpu, gpu = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("cpu", "gpu"))
     assert gpu["device"].startswith("cuda") and gpu["level"] == "word"
-    assert gpu["dev_ppl"] == pytest.approx(cpu["dev_ppl"], rel=2e-3)
+    assert gpu["val_ppl"] == pytest.approx(cpu["val_ppl"], rel=2e-3)
 
 
 def test_vectorised_sweep_on_the_gpu(tmp_path):
@@ -67,7 +67,7 @@ def test_vectorised_sweep_on_the_gpu(tmp_path):
         cpu, gpu = (json.loads((tmp_path / d / job / "summary.json").read_text()) for d in ("cpu", "cuda"))
         assert gpu["path"] == "vectorized" and gpu["device"].startswith("cuda")
         assert "a CUDA graph of 20 steps per replay" in gpu["path_reason"]
-        assert gpu["dev_loss"] == pytest.approx(cpu["dev_loss"], rel=5e-3)
+        assert gpu["val_loss"] == pytest.approx(cpu["val_loss"], rel=5e-3)
 
 
 @pytest.mark.parametrize("runs", [0, 3])
@@ -112,7 +112,7 @@ def test_lecture_on_the_gpu_trains_through_a_cuda_graph(tmp_path):
     assert plain["path"] == "plain" and graph["device"].startswith("cuda")
     rows = {k: [(int(s), float(v)) for s, _, v in losses(tmp_path / k) if v] for k in ("graph", "plain", "cpu")}
     assert [s for s, _ in rows["graph"]] == [500, 1000, 1500, 2000]
-    for other in ("plain", "cpu"):  # dev losses 4.9 .. 3.3: chaotic early training amplifies rounding
+    for other in ("plain", "cpu"):  # val losses 4.9 .. 3.3: chaotic early training amplifies rounding
         for (_, a), (_, b) in zip(rows[other], rows["graph"]):
             assert b == pytest.approx(a, rel=0.01)
 
@@ -129,4 +129,4 @@ def test_a_cuda_graph_run_resumes(tmp_path):
     s = interrupted_lecture_run(tmp_path / "run", 30000, *run)
     assert s["status"] == "finished" and s["resumed_at"] and s["path"] == "cuda_graph"
     assert [r[0] for r in losses(tmp_path / "run")] == [r[0] for r in losses(tmp_path / "whole")]
-    assert s["dev_loss"] == pytest.approx(whole["dev_loss"], abs=0.02)  # chaotic at lr 0.1: rounding spreads
+    assert s["val_loss"] == pytest.approx(whole["val_loss"], abs=0.02)  # chaotic at lr 0.1: rounding spreads

@@ -1,4 +1,4 @@
-"""The data pipeline against the counts in REFERENCE.md, and its handling of bad files."""
+"""The data pipeline against the counts in docs/reference.md, and its handling of bad files."""
 import pytest
 import torch
 
@@ -31,8 +31,8 @@ def test_example_count_independent_of_block_size(words, block_size):
 
 def test_lecture_split_sizes():
     data = load_dataset(None, 0.8, 0.1, 42, block_size=3)
-    assert [len(data.words[s]) for s in ("train", "dev", "test")] == [25626, 3203, 3204]
-    assert [len(data.X[s]) for s in ("train", "dev", "test")] == [182625, 22655, 22866]
+    assert [len(data.words[s]) for s in ("train", "val", "test")] == [25626, 3203, 3204]
+    assert [len(data.X[s]) for s in ("train", "val", "test")] == [182625, 22655, 22866]
 
 
 def test_split_matches_lecture_shuffle(words):
@@ -41,7 +41,7 @@ def test_split_matches_lecture_shuffle(words):
     random.seed(42)
     random.shuffle(expected)
     splits = split_words(words, 0.8, 0.1, 42)
-    assert splits["train"] == expected[:25626] and splits["dev"] == expected[25626:28829]
+    assert splits["train"] == expected[:25626] and splits["val"] == expected[25626:28829]
     assert splits["test"] == expected[28829:]
 
 

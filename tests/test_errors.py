@@ -45,7 +45,7 @@ CONFIG_ERRORS = {  # override -> what the one line must say
     "optim.lr=0": "optim.lr=0.0 must be positive",
     "optim.lr=-0.1": "optim.lr=-0.1 must be positive",
     "data.train_frac=1.2": "data.train_frac=1.2 must be between 0 and 1",
-    "data.dev_frac=0.3": "must be below 1 so the test split is not empty",
+    "data.val_frac=0.3": "must be below 1 so the test split is not empty",
     "train.eval_interval=0": "train.eval_interval=0 must be at least 1",
     "train.batch_size=1000000": "larger than the 182625 training examples; lower train.batch_size",
     "optim.name=adam": "optim.name='adam' is not known; use one of: sgd, adamw",
@@ -53,7 +53,7 @@ CONFIG_ERRORS = {  # override -> what the one line must say
     "model.init=xavier": "model.init='xavier' is not known; use one of: lecture, scaled",
     "device=tpu": "device='tpu' is not known; use auto, cpu, cuda or cuda:N",
     "model.n_embed=10": "Key 'n_embed' not in 'ModelConfig'",
-    "data.train_tokens=800000": "data.train_tokens / data.dev_tokens split sentences by token counts; they need",
+    "data.train_tokens=800000": "data.train_tokens / data.val_tokens split sentences by token counts; they need",
     "train.steps=many": "Value 'many' of type 'str' could not be converted to Integer",
     "model.maxent_order=5 model.maxent_buckets=999999999": "weights (rows x vocab_size 27), more than 50,000,000: "
                                                            "set model.maxent_buckets=370370 or less",
@@ -126,7 +126,7 @@ def test_checkpoint_mistakes_and_a_malicious_pickle(tiny_run, tmp_path):
     for name, folder in (("evil", evil), ("truncated", truncated), ("foreign", foreign),
                          ("missing", tmp_path / "none")):
         commands["sample " + name] = [ROOT / "scripts/sample.py", folder]
-        commands["evaluate " + name] = [ROOT / "scripts/evaluate.py", folder, "split=dev"]
+        commands["evaluate " + name] = [ROOT / "scripts/evaluate.py", folder, "split=val"]
         commands["resume " + name] = [ROOT / "train.py", f"resume={folder}"]
     runs = run_all(commands)
     for tool in ("sample", "evaluate", "resume"):

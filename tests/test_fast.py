@@ -159,7 +159,7 @@ def test_fast_run_lands_where_the_plain_run_lands(tmp_path):
                                    for how in ("built once for this shape, then cached", "loaded from the cache"))
     rows = {k: [(int(s), float(v)) for s, _, v in losses(tmp_path / k) if v] for k in ("plain", "fast")}
     assert [s for s, _ in rows["fast"]] == [500, 1000, 1500, 2000]
-    for (_, a), (_, b) in zip(rows["plain"], rows["fast"]):  # dev losses 4.9 .. 3.3: chaotic early training
+    for (_, a), (_, b) in zip(rows["plain"], rows["fast"]):  # val losses 4.9 .. 3.3: chaotic early training
         assert b == pytest.approx(a, rel=0.01)
     # the full 200k-step recipe lands within 0.01 of the lecture's numbers: tests/test_lecture.py (slow)
 
@@ -172,7 +172,7 @@ def test_fast_run_is_deterministic_and_resumes_exactly(tmp_path):
            "train.fast=on"]
     whole = lecture_run(tmp_path / "whole", *run)
     again = lecture_run(tmp_path / "again", *run)
-    assert losses(tmp_path / "whole") == losses(tmp_path / "again") and whole["dev_loss"] == again["dev_loss"]
+    assert losses(tmp_path / "whole") == losses(tmp_path / "again") and whole["val_loss"] == again["val_loss"]
     resumed = interrupted_lecture_run(tmp_path / "run", 7000, *run)
     assert losses(tmp_path / "run") == losses(tmp_path / "whole")
-    assert resumed["dev_loss"] == whole["dev_loss"] and resumed["path"] == "compiled"
+    assert resumed["val_loss"] == whole["val_loss"] and resumed["path"] == "compiled"

@@ -15,5 +15,5 @@ def test_lecture_reproduction(tmp_path, path, within):
     s = json.loads((tmp_path / "summary.json").read_text())
     assert s["path"] == path
     assert s["train_loss"] == pytest.approx(2.1220, abs=within)
-    assert s["dev_loss"] == pytest.approx(2.1655, abs=within)
+    assert s["val_loss"] == pytest.approx(2.1655, abs=within)
     assert s["num_params"] == 11897

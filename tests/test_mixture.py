@@ -12,9 +12,9 @@ from nplm.mixture import Mixture, fit_weight
 from nplm.ngram import NGram
 
 
-def test_weight_maximises_the_dev_likelihood():
+def test_weight_maximises_the_val_likelihood():
     data = load_dataset(None, 0.8, 0.1, 42, 3)
-    X, Y, Xd, Yd = data.X["train"], data.Y["train"], data.X["dev"], data.Y["dev"]
+    X, Y, Xd, Yd = data.X["train"], data.Y["train"], data.X["val"], data.Y["val"]
     bigram, trigram = NGram(2, 27, 3).fit(X, Y), NGram(3, 27, 3).fit(X, Y)
 
     class AsNetwork(torch.nn.Module):  # a count model in the network's place: logits = log-probs
@@ -41,7 +41,7 @@ def test_weight_of_a_real_network_is_the_likelihood_maximum():
     from nplm.config import ModelConfig
     from nplm.model import NPLM
     data = load_dataset(None, 0.8, 0.1, 42, 3)
-    X, Y, Xd, Yd = data.X["train"], data.Y["train"], data.X["dev"], data.Y["dev"]
+    X, Y, Xd, Yd = data.X["train"], data.Y["train"], data.X["val"], data.Y["val"]
     g = torch.Generator().manual_seed(0)
     net = NPLM(ModelConfig(type="nplm", block_size=3, n_embd=8, n_hidden=64), 27)
     net.init_weights("scaled", g)
@@ -66,12 +66,12 @@ def test_mixture_run_is_no_worse_than_either_part_and_is_what_gets_saved(tmp_pat
     train(run_dir, "model.mix_order=4")
     s = json.loads((run_dir / "summary.json").read_text())
     assert s["mix_order"] == 4 and 0 <= s["mix_weight"] <= 1 and s["ngram_counts"] > 0
-    assert s["dev_loss"] <= min(s["nplm_dev_loss"], s["ngram_dev_loss"]) + 1e-6
-    assert s["best_dev_loss"] == s["dev_loss"]
+    assert s["val_loss"] <= min(s["nplm_val_loss"], s["ngram_val_loss"]) + 1e-6
+    assert s["best_val_loss"] == s["val_loss"]
     model, cfg, _ = load_model(run_dir)
     assert isinstance(model, Mixture) and model.weight.item() == pytest.approx(s["mix_weight"])
-    proc = run_cmd([ROOT / "scripts" / "evaluate.py", run_dir, "split=dev"])
-    assert f"{s['dev_loss']:.4f}" in proc.stdout
+    proc = run_cmd([ROOT / "scripts" / "evaluate.py", run_dir, "split=val"])
+    assert f"{s['val_loss']:.4f}" in proc.stdout
     proc = run_cmd([ROOT / "scripts" / "sample.py", run_dir, "n=3", "seed=1"])
     assert len(proc.stdout.strip().splitlines()) == 3
 

@@ -87,7 +87,7 @@ def test_sigterm_saves_and_resume_ends_with_the_same_losses(uninterrupted, tmp_p
     assert s["status"] == "finished" and s["resumed_at"] == [stopped]
     assert s["wall_time_s"] >= s["train_time_s"]  # both count the time before the interruption
     assert s["config"]["train"]["num_samples"] == 3 and len((run_dir / "samples.tsv").read_text().splitlines()) == 4
-    assert s["dev_loss"] == summary(uninterrupted)["dev_loss"]
+    assert s["val_loss"] == summary(uninterrupted)["val_loss"]
     assert not (run_dir / STATE_NAME).exists()  # finished: ckpt.pt is the record
 
 

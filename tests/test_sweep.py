@@ -37,11 +37,11 @@ def test_named_sweep_runs_without_m_and_writes_report(tmp_path):
     assert seeds == [1, 2, 3, 4, 5]
     assert json.loads((sweep / "sweep.json").read_text())["swept"] == ["seed"]
     board = pd.read_csv(sweep / "leaderboard.csv")
-    assert list(board["dev_loss"]) == sorted(board["dev_loss"])
-    assert {"rank", "job", "seed", "dev_loss", "train_loss", "gap", "num_params", "wall_time_s", "status"} <= set(board)
+    assert list(board["val_loss"]) == sorted(board["val_loss"])
+    assert {"rank", "job", "seed", "val_loss", "train_loss", "gap", "num_params", "wall_time_s", "status"} <= set(board)
     html = (sweep / "dashboard.html").read_text()
     assert "Seed-to-seed spread" in html and html.count("data:image/png;base64,") >= 3
-    assert "Kneser-Ney 6-gram, dev loss <b>1.9740</b>" in html  # the count baseline on the same split
+    assert "Kneser-Ney 6-gram, val loss <b>1.9740</b>" in html  # the count baseline on the same split
     assert "http://" not in html and "https://" not in html  # self-contained, readable offline
 
 
@@ -65,7 +65,7 @@ def test_diverging_job_stops_at_once_is_recorded_and_the_sweep_goes_on(tmp_path)
     out = proc.stdout + proc.stderr
     assert "diverged: the training loss is" in out and "lower optim.lr" in out
     bad, good = (json.loads((sweep / j / "summary.json").read_text()) for j in "01")
-    assert bad["status"] == "diverged" and bad["diverged_step"] <= 5 and bad["dev_loss"] is None
+    assert bad["status"] == "diverged" and bad["diverged_step"] <= 5 and bad["val_loss"] is None
     assert good["status"] == "finished"
     (run,) = offline_runs(sweep / "0")
     assert summarise(run)["summary"]["status"] == "diverged"  # W&B says so too
@@ -84,7 +84,7 @@ def test_resume_skips_finished_jobs(tmp_path):
     assert "skipping job 0" in text and "skipping job 1" in text and "skipping job 2" not in text
     assert (sweep / "0" / "summary.json").read_text() == first["0"]  # untouched
     again = json.loads((sweep / "2" / "summary.json").read_text())
-    assert again["status"] == "finished" and again["dev_loss"] == json.loads(first["2"])["dev_loss"]
+    assert again["status"] == "finished" and again["val_loss"] == json.loads(first["2"])["val_loss"]
 
 
 @pytest.mark.slow  # ~10 s: run in CI
@@ -106,7 +106,7 @@ def test_report_compares_several_sweeps(tmp_path):
     proc = run_cmd([ROOT / "scripts/report.py", tmp_path / "a", tmp_path / "b", "--out", out])
     board = pd.read_csv(out / "leaderboard.csv")
     assert sorted(board["sweep"]) == ["a", "a", "b"] and sorted(board["model.n_embd"]) == [2, 4, 6]
-    assert (out / "dev_vs_model_n_embd.png").is_file() and "leaderboard" in proc.stdout
+    assert (out / "val_vs_model_n_embd.png").is_file() and "leaderboard" in proc.stdout
     bad = run_cmd([ROOT / "scripts/report.py", tmp_path / "nope"], check=False)
     assert bad.returncode == 2 and "is not a folder" in bad.stderr
 
@@ -117,7 +117,7 @@ def test_wandb_sweep_config_drives_train_py():
     spec = yaml.safe_load((ROOT / "scripts" / "wandb_sweep.yaml").read_text())
     assert spec["program"] == "train.py" and (ROOT / spec["program"]).is_file()
     assert spec["method"] in ("grid", "random", "bayes")
-    assert spec["metric"] == {"name": "dev_loss", "goal": "minimize"}  # a key of the run's W&B summary
+    assert spec["metric"] == {"name": "val_loss", "goal": "minimize"}  # a key of the run's W&B summary
     assert spec["command"] == ["${env}", "${interpreter}", "${program}", "${args_no_hyphens}"]
     overrides = []
     for key, p in spec["parameters"].items():

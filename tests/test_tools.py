@@ -31,7 +31,7 @@ def test_overfit_batch_reaches_the_floor_and_never_below(tmp_path):
     run_dir = tmp_path / "of"
     proc = train(run_dir, "mode=overfit_batch", "overfit_batch.steps=300", "optim.lr=0.03", "model.n_hidden=64")
     s = json.loads((run_dir / "summary.json").read_text())
-    assert s["status"] == "finished" and s["mode"] == "overfit_batch" and s["dev_loss"] is None
+    assert s["status"] == "finished" and s["mode"] == "overfit_batch" and s["val_loss"] is None
     assert s["overfit_passed"] is True
     assert s["overfit_floor"] - 1e-5 <= s["overfit_loss"] <= s["overfit_floor"] + 0.05  # a real floor
     assert "PASS" in proc.stderr + proc.stdout

@@ -32,7 +32,7 @@ def test_offline_run_records_config_metrics_summary_media(tiny_run):
                                                    rel=1e-6)
 
     summary = json.loads((tiny_run / "summary.json").read_text())
-    for key in ("best_dev_loss", "dev_loss", "train_loss", "num_params", "wall_time_s"):
+    for key in ("best_val_loss", "val_loss", "train_loss", "num_params", "wall_time_s"):
         assert wb["summary"][key] == pytest.approx(summary[key])
     assert wb["summary"]["samples/_type"] == "table-file"
     media = {p.parent.name for p in (run / "files" / "media").rglob("*") if p.is_file()}

@@ -9,7 +9,7 @@ import torch
 from conftest import ROOT, run_cmd, train
 from nplm.checkpoint import load_model
 
-SUMMARY_KEYS = {"status", "train_loss", "dev_loss", "best_dev_loss", "best_dev_step", "steps", "wall_time_s",
+SUMMARY_KEYS = {"status", "train_loss", "val_loss", "best_val_loss", "best_val_step", "steps", "wall_time_s",
                 "steps_per_s", "num_params", "vocab_size", "seed", "device", "torch", "python", "git_commit",
                 "command", "config"}
 
@@ -32,25 +32,25 @@ def test_run_folder_holds_the_record(tiny_run):
     s = json.loads((tiny_run / "summary.json").read_text())
     assert SUMMARY_KEYS <= set(s)
     assert s["status"] == "finished" and s["steps"] == 60 and s["vocab_size"] == 27 and s["device"] == "cpu"
-    assert s["dev_loss"] == pytest.approx(float(rows[-1]["val/loss"]))
+    assert s["val_loss"] == pytest.approx(float(rows[-1]["val/loss"]))
     assert s["num_params"] == 27 * 4 + (5 * 4) * 16 + 16 + 16 * 27 + 27
-    assert math.isfinite(s["train_loss"]) and s["dev_loss"] < math.log(27)
+    assert math.isfinite(s["train_loss"]) and s["val_loss"] < math.log(27)
 
     lines = (tiny_run / "samples.tsv").read_text().splitlines()
     assert lines[0] == "word\tlabel" and len(lines) == 6
-    assert all(line.split("\t")[1] in ("train", "dev", "new") for line in lines[1:])
+    assert all(line.split("\t")[1] in ("train", "val", "new") for line in lines[1:])
 
 
-def test_checkpoint_loads_safely_and_reproduces_dev_loss(tiny_run):
+def test_checkpoint_loads_safely_and_reproduces_val_loss(tiny_run):
     state = torch.load(tiny_run / "ckpt.pt", weights_only=True)
     assert {"model", "optimizer", "step", "config", "itos", "best_val_loss"} <= set(state)
     assert state["step"] == 60
     model, cfg, _ = load_model(tiny_run)
     assert cfg.model.n_embd == 4
-    out = run_cmd(["scripts/evaluate.py", tiny_run, "split=dev"]).stdout
-    dev = json.loads((tiny_run / "summary.json").read_text())["dev_loss"]
-    assert f"dev loss {dev:.4f}" in out
-    assert json.loads((tiny_run / "eval_dev.json").read_text())["loss"] == pytest.approx(dev, abs=1e-6)
+    out = run_cmd(["scripts/evaluate.py", tiny_run, "split=val"]).stdout
+    val = json.loads((tiny_run / "summary.json").read_text())["val_loss"]
+    assert f"val loss {val:.4f}" in out
+    assert json.loads((tiny_run / "eval_val.json").read_text())["loss"] == pytest.approx(val, abs=1e-6)
 
 
 def test_checkpoint_from_before_later_options_still_loads(tiny_run, tmp_path):
@@ -158,32 +158,32 @@ def test_lecture_experiment_matches_the_plain_lecture_loop_bit_for_bit(tmp_path)
     for name, mine, theirs in zip(("C", "W1", "b1", "W2", "b2"), model.parameters(), ref["params"]):
         assert torch.equal(mine, theirs), name
     s = json.loads((tmp_path / "summary.json").read_text())
-    assert s["dev_loss"] == pytest.approx(ref["dev_loss"], abs=1e-6)
+    assert s["val_loss"] == pytest.approx(ref["val_loss"], abs=1e-6)
 
 
 def test_keep_best_reports_the_best_evaluated_weights(tmp_path):
     # the learning rate jumps 10x for the last 30 steps: the last evaluation is worse than the one at
-    # step 90 on any CPU (dev 3.27-3.33 against 2.59-2.61 with each CPU code path, seeds 1337, 1, 2)
+    # step 90 on any CPU (val 3.27-3.33 against 2.59-2.61 with each CPU code path, seeds 1337, 1, 2)
     train(tmp_path / "r", "wandb.mode=disabled", "train.keep_best=true", "optim.lr=0.02", "optim.schedule=step",
           "optim.decay_steps=[90]", "optim.decay_factor=10", "train.steps=120")  # evaluations at 30 .. 120
     s = json.loads((tmp_path / "r" / "summary.json").read_text())
     vals = [float(r["val/loss"]) for r in read_metrics(tmp_path / "r") if r["val/loss"]]
     assert vals[-1] > min(vals) + 0.2  # the premise: the last evaluation is not the best
-    assert s["best_dev_loss"] == min(vals)
-    assert s["dev_loss"] == pytest.approx(min(vals), abs=1e-9)
+    assert s["best_val_loss"] == min(vals)
+    assert s["val_loss"] == pytest.approx(min(vals), abs=1e-9)
     # the checkpoint says which step its weights are from, and evaluate.py says so
-    best = s["best_dev_step"]
+    best = s["best_val_step"]
     assert best == 30 * (vals.index(min(vals)) + 1) < 120
     assert torch.load(tmp_path / "r" / "ckpt.pt", weights_only=True)["weights_step"] == best
-    out = run_cmd(["scripts/evaluate.py", tmp_path / "r", "split=dev"]).stdout
-    assert f"dev loss {s['dev_loss']:.4f}" in out and f"the weights of step {best} of 120, train.keep_best" in out
-    assert json.loads((tmp_path / "r" / "eval_dev.json").read_text())["step"] == best
+    out = run_cmd(["scripts/evaluate.py", tmp_path / "r", "split=val"]).stdout
+    assert f"val loss {s['val_loss']:.4f}" in out and f"the weights of step {best} of 120, train.keep_best" in out
+    assert json.loads((tmp_path / "r" / "eval_val.json").read_text())["step"] == best
 
 
 @pytest.mark.slow  # ~10 s: keeps the default suite near its time (CI runs it)
 def test_maxent_run_learns_its_table_and_reloads(tmp_path):
     """model.maxent_order end to end, with gradient clipping: the table learns (only rows the training
-    contexts use), the checkpoint reloads it, and evaluate.py reproduces the run's dev loss."""
+    contexts use), the checkpoint reloads it, and evaluate.py reproduces the run's val loss."""
     run = tmp_path / "me"
     train(run, "wandb.mode=disabled", "model.maxent_order=3", "model.maxent_buckets=500", "optim.grad_clip=1.0",
           "train.ema=0.9")
@@ -192,8 +192,8 @@ def test_maxent_run_learns_its_table_and_reloads(tmp_path):
     assert cfg.model.maxent_order == 3 and table.shape == (27 + 500 + 500, 27)
     used = (table != 0).any(1)
     assert 27 < used.sum() < len(table) and used[:27].sum() > 20  # rows of contexts seen, not all of them
-    dev = json.loads((run / "summary.json").read_text())["dev_loss"]
-    assert f"dev loss {dev:.4f}" in run_cmd(["scripts/evaluate.py", run, "split=dev"]).stdout
+    val = json.loads((run / "summary.json").read_text())["val_loss"]
+    assert f"val loss {val:.4f}" in run_cmd(["scripts/evaluate.py", run, "split=val"]).stdout
 
 
 @pytest.mark.slow
@@ -205,7 +205,7 @@ def test_ema_evaluates_and_keeps_the_averaged_weights_without_changing_training(
     assert [r["train/loss"] for r in plain] == [r["train/loss"] for r in ema]  # the same training steps
     assert [r["val/loss"] for r in plain] != [r["val/loss"] for r in ema]  # evaluated: the average
     s = json.loads((tmp_path / "ema" / "summary.json").read_text())
-    assert s["dev_loss"] == pytest.approx(float(ema[-1]["val/loss"]), abs=1e-9)  # and kept at the end
+    assert s["val_loss"] == pytest.approx(float(ema[-1]["val/loss"]), abs=1e-9)  # and kept at the end
     model, _, _ = load_model(tmp_path / "ema")
     plain_model, _, _ = load_model(tmp_path / "plain")
     assert not torch.equal(model.C, plain_model.C)
@@ -214,7 +214,7 @@ def test_ema_evaluates_and_keeps_the_averaged_weights_without_changing_training(
 def test_fast_experiment_beats_the_lecture(tmp_path):
     run_cmd([ROOT / "train.py", "experiment=fast", "device=cpu", "wandb.mode=disabled", f"hydra.run.dir={tmp_path}"])
     s = json.loads((tmp_path / "summary.json").read_text())
-    assert s["steps"] == 300 and s["dev_loss"] < 2.17
+    assert s["steps"] == 300 and s["val_loss"] < 2.17
 
 
 def test_mostly_zero_tables_are_saved_as_their_rows(tmp_path):

@@ -80,11 +80,11 @@ def test_vectorised_sweep_records_each_run_and_matches_training_it_alone(tmp_pat
     assert alone["path"] == "plain"
     # the same math in other matrix shapes: float rounding, amplified by the lecture's chaotic start.
     # Measured: relative differences up to 1.3e-4 here with either CPU code path, 7.2e-4 on an Intel
-    # Xeon; another run's seed or learning rate moves the dev loss by 2-25% (6.57 / 6.70 / 8.17 here).
-    for key in ("train_loss", "dev_loss", "best_dev_loss"):
+    # Xeon; another run's seed or learning rate moves the val loss by 2-25% (6.57 / 6.70 / 8.17 here).
+    for key in ("train_loss", "val_loss", "best_val_loss"):
         assert summary(twin)[key] == pytest.approx(alone[key], rel=1e-2), key
-    dev = lambda run: [float(v) for _, _, v in losses(run) if v]  # noqa: E731
-    assert dev(twin) == pytest.approx(dev(tmp_path / "alone"), rel=1e-2)
+    val = lambda run: [float(v) for _, _, v in losses(run) if v]  # noqa: E731
+    assert val(twin) == pytest.approx(val(tmp_path / "alone"), rel=1e-2)
     board = (sweep / "leaderboard.csv").read_text().splitlines()
     assert len(board) == 5
     again = run_cmd(cmd)
@@ -119,7 +119,7 @@ def test_compiled_vectorised_sweep(tmp_path):
     for job in ("0", "1"):
         a, b = summary(tmp_path / "compiled" / job), summary(tmp_path / "eager" / job)
         assert "compiled" in a["path_reason"] and "eagerly" in b["path_reason"]
-        assert a["dev_loss"] == pytest.approx(b["dev_loss"], rel=2e-3)
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=2e-3)
 
 
 @pytest.mark.slow

@@ -31,12 +31,12 @@ def test_lines_split_in_order_and_examples_reset_at_each_line(tmp_path):
     corpus = tmp_path / "text.txt"
     corpus.write_text("\n".join(f"line {i} ends here ." for i in range(10)) + "\n\n")
     d = load_dataset(corpus, 0.6, 0.2, 0, 2, level="word")
-    assert d.words["train"][0] == "line 0 ends here ." and d.words["dev"] == ["line 6 ends here .",
+    assert d.words["train"][0] == "line 0 ends here ." and d.words["val"] == ["line 6 ends here .",
                                                                                  "line 7 ends here ."]
     assert len(d.X["train"]) == 6 * 6  # 5 tokens and </s> per line
     stoi = d.vocab.stoi
     assert d.X["train"][:3].tolist() == [[0, 0], [0, stoi["line"]], [stoi["line"], stoi["0"]]]
-    assert d.Y["dev"][1].item() == stoi[UNK]  # "6" never occurs in the training lines
+    assert d.Y["val"][1].item() == stoi[UNK]  # "6" never occurs in the training lines
     assert d.Y["train"][5].item() == 0  # each line ends with </s>
 
 
@@ -47,11 +47,11 @@ def test_shakespeare_preset_trains_with_perplexity_and_its_run_can_be_used(tmp_p
                  "model.n_hidden=16", "wandb.mode=disabled")
     s = json.loads((run_dir / "summary.json").read_text())
     assert s["level"] == "word" and s["vocab_size"] == 5989 and s["status"] == "finished"
-    assert s["dev_ppl"] == pytest.approx(math.exp(s["dev_loss"])) and s["dev_ppl"] < 5989  # learnt something
+    assert s["val_ppl"] == pytest.approx(math.exp(s["val_loss"])) and s["val_ppl"] < 5989  # learnt something
     assert "(ppl " in proc.stdout and "perplexity train" in proc.stdout
     assert " " in (run_dir / "samples.tsv").read_text().splitlines()[1]  # sampled sentences: words
-    out = run_cmd([ROOT / "scripts/evaluate.py", run_dir, "split=dev"]).stdout
-    assert f"{s['dev_loss']:.4f}" in out
+    out = run_cmd([ROOT / "scripts/evaluate.py", run_dir, "split=val"]).stdout
+    assert f"{s['val_loss']:.4f}" in out
     assert run_cmd([ROOT / "scripts/sample.py", run_dir, "n=3", "seed=1"]).returncode == 0
 
 
@@ -60,22 +60,22 @@ def test_kneser_ney_at_word_level(tmp_path):
     run_dir = tmp_path / "kn"
     train(run_dir, "data=shakespeare", "model=ngram", "model.order=3", "wandb.mode=disabled")
     s = json.loads((run_dir / "summary.json").read_text())
-    assert s["level"] == "word" and s["status"] == "finished" and 50 < s["dev_ppl"] < 400
+    assert s["level"] == "word" and s["status"] == "finished" and 50 < s["val_ppl"] < 400
     with pytest.raises(ConfigError, match="use model.order <= 4"):
         NGram(5, 11_022, 4).fit(torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, dtype=torch.long))
 
 
 def test_split_by_token_counts_cuts_at_line_ends(tmp_path):
-    """The paper's split: the lines holding the first train_tokens tokens train, the next dev_tokens
-    dev, the rest test, each cut at the end of the line that reaches its count."""
+    """The paper's split: the lines holding the first train_tokens tokens train, the next val_tokens
+    val, the rest test, each cut at the end of the line that reaches its count."""
     corpus = tmp_path / "text.txt"
     corpus.write_text("\n".join(" ".join([f"w{i}"] * (i % 3 + 1)) for i in range(30)))  # 1, 2, 3, 1, ... tokens
-    d = load_dataset(corpus, 0.5, 0.1, 0, 2, level="word", train_tokens=10, dev_tokens=5)
+    d = load_dataset(corpus, 0.5, 0.1, 0, 2, level="word", train_tokens=10, val_tokens=5)
     tokens = {name: sum(len(line.split()) for line in lines) for name, lines in d.words.items()}
-    assert tokens == {"train": 12, "dev": 6, "test": 60 - 18}  # 1+2+3+1+2 = 9 < 10 takes one more line
-    assert d.words["train"][-1] == "w5 w5 w5" and d.words["dev"] == ["w6", "w7 w7", "w8 w8 w8"]
-    with pytest.raises(DataError, match="60 tokens.*the test split.*data.train_tokens / data.dev_tokens"):
-        load_dataset(corpus, 0.5, 0.1, 0, 2, level="word", train_tokens=50, dev_tokens=10)
+    assert tokens == {"train": 12, "val": 6, "test": 60 - 18}  # 1+2+3+1+2 = 9 < 10 takes one more line
+    assert d.words["train"][-1] == "w5 w5 w5" and d.words["val"] == ["w6", "w7 w7", "w8 w8 w8"]
+    with pytest.raises(DataError, match="60 tokens.*the test split.*data.train_tokens / data.val_tokens"):
+        load_dataset(corpus, 0.5, 0.1, 0, 2, level="word", train_tokens=50, val_tokens=10)
 
 
 @pytest.mark.slow  # ~27 s: a real two-job word-level sweep and its report (CI runs it)
@@ -84,25 +84,25 @@ def test_word_level_sweep_reports_perplexity_beside_kneser_ney(tmp_path):
     its run can be evaluated and sampled, the leaderboard has perplexity, the dashboard the
     word-level count baseline on the same split, and no character-level 2.17 bar."""
     sweep = tmp_path / "s"
-    proc = run_cmd([ROOT / "train.py", "-m", "data=shakespeare", "data.train_tokens=150000", "data.dev_tokens=20000",
+    proc = run_cmd([ROOT / "train.py", "-m", "data=shakespeare", "data.train_tokens=150000", "data.val_tokens=20000",
              "model.n_hidden=0,16", "train.steps=30", "train.eval_interval=30", "train.batch_size=32",
              "train.num_samples=0", "wandb.mode=disabled", f"hydra.sweep.dir={sweep}"])
     board = pd.read_csv(sweep / "leaderboard.csv")
     assert list(board["model.n_hidden"].sort_values()) == [0, 16] and (board["status"] == "finished").all()
-    assert board["dev_ppl"].tolist() == pytest.approx([math.exp(v) for v in board["dev_loss"]], rel=1e-6)
+    assert board["val_ppl"].tolist() == pytest.approx([math.exp(v) for v in board["val_loss"]], rel=1e-6)
     html = (sweep / "dashboard.html").read_text()
     # the baseline the dashboard names, computed here on the same split
     d = load_dataset(ROOT / "nplm/assets/tinyshakespeare.txt", 0.8, 0.1, 42, 4, level="word", lowercase=True,
-                     min_count=2, train_tokens=150000, dev_tokens=20000)
+                     min_count=2, train_tokens=150000, val_tokens=20000)
     kn = NGram(5, d.vocab.size, 4).fit(d.X["train"], d.Y["train"])
-    dev = -kn.log_prob(d.X["dev"], d.Y["dev"]).mean().item()
-    assert f"Kneser-Ney 5-gram, dev loss <b>{dev:.4f}</b> (perplexity {math.exp(dev):.1f}" in html
+    val = -kn.log_prob(d.X["val"], d.Y["val"]).mean().item()
+    assert f"Kneser-Ney 5-gram, val loss <b>{val:.4f}</b> (perplexity {math.exp(val):.1f}" in html
     assert "perplexity <b>" in html and "lecture" not in html
     s = json.loads((sweep / "1" / "summary.json").read_text())
     assert s["level"] == "word" and s["vocab_size"] == d.vocab.size and s["status"] == "finished"
-    assert s["dev_ppl"] == pytest.approx(math.exp(s["dev_loss"])) and s["dev_ppl"] < d.vocab.size
+    assert s["val_ppl"] == pytest.approx(math.exp(s["val_loss"])) and s["val_ppl"] < d.vocab.size
     assert "perplexity train" in proc.stdout + proc.stderr
-    out = run_cmd([ROOT / "scripts/evaluate.py", sweep / "1", "split=dev"]).stdout
-    assert f"{s['dev_loss']:.4f}" in out
+    out = run_cmd([ROOT / "scripts/evaluate.py", sweep / "1", "split=val"]).stdout
+    assert f"{s['val_loss']:.4f}" in out
     sampled = run_cmd([ROOT / "scripts/sample.py", sweep / "1", "n=3", "seed=1"]).stdout
     assert len(sampled.split()) > 3  # sentences: words

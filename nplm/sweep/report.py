@@ -15,10 +15,14 @@ from pathlib import Path
 
 import pandas as pd
 
+from nplm.config import upgrade
 from nplm.plots import figure, read_curve
 
-LECTURE_DEV = 2.17
-RESULT_COLUMNS = ["dev_loss", "best_dev_loss", "train_loss", "gap", "num_params", "wall_time_s", "status"]
+LECTURE_LOSS = 2.17
+# summary keys of records written before the held-out split was called val
+OLD_NAMES = {"dev_loss": "val_loss", "best_dev_loss": "best_val_loss", "best_dev_step": "best_val_step",
+             "dev_ppl": "val_ppl", "best_dev_ppl": "best_val_ppl"}
+RESULT_COLUMNS = ["val_loss", "best_val_loss", "train_loss", "gap", "num_params", "wall_time_s", "status"]
 
 
 def job_dirs(sweep_dir: Path) -> list[Path]:
@@ -38,21 +42,22 @@ def load_jobs(sweep_dirs: list[Path]) -> pd.DataFrame:
                 summary = json.loads((job / "summary.json").read_text())
             except (OSError, json.JSONDecodeError):
                 summary = {"status": "incomplete", "error": "no summary.json (still running, or killed)"}
+            summary = {OLD_NAMES.get(k, k): v for k, v in summary.items()}  # a record from before the rename
             if summary.get("mode", "train") != "train":
-                continue  # a tool's run (mode=lr_find, overfit_batch): no dev loss to rank
+                continue  # a tool's run (mode=lr_find, overfit_batch): no val loss to rank
             row = {"sweep": sweep.name, "job": job.name, "path": str(job), "status": summary.get("status"),
                    "error": summary.get("error", "")}
-            for key in ("dev_loss", "best_dev_loss", "train_loss", "dev_ppl", "train_ppl", "num_params",
+            for key in ("val_loss", "best_val_loss", "train_loss", "val_ppl", "train_ppl", "num_params",
                         "wall_time_s", "steps_per_s"):
                 row[key] = summary.get(key, math.nan)
-            config = summary.get("config") or _config_from_hydra(job)
+            config = upgrade(summary.get("config") or _config_from_hydra(job))
             if config:
                 row.update(pd.json_normalize(config).iloc[0].to_dict())
             rows.append(row)
     df = pd.DataFrame(rows)
     if df.empty:
         return df
-    df["gap"] = df["dev_loss"] - df["train_loss"]  # overfitting shows as a growing gap
+    df["gap"] = df["val_loss"] - df["train_loss"]  # overfitting shows as a growing gap
     df["num_params"] = df["num_params"].astype("Int64")  # failed jobs have none
     return df
 
@@ -81,17 +86,17 @@ def word_level(df: pd.DataFrame) -> bool:
 
 
 def leaderboard(df: pd.DataFrame, swept: list[str]) -> pd.DataFrame:
-    results = RESULT_COLUMNS[:1] + ["dev_ppl"] + RESULT_COLUMNS[1:] if word_level(df) else RESULT_COLUMNS
+    results = RESULT_COLUMNS[:1] + ["val_ppl"] + RESULT_COLUMNS[1:] if word_level(df) else RESULT_COLUMNS
     cols = (["sweep"] if df["sweep"].nunique() > 1 else []) + ["job"] + swept + results + ["error"]
-    board = df.sort_values("dev_loss", na_position="last")[cols].reset_index(drop=True)
+    board = df.sort_values("val_loss", na_position="last")[cols].reset_index(drop=True)
     board.index = board.index + 1
     board.index.name = "rank"
     return board
 
 
 def count_baseline(df: pd.DataFrame) -> tuple[str, float] | None:
-    """The Kneser-Ney n-gram's dev loss on the data and split the jobs used (if they all used one):
-    the bar a neural model has to clear to be worth its training (REFERENCE.md). Order 6 for
+    """The Kneser-Ney n-gram's val loss on the data and split the jobs used (if they all used one):
+    the bar a neural model has to clear to be worth its training (docs/reference.md). Order 6 for
     characters, 5 (or the most the vocabulary allows) for words."""
     from nplm.config import DataConfig
     from nplm.data import load_data
@@ -110,7 +115,7 @@ def count_baseline(df: pd.DataFrame) -> tuple[str, float] | None:
         return None
     order = min(order, max_order(data.vocab.size))
     model = NGram(order, data.vocab.size, data.X["train"].shape[1]).fit(data.X["train"], data.Y["train"])
-    return f"Kneser-Ney {order}-gram", -model.log_prob(data.X["dev"], data.Y["dev"]).mean().item()
+    return f"Kneser-Ney {order}-gram", -model.log_prob(data.X["val"], data.Y["val"]).mean().item()
 
 
 def write_report(sweep_dirs: list[Path], out_dir: Path) -> Path:
@@ -136,29 +141,29 @@ def make_plots(df: pd.DataFrame, swept: list[str], out_dir: Path,
     plots: dict[str, Path] = {}
     if done.empty:
         return plots
-    for col in swept:  # dev loss against each swept hyperparameter
+    for col in swept:  # val loss against each swept hyperparameter
         fig, ax = figure((5.5, 3.6))
         x = done[col]
         numeric = pd.api.types.is_numeric_dtype(x)
         pos = x if numeric else x.astype(str)
-        ax.scatter(pos, done["dev_loss"], alpha=0.7, label="job")
-        means = done.groupby(pos)["dev_loss"].mean()
+        ax.scatter(pos, done["val_loss"], alpha=0.7, label="job")
+        means = done.groupby(pos)["val_loss"].mean()
         ax.plot(means.index, means.values, color="tab:orange", marker="o", label="mean")
         if numeric and x.min() > 0 and x.max() / x.min() >= 10:
             ax.set_xscale("log")
         if not words:
-            ax.axhline(LECTURE_DEV, color="grey", ls="--", lw=0.8, label="lecture 2.17")
+            ax.axhline(LECTURE_LOSS, color="grey", ls="--", lw=0.8, label="lecture 2.17")
         if baseline:
             ax.axhline(baseline[1], color="tab:red", ls=":", lw=1, label=f"{baseline[0]} {baseline[1]:.4f}")
         ax.set_xlabel(col)
-        ax.set_ylabel("dev loss")
-        ax.set_title(f"dev loss vs {col}")
+        ax.set_ylabel("val loss")
+        ax.set_title(f"val loss vs {col}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-        plots[f"dev loss vs {col}"] = _save(fig, out_dir / f"dev_vs_{col.replace('.', '_')}.png")
-    if len(swept) == 2:  # a heatmap of the mean dev loss over the two
+        plots[f"val loss vs {col}"] = _save(fig, out_dir / f"val_vs_{col.replace('.', '_')}.png")
+    if len(swept) == 2:  # a heatmap of the mean val loss over the two
         a, b = swept
-        table = done.pivot_table(index=a, columns=b, values="dev_loss", aggfunc="mean")
+        table = done.pivot_table(index=a, columns=b, values="val_loss", aggfunc="mean")
         fig, ax = figure((1.2 * len(table.columns) + 3, 0.6 * len(table.index) + 2.2))
         im = ax.imshow(table.values, cmap="viridis_r", aspect="auto")
         ax.set_xticks(range(len(table.columns)), [str(c) for c in table.columns])
@@ -169,10 +174,10 @@ def make_plots(df: pd.DataFrame, swept: list[str], out_dir: Path,
         for (i, j), v in pd.DataFrame(table.values).stack().items():
             light = (v - lo) < 0.5 * (hi - lo)  # viridis_r is light (yellow) at low loss
             ax.text(j, i, f"{v:.3f}", ha="center", va="center", color="black" if light else "white", fontsize=9)
-        fig.colorbar(im, ax=ax, label="dev loss")
-        ax.set_title("mean dev loss")
-        plots["dev loss heatmap"] = _save(fig, out_dir / "heatmap.png")
-    best = done.nsmallest(5, "dev_loss")
+        fig.colorbar(im, ax=ax, label="val loss")
+        ax.set_title("mean val loss")
+        plots["val loss heatmap"] = _save(fig, out_dir / "heatmap.png")
+    best = done.nsmallest(5, "val_loss")
     fig, ax = figure((7, 4.2))  # the curves of the best runs overlaid
     for k, (_, row) in enumerate(best.iterrows()):
         curves = read_curve(Path(row["path"]) / "metrics.csv")
@@ -181,9 +186,9 @@ def make_plots(df: pd.DataFrame, swept: list[str], out_dir: Path,
         if curves["train/loss"]:
             ax.plot(*zip(*curves["train/loss"]), color=color, alpha=0.25, lw=0.8)
         if curves["val/loss"]:
-            ax.plot(*zip(*curves["val/loss"]), color=color, lw=1.8, label=f"{label} ({row['dev_loss']:.4f})")
+            ax.plot(*zip(*curves["val/loss"]), color=color, lw=1.8, label=f"{label} ({row['val_loss']:.4f})")
     if not words:
-        ax.axhline(LECTURE_DEV, color="grey", ls="--", lw=0.8)
+        ax.axhline(LECTURE_LOSS, color="grey", ls="--", lw=0.8)
     if baseline:
         ax.axhline(baseline[1], color="tab:red", ls=":", lw=1)
     ax.set_yscale("log")
@@ -192,7 +197,7 @@ def make_plots(df: pd.DataFrame, swept: list[str], out_dir: Path,
     ax.yaxis.set_minor_formatter(FormatStrFormatter("%.2f"))
     ax.set_xlabel("step")
     ax.set_ylabel("loss (log scale)")
-    ax.set_title("best runs: dev (solid) and train minibatch (faint)")
+    ax.set_title("best runs: val (solid) and train minibatch (faint)")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
     plots["best runs' curves"] = _save(fig, out_dir / "best_curves.png")
@@ -215,28 +220,28 @@ def dashboard_html(df: pd.DataFrame, board: pd.DataFrame, swept: list[str], plot
     done = df[df["status"] == "finished"]
     headline = "no job finished"
     if not done.empty:
-        best = done.loc[done["dev_loss"].idxmin()]
+        best = done.loc[done["val_loss"].idxmin()]
         setting = ", ".join(f"{c}={best[c]}" for c in swept) or f"job {best['job']}"
         if word_level(df):  # words: perplexity is the figure people compare; 2.17 is a character-level bar
-            headline = (f"best dev loss <b>{best['dev_loss']:.4f}</b> nats per token, perplexity "
-                        f"<b>{math.exp(best['dev_loss']):.1f}</b> ({setting}).")
+            headline = (f"best val loss <b>{best['val_loss']:.4f}</b> nats per token, perplexity "
+                        f"<b>{math.exp(best['val_loss']):.1f}</b> ({setting}).")
         else:
-            verdict = "beats" if best["dev_loss"] < LECTURE_DEV else "does not beat"
-            n_beat = int((done["dev_loss"] < LECTURE_DEV).sum())
-            headline = (f"best dev loss <b>{best['dev_loss']:.4f}</b> ({setting}); it {verdict} the lecture's "
-                        f"{LECTURE_DEV}. {n_beat} of {len(done)} finished jobs beat it.")
+            verdict = "beats" if best["val_loss"] < LECTURE_LOSS else "does not beat"
+            n_beat = int((done["val_loss"] < LECTURE_LOSS).sum())
+            headline = (f"best val loss <b>{best['val_loss']:.4f}</b> ({setting}); it {verdict} the lecture's "
+                        f"{LECTURE_LOSS}. {n_beat} of {len(done)} finished jobs beat it.")
         if baseline:
-            name, dev = baseline
-            n_count = int((done["dev_loss"] < dev).sum())
-            headline += (f"<br>Count baseline on the same split: {name}, dev loss <b>{dev:.4f}</b> "
-                         f"(perplexity {math.exp(dev):.1f}; red dotted line); {n_count} of {len(done)} "
+            name, val = baseline
+            n_count = int((done["val_loss"] < val).sum())
+            headline += (f"<br>Count baseline on the same split: {name}, val loss <b>{val:.4f}</b> "
+                         f"(perplexity {math.exp(val):.1f}; red dotted line); {n_count} of {len(done)} "
                          "finished jobs beat it.")
     spread = ""
     if "seed" in swept and len(done) > 1:
         others = [c for c in swept if c != "seed"]
-        g = done.groupby(others)["dev_loss"] if others else done.groupby(lambda _: "all")["dev_loss"]
+        g = done.groupby(others)["val_loss"] if others else done.groupby(lambda _: "all")["val_loss"]
         stats = g.agg(["mean", "std", "min", "max", "count"])
-        spread = "<h2>Seed-to-seed spread of dev loss</h2>" + stats.to_html(float_format="%.4f")
+        spread = "<h2>Seed-to-seed spread of val loss</h2>" + stats.to_html(float_format="%.4f")
     images = "".join(
         f'<figure><img alt="{html.escape(title)}" src="data:image/png;base64,'
         f'{base64.b64encode(path.read_bytes()).decode()}"><figcaption>{html.escape(title)}</figcaption></figure>'
@@ -265,7 +270,7 @@ figcaption {{ text-align: center; color: #555; font-size: 0.9em; }}
 <h2>Plots</h2>
 {images or '<p>No finished job to plot.</p>'}
 {spread}
-<h2>Leaderboard (sorted by dev loss)</h2>
+<h2>Leaderboard (sorted by val loss)</h2>
 {table}
 </body></html>
 """

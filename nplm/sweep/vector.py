@@ -66,7 +66,7 @@ class GroupResult:
     best_state: dict | None = None
     train_time: float = 0.0  # this run's share of the group's training seconds
     diverged: tuple | None = None  # Diverged's args (step, loss, seconds, which loss) where it diverged
-    final: tuple[float, float] | None = None  # the final weights' train and dev loss over the full splits
+    final: tuple[float, float] | None = None  # the final weights' train and val loss over the full splits
     eval_time: float = 0.0  # seconds that took
     path: dict = field(default_factory=dict)
 
@@ -155,10 +155,10 @@ def train_group(cfgs: list[Config], out_dirs: list[Path], labels: list[str]) -> 
     data = load_data(cfg0.data, m.block_size)
     torch.set_num_threads(threads.choose(cfg0, data.vocab.size, runs=R)[0])
     Xtr, Ytr = data.X["train"].to(device), data.Y["train"].to(device)
-    Xdev, Ydev = data.X["dev"].to(device), data.Y["dev"].to(device)
+    Xval, Yval = data.X["val"].to(device), data.Y["val"].to(device)
     gens = [torch.Generator().manual_seed(cfg.seed) for cfg in cfgs]  # each run's own: parameters, then minibatches
     models = [make_model(m, data.vocab.size, g).to(device) for g in gens]
-    monitors = [Monitor(divergence_limit(model, Xdev, Ydev, data.vocab.size), cfg.train.keep_best, Xdev, Ydev,
+    monitors = [Monitor(divergence_limit(model, Xval, Yval, data.vocab.size), cfg.train.keep_best, Xval, Yval,
                         t.eval_chunk) for cfg, model in zip(cfgs, models)]
     stacked = _stack(models, data.vocab.size)
     steps, info = fast.steps_for(cfg0, stacked, data.vocab.size, device, runs=R)
@@ -194,15 +194,15 @@ def train_group(cfgs: list[Config], out_dirs: list[Path], labels: list[str]) -> 
                     alive.remove(r)
                     continue
                 results[r].rows.append(row)
-            dev = [results[r].rows[-1]["val/loss"] for r in alive] if cadence.evaluates(done) and alive else []
+            val = [results[r].rows[-1]["val/loss"] for r in alive] if cadence.evaluates(done) and alive else []
             log.info("vectorised: step %*d/%d | train/loss %s |%s %.0f steps/s (x%d runs)", len(str(t.steps)),
                      done, t.steps, _span([float(losses[-1, r]) for r in alive]),
-                     f" val/loss {_span(dev)} |" if dev else "", rate, R)
+                     f" val/loss {_span(val)} |" if val else "", rate, R)
     t0 = time.perf_counter()
-    for r in alive:  # the final losses over the full splits, on all the group's threads (dev: measured at the last step)
+    for r in alive:  # the final losses over the full splits, on all the group's threads (val: measured at the last step)
         results[r].final = (split_loss(models[r], Xtr, Ytr, t.eval_chunk), results[r].rows[-1]["val/loss"])
-    # seconds per run to evaluate both splits (the training split's measured, the dev split's in proportion)
-    eval_share = (time.perf_counter() - t0) / max(1, len(alive)) * (len(Xtr) + len(Xdev)) / len(Xtr)
+    # seconds per run to evaluate both splits (the training split's measured, the val split's in proportion)
+    eval_share = (time.perf_counter() - t0) / max(1, len(alive)) * (len(Xtr) + len(Xval)) / len(Xtr)
     path = {"path": "vectorized", "path_reason": f"trained with {R - 1} other run(s) of the sweep as one stacked "
                                                   f"model ({how})",
             "vector_runs": R, "vector_train_time_s": train_time, "vector_threads": torch.get_num_threads()}
