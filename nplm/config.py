@@ -178,7 +178,17 @@ def _check_choice(value: str, choices: tuple[str, ...], key: str) -> None:
 
 def validate(cfg: Config) -> Config:
     """Check ranges and names; raise ConfigError with a message that says what to change."""
-    d, m, o, t = cfg.data, cfg.model, cfg.optim, cfg.train
+    _validate_data(cfg.data)
+    _validate_model(cfg.model, cfg.optim)
+    _validate_training(cfg.model, cfg.train, cfg.optim)
+    _validate_modes(cfg)
+    d = cfg.data
+    if d.path:  # absolute, so that the record finds the data from any directory, and equal configs compare equal
+        d.path = str(Path(d.path).expanduser().resolve())
+    return cfg
+
+
+def _validate_data(d: DataConfig) -> None:
     for key, frac in (("data.train_frac", d.train_frac), ("data.val_frac", d.val_frac)):
         _check(0 < frac < 1, f"{key}={frac} must be between 0 and 1 (exclusive)")
     _check(d.train_frac + d.val_frac < 1,
@@ -193,6 +203,9 @@ def validate(cfg: Config) -> Config:
         _check(d.train_tokens > 0 and d.val_tokens > 0,
                f"data.train_tokens={d.train_tokens} and data.val_tokens={d.val_tokens} must both be positive "
                "(or both 0 to split by data.train_frac / data.val_frac)")
+
+
+def _validate_model(m: ModelConfig, o: OptimConfig) -> None:
     _check_choice(m.type, MODEL_TYPES, "model")
     if m.type == "ngram":
         _check(1 <= m.order <= 10, f"model.order={m.order} must be between 1 and 10")
@@ -216,6 +229,9 @@ def validate(cfg: Config) -> Config:
         _check(m.mix_order == 0 or 1 <= m.mix_order <= min(10, m.block_size + 1),
                f"model.mix_order={m.mix_order} must be 0 (off) or an n-gram order from 1 to "
                f"{min(10, m.block_size + 1)} (at most model.block_size + 1)")
+
+
+def _validate_training(m: ModelConfig, t: TrainConfig, o: OptimConfig) -> None:
     for key, value in (("model.block_size", m.block_size), ("train.batch_size", t.batch_size),
                        ("train.eval_interval", t.eval_interval), ("train.log_interval", t.log_interval),
                        ("train.eval_chunk", t.eval_chunk)):
@@ -239,6 +255,10 @@ def validate(cfg: Config) -> Config:
     _check(o.grad_clip >= 0, f"optim.grad_clip={o.grad_clip} must be 0 (off) or positive")
     _check(o.decay_factor > 0, f"optim.decay_factor={o.decay_factor} must be positive")
     _check(all(s >= 1 for s in o.decay_steps), f"optim.decay_steps={list(o.decay_steps)} must be steps >= 1")
+
+
+def _validate_modes(cfg: Config) -> None:
+    m, t = cfg.model, cfg.train
     _check_choice(cfg.mode, MODES, "mode")
     _check_choice(t.fast, FAST, "train.fast")
     if cfg.mode != "train":
@@ -255,9 +275,6 @@ def validate(cfg: Config) -> Config:
     _check(cfg.device == "auto" or cfg.device == "cpu" or cfg.device == "cuda"
            or (cfg.device.startswith("cuda:") and cfg.device[5:].isdigit()),
            f"device={cfg.device!r} is not known; use auto, cpu, cuda or cuda:N")
-    if d.path:  # absolute, so that the record finds the data from any directory, and equal configs compare equal
-        d.path = str(Path(d.path).expanduser().resolve())
-    return cfg
 
 
 def setting_warnings(cfg: Config) -> list[str]:

@@ -1,14 +1,14 @@
 """The fast training path: STEPS_PER_CALL minibatch SGD steps of an NPLM as one compiled function.
 
-The plain path (nplm/loop.py) runs each step through nn.Module, autograd and the optimiser: at
-batch 32 about three quarters of a step is Python, dispatcher and autograd overhead, the
-arithmetic ~80 µs (torch's profiler, on a 2-core AMD EPYC). Here the forward pass, its hand-written backward pass and the
-SGD update of STEPS_PER_CALL steps are one function, exported with torch.export and compiled ahead
-of time by AOTInductor into a shared library (C++ kernels and the call sequence, no Python). The
-minibatch indices of those steps are drawn at once from the same generator, which gives the same
-numbers as drawing them step by step, and the parameters are written back into the model after
-each call, so the model, checkpoints and resume see what the plain path would leave: the same
-math, equal to the plain path within float rounding.
+The plain path (nplm/loop.py) runs each step through nn.Module, autograd and the optimiser: at batch
+32 about three quarters of a step is Python, dispatcher and autograd overhead, the arithmetic ~80 µs
+(torch's profiler, on a 2-core AMD EPYC). Here the forward pass, its hand-written backward pass and
+the SGD update of STEPS_PER_CALL steps are one function, exported with torch.export and compiled
+ahead of time by AOTInductor into a shared library (C++ kernels and the call sequence, no Python).
+The minibatch indices of those steps are drawn at once from the same generator, which gives the same
+numbers as drawing them step by step, and the parameters are written back into the model after each
+call, so the model, checkpoints and resume see what the plain path would leave: the same math, equal
+to the plain path within float rounding.
 
 Compiling takes about a minute, once per model shape, torch version and machine: it runs in a
 child process (the training process never imports the compiler, so it stays as small as the
@@ -39,6 +39,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -128,15 +129,18 @@ def choose(cfg: Config, device: torch.device, runs: int = 0) -> tuple[bool, str]
     return True, f"{STEPS_PER_CALL} SGD steps per call of an AOTInductor package"
 
 
-def steps_for(cfg: Config, tensors: list[torch.Tensor], vocab_size: int, device: torch.device, runs: int = 0):
+def steps_for(cfg: Config, params: Callable[[], list[torch.Tensor]], vocab_size: int, device: torch.device,
+              runs: int = 0):
     """The one place that chooses how a run (or a stacked group of `runs`) trains, and builds its
-    K-step function, which updates `tensors` in place (parameters(model), or the group's stacked and
-    padded ones): a CUDA graph on a GPU, a compiled package on the CPU, where choose() takes the fast
+    K-step function, which updates the tensors `params()` gives in place (parameters(model), or the
+    group's stacked and padded ones; asked for only when the steps are built): a CUDA graph on a
+    GPU, a compiled package on the CPU, where choose() takes the fast
     path and it builds. Else, for one run None (its loop steps through autograd), for a group the
     same steps run eagerly. Returns it and what the summary records: path (plain, eager, compiled or
     cuda_graph), path_reason, and build_time_s when a package was built; says so in the log."""
     take, why = choose(cfg, device, runs)
     steps, info = None, {}
+    tensors = params() if take or runs else []
     if take and device.type == "cuda":
         try:
             steps = GraphSteps(tensors, STEPS_PER_CALL, cfg.train.batch_size, cfg.model.block_size, runs=runs)

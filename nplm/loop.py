@@ -13,10 +13,10 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
-from nplm import fast
 from nplm.checkpoint import TrainState
 from nplm.config import Config
 from nplm.evaluate import DivergenceWatch, perplexity, split_loss
@@ -102,8 +102,9 @@ class Monitor:
 @dataclass
 class Setup:
     """What one run trains with (built by nplm/train.py): its config, model and optimiser, its
-    training generator (parameter draws, then minibatches), its splits on its device, and the loss
-    above which it has diverged."""
+    training generator (parameter draws, then minibatches), its splits on its device, the loss above
+    which it has diverged, and its training path (nplm/fast.py's steps_for: a function of K steps per
+    call, or None for one step at a time through autograd, and what the summary records of it)."""
     cfg: Config
     model: NPLM
     optimizer: Optimizer
@@ -111,18 +112,19 @@ class Setup:
     X: dict[str, torch.Tensor]
     Y: dict[str, torch.Tensor]
     limit: float
+    steps: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    path: dict = field(default_factory=dict)
 
 
 def fit(s: Setup, tracker: Tracker, stop: StopSignals, resume: TrainState | None, t_start: float) -> Fit:
     """Train one run: minibatch steps, a metrics row and an evaluation as Cadence says (of the weights'
     moving average if train.ema), the training state saved after each evaluation, and on SIGINT or
-    SIGTERM a save and Interrupted. Starts where `resume` left off. Steps run K at a time on the fast
-    path (nplm/fast.py: compiled, or a CUDA graph) where it covers the run, else one at a time through
-    autograd. Raises Diverged when a loss is not finite or above the limit. The progress line's
+    SIGTERM a save and Interrupted. Starts where `resume` left off. Steps run K at a time through
+    s.steps (the fast path) where the next log or evaluation is at least K steps away, else one at a
+    time through autograd. Raises Diverged when a loss is not finite or above the limit. The progress line's
     steps/s counts training time only (not evaluations or saves)."""
     cfg, model, g = s.cfg, s.model, s.g
     o, t, device = cfg.optim, cfg.train, s.X["train"].device
-    Xtr, Ytr = s.X["train"], s.Y["train"]
     cadence = Cadence(t.steps, t.log_interval, t.eval_interval)
     ema = EMA(model, t.ema) if t.ema else None  # Polyak averaging: evaluate (and end with) the averaged weights
     evaluated = ema.module if ema is not None else model
@@ -142,20 +144,13 @@ def fit(s: Setup, tracker: Tracker, stop: StopSignals, resume: TrainState | None
             wandb_id=tracker.wandb_id, resumed_at=(resume.resumed_at + [resume.step]) if resume else [],
         ).save(tracker.out_dir)
 
-    steps, path = fast.steps_for(cfg, fast.parameters(model), model.vocab_size, device)
+    steps = s.steps
     watch, logged_time, since_log, start = SpeedWatch(torch.get_num_threads()), train_time, 0, done
     t_loop = time.perf_counter()  # building the compiled package is not training
     while done < t.steps:
         t0 = time.perf_counter()
         if steps is not None and cadence.next_stop(done) - done >= steps.K:  # K steps in one call
-            lrs = lrs_at(done, steps.K, o, t.steps)
-            ix = torch.randint(0, len(Xtr), (steps.K, t.batch_size), generator=g).to(device)
-            losses = steps(Xtr[ix], Ytr[ix], torch.tensor(lrs, dtype=torch.float32))
-            # the sum is finite when every loss is (4x cheaper a call to check); if not, look closer
-            finite, n = math.isfinite(losses.sum().item()) or bool(torch.isfinite(losses).all()), steps.K
-            if not finite:  # stop at the first step whose loss was not finite
-                n = int(torch.nonzero(~torch.isfinite(losses))[0]) + 1
-            lr, loss = lrs[n - 1], losses[n - 1]
+            n, lr, loss, finite = _k_steps(s, steps, done)
         else:
             n, lr = 1, lr_at(done, o, t.steps)
             loss = _step(s, ema, lr)
@@ -183,7 +178,23 @@ def fit(s: Setup, tracker: Tracker, stop: StopSignals, resume: TrainState | None
             raise Interrupted(stop.signum, done)
     if ema is not None:  # end with the averaged weights, the ones every evaluation measured
         model.load_state_dict(ema.module.state_dict())
-    return monitor.fit(train_time, path)
+    return monitor.fit(train_time, s.path)
+
+
+def _k_steps(s: Setup, steps, done: int) -> tuple[int, float, torch.Tensor, bool]:
+    """steps.K steps in one call of the fast path, from step `done`: their minibatch indices drawn at
+    once (the same numbers as one by one). Returns (steps that count, the last one's lr and loss,
+    whether all were finite): on a loss that is not finite, the run stops at that step."""
+    t = s.cfg.train
+    Xtr, Ytr = s.X["train"], s.Y["train"]
+    lrs = lrs_at(done, steps.K, s.cfg.optim, t.steps)
+    ix = torch.randint(0, len(Xtr), (steps.K, t.batch_size), generator=s.g).to(Xtr.device)
+    losses = steps(Xtr[ix], Ytr[ix], torch.tensor(lrs, dtype=torch.float32))
+    # the sum is finite when every loss is (4x cheaper a call to check); if not, look closer
+    finite, n = math.isfinite(losses.sum().item()) or bool(torch.isfinite(losses).all()), steps.K
+    if not finite:
+        n = int(torch.nonzero(~torch.isfinite(losses))[0]) + 1
+    return n, lrs[n - 1], losses[n - 1], finite
 
 
 def _step(s: Setup, ema: EMA | None, lr: float) -> torch.Tensor:

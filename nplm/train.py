@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from nplm import plots, threads
+from nplm import fast, plots, threads
 from nplm.checkpoint import CKPT_NAME, STATE_NAME, TrainState, save_checkpoint
 from nplm.config import Config
 from nplm.data import SPLITS, Dataset
@@ -84,6 +84,8 @@ def train(cfg: Config, data: Dataset, device: torch.device, tracker: Tracker, st
         return run_tool(cfg, s.model, s.optimizer, s.g, X["train"], Y["train"], tracker, t_start)
     if resume:
         log.info("resuming at step %d of %d from %s", resume.step, cfg.train.steps, tracker.out_dir / STATE_NAME)
+    if grouped is None:  # the training path: K steps a call (compiled, a CUDA graph) or autograd
+        s.steps, s.path = fast.steps_for(cfg, lambda: fast.parameters(s.model), data.vocab.size, device)
     try:
         stop.defer(True)  # a signal now lets the step finish, then the loop saves and stops
         fitted = grouped.replay(cfg, s.model, tracker) if grouped is not None else \

@@ -22,9 +22,72 @@ def test_default_config_composes():
     assert cfg.model.init == "scaled" and cfg.device == "auto"
 
 
+# What each shipped experiment sets, written out here (not read from its file): an experiment that
+# loses a setting, in its YAML or in composition, fails below.
+EXPERIMENT_SETTINGS = {
+    "best": {
+        "model.n_embd": 32, "model.block_size": 8, "model.n_hidden": 384, "model.n_layer": 3,
+        "model.norm": "layernorm", "model.dropout": 0.25, "model.init": "scaled", "model.maxent_order": 6,
+        "optim.name": "adamw", "optim.lr": 0.003, "optim.weight_decay": 0.1, "optim.schedule": "cosine",
+        "optim.warmup_steps": 500, "optim.min_lr": 0.00001, "optim.maxent_lr_scale": 0.33,
+        "train.steps": 15000, "train.batch_size": 256, "train.eval_interval": 2000, "train.log_interval": 500,
+        "train.keep_best": True, "train.ema": 0.999},
+    "fast": {
+        "model.n_embd": 16, "model.block_size": 5, "model.n_hidden": 128, "model.init": "scaled",
+        "optim.name": "adamw", "optim.lr": 0.03, "optim.schedule": "cosine", "optim.warmup_steps": 20,
+        "optim.min_lr": 0.001,
+        "train.steps": 300, "train.batch_size": 512, "train.eval_interval": 300, "train.log_interval": 50},
+    "lecture": {
+        "model.n_embd": 10, "model.block_size": 3, "model.n_hidden": 200, "model.init": "lecture",
+        "optim.name": "sgd", "optim.lr": 0.1, "optim.schedule": "step", "optim.decay_steps": [100000],
+        "optim.decay_factor": 0.1, "optim.weight_decay": 0.0, "optim.momentum": 0.0,
+        "train.steps": 200000, "train.batch_size": 32, "train.eval_interval": 10000, "train.log_interval": 10000,
+        "train.threads": 1, "seed": 2147483647},
+    "mixture": {
+        "model.n_embd": 32, "model.block_size": 8, "model.n_hidden": 384, "model.n_layer": 3,
+        "model.norm": "layernorm", "model.dropout": 0.25, "model.init": "scaled", "model.mix_order": 6,
+        "optim.name": "adamw", "optim.lr": 0.003, "optim.weight_decay": 0.1, "optim.schedule": "cosine",
+        "optim.warmup_steps": 500, "optim.min_lr": 0.00001,
+        "train.steps": 30000, "train.batch_size": 256, "train.eval_interval": 2000, "train.log_interval": 500,
+        "train.keep_best": True, "train.ema": 0.999},
+}
+
+
+def _leaves(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_leaves(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def test_every_experiment_is_listed():
+    assert sorted(EXPERIMENT_SETTINGS) == EXPERIMENTS
+
+
 @pytest.mark.parametrize("name", EXPERIMENTS)
-def test_experiments_compose(name):
-    to_config(compose_cfg([f"experiment={name}"]))
+def test_experiments_compose_with_every_setting_of_their_file(name):
+    import dataclasses
+
+    import yaml
+    cfg = to_config(compose_cfg([f"experiment={name}"]))
+    composed = _leaves(dataclasses.asdict(cfg))
+    written = _leaves(yaml.safe_load((CONF / "experiment" / f"{name}.yaml").read_text()))
+    expected = EXPERIMENT_SETTINGS[name]
+    assert set(expected) <= set(written), f"conf/experiment/{name}.yaml lost {set(expected) - set(written)}"
+    for key, value in {**written, **expected}.items():
+        assert key in composed and composed[key] == value, (name, key, composed.get(key), value)
+    # what is not in the file keeps the default recipe's value (an experiment changes only what it says)
+    default = _leaves(dataclasses.asdict(to_config(compose_cfg())))
+    changed = {k for k in default if default[k] != composed[k]}
+    assert changed <= set(written), (name, changed - set(written))
+    # the learning-rate schedule the recipe trains with
+    o, steps = cfg.optim, cfg.train.steps
+    if o.schedule == "step":
+        assert [lr_at(s, o, steps) for s in (0, o.decay_steps[0] - 1, o.decay_steps[0], steps - 1)] == \
+            [o.lr, o.lr, 0.01, 0.01]
+    else:
+        assert lr_at(0, o, steps) < lr_at(o.warmup_steps, o, steps) == pytest.approx(o.lr)
+        assert lr_at(steps - 1, o, steps) == pytest.approx(o.min_lr)
 
 
 @pytest.mark.parametrize("name", DATA)

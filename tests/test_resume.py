@@ -4,6 +4,7 @@ it must end with exactly the losses of the same run left alone."""
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from conftest import ROOT, TINY, compose_cfg, run_cmd, train
 from nplm.checkpoint import STATE_NAME
 from nplm.config import ConfigError, to_config
 from nplm.resume import claim, resume_config
+from wandb_records import offline_runs, summarise
 
 # Dropout, weight averaging, keep_best and the hashed n-gram table (sparse, lazily updated, shared by
 # the average, saved as its rows in use: order 4 hashes into 131,072 rows): every piece of state a
@@ -29,6 +31,11 @@ def losses(run_dir):
     """(step, train/loss, val/loss) of every metrics row: all that must match (not the timings)."""
     with open(run_dir / "metrics.csv", newline="") as f:
         return [(r["step"], r["train/loss"], r["val/loss"]) for r in csv.DictReader(f)]
+
+
+def metrics(run_dir):
+    with open(run_dir / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
 
 
 def summary(run_dir):
@@ -143,6 +150,90 @@ def test_sigkill_between_checkpoints_drops_the_rows_after_the_last_save(uninterr
     assert logged_step(run_dir) > saved  # rows logged after the last save: logged again on resume
     run_cmd([ROOT / "train.py", f"resume={run_dir}"])
     assert losses(run_dir) == losses(uninterrupted)
+
+
+@pytest.fixture(scope="module")
+def interrupted_with_wandb(tmp_path_factory):
+    """The run of `uninterrupted` with W&B offline, stopped with SIGTERM part-way (as the SIGTERM test
+    stops it); (its folder, the step its state was saved at). Tests resume copies of the folder."""
+    run_dir = tmp_path_factory.mktemp("resume") / "wandb"
+    proc = start(run_dir, "wandb.mode=offline")
+    wait_for(lambda: logged_step(run_dir) >= 120, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    stopped = torch.load(run_dir / STATE_NAME, weights_only=True)["step"]
+    assert 120 <= stopped < 300 and summary(run_dir)["status"] == "interrupted"
+    return run_dir, stopped
+
+
+def wandb_steps(wb):
+    """The steps of an offline W&B run's metrics rows (those with a training loss), in order."""
+    return [h["_step"] for h in wb["history"] if "train/loss" in h]
+
+
+def check_wandb_continues(run_dir, stopped, steps):
+    """The resumed run logged to the interrupted run's W&B run (its id, kept in last.pt), from where
+    the saved state was: two offline records of one W&B run, whose metrics rows are metrics.csv's."""
+    first, resumed = (summarise(r) for r in offline_runs(run_dir))
+    assert first["run"].run_id == resumed["run"].run_id
+    assert first["exit_code"] != 0 and first["summary"]["status"] == "interrupted"
+    assert resumed["exit_code"] == 0 and resumed["summary"]["status"] == "finished"
+    rows = [(int(step), float(loss), val) for step, loss, val in losses(run_dir)]
+    assert [step for step, _, _ in rows] == list(range(10, steps + 1, 10))
+    assert wandb_steps(first) == [step for step, _, _ in rows if step <= stopped]
+    assert wandb_steps(resumed) == [step for step, _, _ in rows if step > stopped]
+    history = {h["_step"]: h for wb in (first, resumed) for h in wb["history"] if "train/loss" in h}
+    for step, loss, val in rows:
+        assert history[step]["train/loss"] == pytest.approx(loss, rel=1e-12), step
+        assert history[step].get("val/loss") == (pytest.approx(float(val), rel=1e-12) if val else None), step
+    s = summary(run_dir)
+    assert resumed["summary"]["val_loss"] == pytest.approx(s["val_loss"], rel=1e-12)
+    assert resumed["summary"]["steps"] == s["steps"] == steps
+    assert resumed["config"]["train"]["steps"] == steps
+    return first, resumed
+
+
+def test_resume_continues_the_same_wandb_run(uninterrupted, interrupted_with_wandb, tmp_path):
+    saved, stopped = interrupted_with_wandb
+    run_dir = tmp_path / "run"
+    shutil.copytree(saved, run_dir)
+    (before,) = offline_runs(run_dir)
+    wandb_id = torch.load(run_dir / STATE_NAME, weights_only=True)["wandb_id"]
+    assert summarise(before)["run"].run_id == wandb_id and before.name.endswith(f"-{wandb_id}")
+
+    proc = run_cmd([ROOT / "train.py", f"resume={run_dir}"])
+    assert f"resuming at step {stopped} of 300" in proc.stdout
+    assert losses(run_dir) == losses(uninterrupted)  # W&B changes nothing of the training
+    assert summary(run_dir)["status"] == "finished" and summary(run_dir)["resumed_at"] == [stopped]
+    first, _ = check_wandb_continues(run_dir, stopped, 300)
+    assert first["run"].run_id == wandb_id and offline_runs(run_dir)[0] == before
+    media = {p.parent.name for p in (offline_runs(run_dir)[1] / "files" / "media").rglob("*") if p.is_file()}
+    assert {"table", "images"} <= media  # the samples and plots went to the resumed W&B run
+
+
+@pytest.mark.slow  # ~15 s: another resume of the RUN model
+def test_resume_with_more_steps_continues_the_same_wandb_run_to_the_new_end(uninterrupted, interrupted_with_wandb,
+                                                                           tmp_path):
+    saved, stopped = interrupted_with_wandb
+    run_dir = tmp_path / "run"
+    shutil.copytree(saved, run_dir)
+    proc = run_cmd([ROOT / "train.py", f"resume={run_dir}", "train.steps=400"])
+    assert f"resuming at step {stopped} of 400" in proc.stdout
+    s = summary(run_dir)
+    assert s["status"] == "finished" and s["steps"] == 400 and s["config"]["train"]["steps"] == 400
+    first, resumed = check_wandb_continues(run_dir, stopped, 400)
+    wandb_id = summarise(offline_runs(saved)[0])["run"].run_id
+    assert first["run"].run_id == resumed["run"].run_id == wandb_id
+    # up to the interruption, the run is the one of 300 steps; after it, the schedule follows the new length
+    head = [row for row in losses(run_dir) if int(row[0]) <= stopped]
+    assert head == [row for row in losses(uninterrupted) if int(row[0]) <= stopped]
+    lr = {int(r["step"]): float(r["lr"]) for r in metrics(run_dir)}
+    lr300 = {int(r["step"]): float(r["lr"]) for r in metrics(uninterrupted)}
+    min_lr = s["config"]["optim"]["min_lr"]
+    assert lr300[300] == pytest.approx(min_lr) and lr[400] == pytest.approx(min_lr) and lr[300] > 2 * min_lr
+    assert {h["_step"]: h["lr"] for h in resumed["history"] if "train/loss" in h} == \
+        {step: pytest.approx(v, rel=1e-12) for step, v in lr.items() if step > stopped}
 
 
 @pytest.fixture(scope="module")

@@ -13,14 +13,35 @@ QUICK = [*TINY, "train.steps=20", "train.eval_interval=10", "train.log_interval=
 SWEEPS = sorted(p.stem for p in (CONF / "sweep").glob("*.yaml"))
 
 
+# how many jobs each named sweep launches (optuna: its number of trials), as its header says
+SWEEP_JOBS = {"best": 9, "grid": 27, "lr_batch": 16, "seeds": 5, "optuna": 20}
+
+
 @pytest.mark.parametrize("name", SWEEPS)
 def test_named_sweeps_compose_as_multiruns(name):
+    """A multirun of the jobs its header announces: those Hydra's basic sweeper makes of its grid
+    (Hydra's own expansion of the params), each a valid config; optuna: the trials it is given."""
+    import re
+
     from hydra import compose, initialize_config_dir
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="config", overrides=[f"+sweep={name}"], return_hydra_config=True)
     assert cfg.hydra.mode.name == "MULTIRUN"
     assert cfg.hydra.sweeper.params
     to_config(compose_cfg([f"+sweep={name}"]))
+    assert sorted(SWEEP_JOBS) == SWEEPS
+    if name == "optuna":
+        assert cfg.hydra.sweeper.n_trials == SWEEP_JOBS[name]
+        assert set(cfg.hydra.sweeper.params) == {"model.n_embd", "model.n_hidden", "model.block_size", "optim.lr"}
+        return
+    params = [f"{k}={v}" for k, v in cfg.hydra.sweeper.params.items()]
+    (jobs,) = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(params), None)
+    assert len(jobs) == len({tuple(j) for j in jobs}) == SWEEP_JOBS[name], jobs
+    header = " ".join((CONF / "sweep" / f"{name}.yaml").read_text().splitlines()[1:3])
+    assert re.search(rf"\b{SWEEP_JOBS[name]} (jobs|seeds)\b", header), header
+    to_config(compose_cfg([f"+sweep={name}", *jobs[-1]]))
 
 
 def test_swept_keys():

@@ -127,7 +127,9 @@ def write_report(sweep_dirs: list[Path], out_dir: Path) -> Path:
     swept = swept_columns(df)
     board = leaderboard(df, swept)
     board.to_csv(out_dir / "leaderboard.csv")
-    (out_dir / "leaderboard.md").write_text(board.to_markdown(floatfmt=".4f", missingval="") + "\n")
+    # a job without a value (failed, diverged) shows an empty cell: missingval covers None only, not NaN
+    blank = board.astype(object).where(board.notna(), None)
+    (out_dir / "leaderboard.md").write_text(blank.to_markdown(floatfmt=".4f", missingval="") + "\n")
     baseline = count_baseline(df)
     plots = make_plots(df, swept, out_dir, baseline)
     (out_dir / "dashboard.html").write_text(dashboard_html(df, board, swept, plots, sweep_dirs, baseline))
@@ -136,49 +138,72 @@ def write_report(sweep_dirs: list[Path], out_dir: Path) -> Path:
 
 def make_plots(df: pd.DataFrame, swept: list[str], out_dir: Path,
                baseline: tuple[str, float] | None = None) -> dict[str, Path]:
+    """The sweep's PNGs: val loss against each swept key, a heatmap over two, the best runs' curves,
+    the best run's embedding. Returns them by title."""
     done = df[df["status"] == "finished"]
     words = word_level(df)
     plots: dict[str, Path] = {}
     if done.empty:
         return plots
-    for col in swept:  # val loss against each swept hyperparameter
-        fig, ax = figure((5.5, 3.6))
-        x = done[col]
-        numeric = pd.api.types.is_numeric_dtype(x)
-        pos = x if numeric else x.astype(str)
-        ax.scatter(pos, done["val_loss"], alpha=0.7, label="job")
-        means = done.groupby(pos)["val_loss"].mean()
-        ax.plot(means.index, means.values, color="tab:orange", marker="o", label="mean")
-        if numeric and x.min() > 0 and x.max() / x.min() >= 10:
-            ax.set_xscale("log")
-        if not words:
-            ax.axhline(LECTURE_LOSS, color="grey", ls="--", lw=0.8, label="lecture 2.17")
-        if baseline:
-            ax.axhline(baseline[1], color="tab:red", ls=":", lw=1, label=f"{baseline[0]} {baseline[1]:.4f}")
-        ax.set_xlabel(col)
-        ax.set_ylabel("val loss")
-        ax.set_title(f"val loss vs {col}")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        plots[f"val loss vs {col}"] = _save(fig, out_dir / f"val_vs_{col.replace('.', '_')}.png")
-    if len(swept) == 2:  # a heatmap of the mean val loss over the two
-        a, b = swept
-        table = done.pivot_table(index=a, columns=b, values="val_loss", aggfunc="mean")
-        fig, ax = figure((1.2 * len(table.columns) + 3, 0.6 * len(table.index) + 2.2))
-        im = ax.imshow(table.values, cmap="viridis_r", aspect="auto")
-        ax.set_xticks(range(len(table.columns)), [str(c) for c in table.columns])
-        ax.set_yticks(range(len(table.index)), [str(i) for i in table.index])
-        ax.set_xlabel(b)
-        ax.set_ylabel(a)
-        lo, hi = im.get_clim()
-        for (i, j), v in pd.DataFrame(table.values).stack().items():
-            light = (v - lo) < 0.5 * (hi - lo)  # viridis_r is light (yellow) at low loss
-            ax.text(j, i, f"{v:.3f}", ha="center", va="center", color="black" if light else "white", fontsize=9)
-        fig.colorbar(im, ax=ax, label="val loss")
-        ax.set_title("mean val loss")
-        plots["val loss heatmap"] = _save(fig, out_dir / "heatmap.png")
+    for col in swept:
+        plots[f"val loss vs {col}"] = _plot_against(done, col, words, baseline, out_dir)
+    if len(swept) == 2:
+        plots["val loss heatmap"] = _plot_heatmap(done, *swept, out_dir)
     best = done.nsmallest(5, "val_loss")
-    fig, ax = figure((7, 4.2))  # the curves of the best runs overlaid
+    plots["best runs' curves"] = _plot_best_curves(best, swept, words, baseline, out_dir)
+    embedding = Path(best.iloc[0]["path"]) / "embedding.png"
+    if embedding.is_file():
+        plots["best run's embedding"] = embedding
+    return plots
+
+
+def _plot_against(done: pd.DataFrame, col: str, words: bool, baseline: tuple[str, float] | None,
+                  out_dir: Path) -> Path:
+    """Val loss against one swept hyperparameter: each job, and the mean at each value."""
+    fig, ax = figure((5.5, 3.6))
+    x = done[col]
+    numeric = pd.api.types.is_numeric_dtype(x)
+    pos = x if numeric else x.astype(str)
+    ax.scatter(pos, done["val_loss"], alpha=0.7, label="job")
+    means = done.groupby(pos)["val_loss"].mean()
+    ax.plot(means.index, means.values, color="tab:orange", marker="o", label="mean")
+    if numeric and x.min() > 0 and x.max() / x.min() >= 10:
+        ax.set_xscale("log")
+    if not words:
+        ax.axhline(LECTURE_LOSS, color="grey", ls="--", lw=0.8, label="lecture 2.17")
+    if baseline:
+        ax.axhline(baseline[1], color="tab:red", ls=":", lw=1, label=f"{baseline[0]} {baseline[1]:.4f}")
+    ax.set_xlabel(col)
+    ax.set_ylabel("val loss")
+    ax.set_title(f"val loss vs {col}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, out_dir / f"val_vs_{col.replace('.', '_')}.png")
+
+
+def _plot_heatmap(done: pd.DataFrame, a: str, b: str, out_dir: Path) -> Path:
+    """The mean val loss over the values of two swept keys, each cell labelled."""
+    table = done.pivot_table(index=a, columns=b, values="val_loss", aggfunc="mean")
+    fig, ax = figure((1.2 * len(table.columns) + 3, 0.6 * len(table.index) + 2.2))
+    im = ax.imshow(table.values, cmap="viridis_r", aspect="auto")
+    ax.set_xticks(range(len(table.columns)), [str(c) for c in table.columns])
+    ax.set_yticks(range(len(table.index)), [str(i) for i in table.index])
+    ax.set_xlabel(b)
+    ax.set_ylabel(a)
+    lo, hi = im.get_clim()
+    for (i, j), v in pd.DataFrame(table.values).stack().items():
+        light = (v - lo) < 0.5 * (hi - lo)  # viridis_r is light (yellow) at low loss
+        ax.text(j, i, f"{v:.3f}", ha="center", va="center", color="black" if light else "white", fontsize=9)
+    fig.colorbar(im, ax=ax, label="val loss")
+    ax.set_title("mean val loss")
+    return _save(fig, out_dir / "heatmap.png")
+
+
+def _plot_best_curves(best: pd.DataFrame, swept: list[str], words: bool, baseline: tuple[str, float] | None,
+                      out_dir: Path) -> Path:
+    """The best runs' curves overlaid: val loss solid, the training minibatch loss faint."""
+    from matplotlib.ticker import FormatStrFormatter
+    fig, ax = figure((7, 4.2))
     for k, (_, row) in enumerate(best.iterrows()):
         curves = read_curve(Path(row["path"]) / "metrics.csv")
         label = ", ".join(f"{c.split('.')[-1]}={row[c]}" for c in swept) or f"job {row['job']}"
@@ -192,7 +217,6 @@ def make_plots(df: pd.DataFrame, swept: list[str], out_dir: Path,
     if baseline:
         ax.axhline(baseline[1], color="tab:red", ls=":", lw=1)
     ax.set_yscale("log")
-    from matplotlib.ticker import FormatStrFormatter
     ax.yaxis.set_major_formatter(FormatStrFormatter("%.2f"))
     ax.yaxis.set_minor_formatter(FormatStrFormatter("%.2f"))
     ax.set_xlabel("step")
@@ -200,11 +224,7 @@ def make_plots(df: pd.DataFrame, swept: list[str], out_dir: Path,
     ax.set_title("best runs: val (solid) and train minibatch (faint)")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
-    plots["best runs' curves"] = _save(fig, out_dir / "best_curves.png")
-    embedding = Path(best.iloc[0]["path"]) / "embedding.png"
-    if embedding.is_file():
-        plots["best run's embedding"] = embedding
-    return plots
+    return _save(fig, out_dir / "best_curves.png")
 
 
 def _save(fig, path: Path) -> Path:

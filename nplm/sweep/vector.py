@@ -161,7 +161,7 @@ def train_group(cfgs: list[Config], out_dirs: list[Path], labels: list[str]) -> 
     monitors = [Monitor(divergence_limit(model, Xval, Yval, data.vocab.size), cfg.train.keep_best, Xval, Yval,
                         t.eval_chunk) for cfg, model in zip(cfgs, models)]
     stacked = _stack(models, data.vocab.size)
-    steps, info = fast.steps_for(cfg0, stacked, data.vocab.size, device, runs=R)
+    steps, info = fast.steps_for(cfg0, lambda: stacked, data.vocab.size, device, runs=R)
     how = HOW[info["path"]]
     log.info("vectorised: %d runs (%s) train as one stacked model, %s, %d thread(s)", R,
              "; ".join(labels if R <= 6 else [*labels[:3], "...", labels[-1]]), how, torch.get_num_threads())
@@ -176,12 +176,7 @@ def train_group(cfgs: list[Config], out_dirs: list[Path], labels: list[str]) -> 
         losses = steps(Xtr[ix], Ytr[ix], torch.tensor(lr, dtype=torch.float32).to(device)).cpu()  # (n, R)
         train_time += time.perf_counter() - t0
         since_log += n
-        for r in list(alive):
-            bad = torch.nonzero(~torch.isfinite(losses[:, r]))
-            if len(bad):  # as alone: the run stops at its first step whose loss is not finite
-                k = int(bad[0])
-                results[r].diverged = (done + k + 1, float(losses[k, r]), train_time / R, "training loss")
-                alive.remove(r)
+        _stop_not_finite(losses, alive, results, done, train_time / R)
         done += n
         if cadence.logs(done):
             rate, logged_time, since_log = since_log / max(train_time - logged_time, 1e-9), train_time, 0
@@ -199,7 +194,7 @@ def train_group(cfgs: list[Config], out_dirs: list[Path], labels: list[str]) -> 
                      done, t.steps, _span([float(losses[-1, r]) for r in alive]),
                      f" val/loss {_span(val)} |" if val else "", rate, R)
     t0 = time.perf_counter()
-    for r in alive:  # the final losses over the full splits, on all the group's threads (val: measured at the last step)
+    for r in alive:  # the final losses over the full splits, on all the group's threads (val: at the last step)
         results[r].final = (split_loss(models[r], Xtr, Ytr, t.eval_chunk), results[r].rows[-1]["val/loss"])
     # seconds per run to evaluate both splits (the training split's measured, the val split's in proportion)
     eval_share = (time.perf_counter() - t0) / max(1, len(alive)) * (len(Xtr) + len(Xval)) / len(Xtr)
@@ -208,10 +203,22 @@ def train_group(cfgs: list[Config], out_dirs: list[Path], labels: list[str]) -> 
             "vector_runs": R, "vector_train_time_s": train_time, "vector_threads": torch.get_num_threads()}
     for r, model in enumerate(models):
         res = results[r]
-        res.best_val, res.best_step, res.best_state = monitors[r].best_val, monitors[r].best_step, monitors[r].best_state
+        best = monitors[r]
+        res.best_val, res.best_step, res.best_state = best.best_val, best.best_step, best.best_state
         res.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         res.train_time, res.eval_time, res.path = train_time / R, eval_share, path
         res.save(out_dirs[r])
+
+
+def _stop_not_finite(losses: torch.Tensor, alive: list[int], results: list[GroupResult], done: int,
+                     elapsed: float) -> None:
+    """As alone: a run stops at its first step whose loss (losses[k, r]) is not finite."""
+    for r in list(alive):
+        bad = torch.nonzero(~torch.isfinite(losses[:, r]))
+        if len(bad):
+            k = int(bad[0])
+            results[r].diverged = (done + k + 1, float(losses[k, r]), elapsed, "training loss")
+            alive.remove(r)
 
 
 HOW = {"cuda_graph": f"a CUDA graph of {fast.STEPS_PER_CALL} steps per replay",

@@ -5,8 +5,9 @@ name it is imported by (nplm/command.py calls `register()`).
 It runs the jobs of a multirun one after another in this process, as Hydra's basic launcher does,
 except that the jobs that can train together (nplm/sweep/vector.py: the same config but for seed and
 learning rate) train as one stacked model when the first of them comes up, which writes each run's
-training into its job folder; each job then records its own run from that training. Jobs that cannot (other models or optimisers, invalid configs, runs
-that finished already or resume) run as they would with the basic launcher.
+training into its job folder; each job then records its own run from that training. Jobs that
+cannot (other models or optimisers, invalid configs, runs that finished already or resume) run as
+they would with the basic launcher.
 """
 from __future__ import annotations
 
