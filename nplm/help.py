@@ -20,7 +20,7 @@ from nplm import config
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = """\
-  python train.py                                       # the default recipe (val ~2.04 in about 10 s)
+  python train.py                                       # the default recipe (val ~2.04 in about 20 s)
   python train.py model.n_embd=24 optim.lr=0.05 seed=3  # override any key below
   python train.py experiment=lecture                    # makemore part 2's recipe, exactly
   python train.py -m model.n_embd=2,10,24 optim.lr=0.01,0.03   # a sweep: one folder per job, a leaderboard

@@ -1,6 +1,7 @@
 """Tracking: one place that records a run, to its folder (the record of truth) and to Weights & Biases.
 
-Local files: metrics.csv (a row per logged step, flushed as it happens), summary.json, samples.tsv.
+Local files: metrics.csv (a row per logged step, flushed as it happens), summary.json (with what is
+needed to repeat the run: `provenance`), samples.tsv.
 W&B: the same metrics under the same keys, the resolved config, summary values, the samples as a
 table and the plots as images (sent to a worker process, nplm/wandb_log.py, so W&B's start-up
 overlaps the run's own). W&B runs offline unless told otherwise (no account, no network:
@@ -111,7 +112,7 @@ def save_summary(out_dir: Path, summary: dict) -> None:
 
 def provenance() -> dict:
     """What is needed to repeat the run: versions, the code's git commit, the command line."""
-    import torch
+    import torch  # here: this module stays light for the processes that only write records (sweep callbacks)
     return {
         "torch": torch.__version__, "python": platform.python_version(),
         "platform": platform.platform(), **_git_state(), "command": " ".join(sys.argv),
