@@ -10,10 +10,11 @@
 """
 import sys
 
-from nplm import plots, wandb_log
+from nplm import plots, repro, wandb_log
 
-if __name__ == "__main__":  # first, before torch is imported: the workers import matplotlib and wandb meanwhile
-    plots.start_worker()
+if __name__ == "__main__":  # first, before torch is imported
+    repro.pin(repro.wanted(sys.argv[1:]))  # reproducible mode: the numeric code paths, read when torch loads
+    plots.start_worker()  # the workers import matplotlib and wandb on other cores meanwhile
     wandb_log.start_worker(sys.argv[1:])
 
 import hydra  # noqa: E402

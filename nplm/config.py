@@ -143,6 +143,8 @@ class Config:
     overfit_batch: OverfitBatchConfig = field(default_factory=OverfitBatchConfig)
     device: str = MISSING  # auto | cpu | cuda | cuda:N
     seed: int = MISSING  # seeds the training generator: parameter init, then minibatch draws
+    reproducible: bool = True  # the same numbers on any x86-64 CPU with AVX2: code paths pinned, one thread
+    # (nplm/repro.py); false, given on the command line, lets torch pick the CPU's fastest kernels and threads
     resume: Optional[str] = None  # the folder of an interrupted run to continue (nplm/resume.py)
 
 
@@ -259,6 +261,9 @@ def _validate_training(m: ModelConfig, t: TrainConfig, o: OptimConfig) -> None:
 
 def _validate_modes(cfg: Config) -> None:
     m, t = cfg.model, cfg.train
+    _check(not (cfg.reproducible and t.threads > 1),
+           f"train.threads={t.threads} needs reproducible=false: reproducible mode trains on one thread, the same on "
+           "every machine")
     _check_choice(cfg.mode, MODES, "mode")
     _check_choice(t.fast, FAST, "train.fast")
     if cfg.mode != "train":

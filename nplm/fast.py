@@ -43,6 +43,7 @@ from typing import Callable
 
 import torch
 
+from nplm import repro
 from nplm.config import Config, ConfigError
 
 log = logging.getLogger("nplm")
@@ -87,7 +88,7 @@ def shape_of(cfg: Config, vocab_size: int, runs: int = 0) -> dict:
     return {"vocab_size": vocab_size, "n_embd": m.n_embd, "block_size": m.block_size, "n_hidden": m.n_hidden,
             "batch_size": cfg.train.batch_size, "steps": STEPS_PER_CALL, "runs": runs,
             "threads": torch.get_num_threads(),
-            "torch": torch.__version__, "machine": _machine(),
+            "torch": torch.__version__, "machine": _machine(), "pins": repro.in_effect(),
             "source": hashlib.sha256(source.encode()).hexdigest()[:16]}
 
 

@@ -4,7 +4,8 @@ The config is validated when it is composed (nplm/config.py); what depends on th
 data is checked here: the device, the data itself, settings that do not fit the data (a batch larger
 than the training split, an n-gram order whose counts cannot be keyed, a hashed n-gram table). A
 run they refuse raises ConfigError or DataError and leaves nothing behind. Settings that are valid
-but cannot help get a warning; the thread count is set (nplm/threads.py).
+but cannot help get a warning; the thread count is set (nplm/threads.py), and the run says whether it
+is reproducible across CPUs (nplm/repro.py).
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import logging
 
 import torch
 
-from nplm import threads
+from nplm import repro, threads
 from nplm.config import Config, ConfigError, setting_warnings
 from nplm.data import Dataset, load_data
 from nplm.model import MaxEnt
@@ -40,6 +41,7 @@ def preflight(cfg: Config) -> tuple[torch.device, Dataset]:
     """The checks a run must pass before it writes anything (raise ConfigError or DataError);
     warnings for settings that cannot help; the thread count. Returns the device and the dataset."""
     m, t = cfg.model, cfg.train
+    mode = repro.check(cfg.reproducible)  # the process's pins are the config's (nplm/repro.py)
     device = resolve_device(cfg.device)
     data = load_data(cfg.data, m.block_size)
     V = data.vocab.size
@@ -55,6 +57,9 @@ def preflight(cfg: Config) -> tuple[torch.device, Dataset]:
     for warning in setting_warnings(cfg):
         log.warning(warning)
     torch.set_num_threads(threads.choose(cfg, V)[0])
+    if cfg.reproducible:
+        repro.settle()
+    log.info(mode)
     return device, data
 
 

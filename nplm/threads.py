@@ -46,6 +46,8 @@ def choose(cfg: Config, vocab_size: int, runs: int = 1) -> tuple[int, str]:
     """(threads, why) for training `runs` stacked models of this config (1: one run)."""
     if cfg.train.threads:
         return cfg.train.threads, "train.threads"
+    if cfg.reproducible:  # a sum split among threads depends on their number: one, on every machine
+        return 1, "reproducible=true: one thread, as on every machine"
     work, n = runs * step_macs(cfg, vocab_size), cores()
     size = f"{work / 1e6:.1f}M multiply-adds a step"
     if n == 1 or work < LARGE:

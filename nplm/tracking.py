@@ -23,6 +23,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from nplm import repro
 from nplm.config import WandbConfig
 from nplm.wandb_log import Client
 
@@ -116,6 +117,9 @@ def provenance() -> dict:
     return {
         "torch": torch.__version__, "python": platform.python_version(),
         "platform": platform.platform(), **_git_state(), "command": " ".join(sys.argv),
+        # the CPU and the code paths it ran (nplm/repro.py): what a run's last digits depend on
+        "cpu": repro.cpu(), "pins": repro.in_effect(),
+        "deterministic": torch.are_deterministic_algorithms_enabled(),
     }
 
 

@@ -3,9 +3,12 @@
     python scripts/benchmark.py                      # everything, 3 repeats (~25 minutes on 2 cores)
     python scripts/benchmark.py --only steps memory  # some of it
     python scripts/benchmark.py --repeats 5 --out outputs/benchmark/today.json
+    python scripts/benchmark.py --only steps --compare outputs/benchmark/last_month.json   # ratios to then
 
 Every measurement runs in a fresh process (so peak RSS is its own), the reference and the runner
-alternating, and the table shows medians and ratios (issue 5's targets beside them):
+alternating, and the table shows medians and ratios (the targets beside them). The JSON records
+the machine's fingerprint (CPU model and instruction sets, cores, torch, Python); `--compare OLD.json`
+prints each figure's ratio to that earlier run, so a regression shows as a number:
 
 - steps:   steps/s of the lecture recipe, batch 32, one thread: nplm/reference.py vs
            `python train.py experiment=lecture` (and that both reach the same loss).
@@ -22,6 +25,9 @@ alternating, and the table shows medians and ratios (issue 5's targets beside th
 - words:   words/s of word-level training (batch 128) and chunked evaluation: `data=shakespeare`
            (5,989 tokens) and a synthetic Zipf corpus with a 16,000-word vocabulary, where the
            output layer dominates; on the GPU too when there is one.
+- repro:   what reproducible mode (the default, nplm/repro.py) costs: steps/s with reproducible=true
+           and reproducible=false, alternating, for the default run, the lecture on the plain path
+           and the lecture on the compiled path (--repro-steps steps), and whether the losses differ.
 - gpu:     where there is a CUDA GPU (else skipped, and said so): the steps and sweep figures
            with device=cuda: the reference loop on the GPU vs the runner's CUDA graph (and its plain
            path), and 16 reference loops vs one vectorised sweep whose stacked steps are a CUDA graph.
@@ -40,7 +46,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PARTS = ("steps", "fast", "sweep", "startup", "load", "memory", "words", "gpu")
+sys.path.insert(0, str(ROOT))
+from nplm import repro  # noqa: E402  (torch-free)
+PARTS = ("steps", "fast", "sweep", "startup", "load", "memory", "words", "repro", "gpu")
 QUIET = {"WANDB_MODE": "disabled", "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0"}
 
 REFERENCE = """
@@ -72,7 +80,8 @@ def timed(cmd: list[str], env: dict | None = None) -> tuple[float, int, str]:
 
 
 def reference(runs: list[dict]) -> tuple[dict, int]:
-    wall, rss, out = timed([sys.executable, "-c", REFERENCE, json.dumps(runs)])
+    """The lecture's plain loop, on the code paths the runner's reproducible mode pins (so they compare)."""
+    wall, rss, out = timed([sys.executable, "-c", REFERENCE, json.dumps(runs)], env=repro.expected())
     return json.loads(out.strip().splitlines()[-1]) | {"process_wall_s": wall}, rss
 
 
@@ -168,7 +177,8 @@ def bench_load(repeats: int) -> dict:
             rates = {"auto": [], "one": []}
             for _ in range(repeats):
                 for name, threads in (("auto", 0), ("one", 1)):
-                    s = runner("train.steps=2000", "train.num_samples=0", f"train.threads={threads}")[0]
+                    s = runner("train.steps=2000", "train.num_samples=0", f"train.threads={threads}",
+                               "reproducible=false")[0]  # the thread choice by size (reproducible: one)
                     rates[name].append(s["steps_per_s"])
                     out.setdefault("threads", s["threads"])
         finally:
@@ -178,6 +188,30 @@ def bench_load(repeats: int) -> dict:
         out[load] = {name: statistics.median(r) for name, r in rates.items()} | {"all": rates}
         out[load]["ratio"] = out[load]["auto"] / out[load]["one"]
     out["target"] = ">= 0.5x of one thread beside a busy core"
+    return out
+
+
+def bench_repro(repeats: int, steps: int) -> dict:
+    """steps/s with reproducible=true vs false, alternating, and the val loss of each."""
+    lecture = ["experiment=lecture", f"train.steps={steps}", f"optim.decay_steps=[{steps // 2}]",
+               f"train.eval_interval={steps}", "train.num_samples=0"]
+    cases = {"default run": ["train.steps=2000", "train.num_samples=0"],
+             "lecture, plain path": [*lecture, "train.fast=off"],
+             "lecture, compiled path": [*lecture, "train.fast=on"]}
+    for mode in ("true", "false"):  # the compiled packages of both modes built (and cached) first
+        runner(*lecture, "train.fast=on", "train.steps=100", f"reproducible={mode}")
+    out = {}
+    for name, run in cases.items():
+        rates, losses = {"true": [], "false": []}, {}
+        for _ in range(repeats):
+            for mode in ("true", "false"):
+                s = runner(*run, f"reproducible={mode}")[0]
+                rates[mode].append(s["steps_per_s"])
+                losses[mode] = s["val_loss"]
+        on, off = statistics.median(rates["true"]), statistics.median(rates["false"])
+        out[name] = {"on": on, "off": off, "ratio": on / off, "val_loss_on": losses["true"],
+                     "val_loss_off": losses["false"], "all": rates}
+    out["target"] = ">= 0.9x (small enough to be on by default)"
     return out
 
 
@@ -273,6 +307,12 @@ def table(results: dict) -> str:
             rows.append((f"default run steps/s, {load}{' (one core busy beside it)' if load == 'busy' else ''}: "
                          f"threads=1 vs default ({r['threads']})", f"{r[load]['one']:,.0f}", f"{r[load]['auto']:,.0f}",
                          f"{r[load]['ratio']:.2f}x", r["target"] if load == "busy" else ""))
+    for name, r in ((k, v) for k, v in results.get("repro", {}).items() if isinstance(v, dict)):
+        rows.append((f"reproducible mode, {name}: steps/s off vs on", f"{r['off']:,.0f}", f"{r['on']:,.0f}",
+                     f"{r['ratio']:.2f}x", results["repro"]["target"]))
+        rows.append(("  val loss off vs on", f"{r['val_loss_off']:.6f}", f"{r['val_loss_on']:.6f}",
+                     "equal" if r["val_loss_off"] == r["val_loss_on"] else
+                     f"{r['val_loss_on'] - r['val_loss_off']:+.2g}", ""))
     if "memory" in results:
         r = results["memory"]
         rows.append((f"peak RSS MB, lecture recipe {r['steps']:,} steps", f"{r['reference_peak_rss_mb']:.0f}",
@@ -294,10 +334,13 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="repeats per figure (fast, startup: at least 5)")
     parser.add_argument("--steps", type=int, default=20_000, help="steps of the lecture recipe for steps/memory")
     parser.add_argument("--sweep-steps", type=int, default=30_000, help="steps of each of the 16 sweep runs")
+    parser.add_argument("--repro-steps", type=int, default=10_000, help="steps of the lecture runs of `repro`")
     parser.add_argument("--out", type=Path, help="JSON file (default outputs/benchmark/<date_time>.json)")
+    parser.add_argument("--compare", type=Path, help="an earlier run's JSON: print each figure's ratio to it")
     args = parser.parse_args(argv)
-    if args.repeats < 1 or args.steps < 2 or args.sweep_steps < 1:
-        parser.error("--repeats and --sweep-steps must be at least 1, --steps at least 2")
+    if args.repeats < 1 or args.steps < 2 or args.sweep_steps < 1 or args.repro_steps < 2:
+        parser.error("--repeats and --sweep-steps must be at least 1, --steps and --repro-steps at least 2")
+    old = load_earlier(args.compare, parser) if args.compare else None
     out = args.out or ROOT / "outputs" / "benchmark" / f"{time.strftime('%Y-%m-%d_%H-%M-%S')}.json"
     results = {}
     for part in PARTS:
@@ -316,19 +359,73 @@ def main(argv: list[str]) -> None:
             results[part] = bench_load(args.repeats)
         elif part == "words":
             results[part] = bench_words(args.repeats)
+        elif part == "repro":
+            results[part] = bench_repro(args.repeats, args.repro_steps)
         elif part == "gpu":
             results[part] = bench_gpu(args.repeats, args.steps, args.sweep_steps)
         else:
             results[part] = bench_memory(args.repeats, args.steps)
-    import torch
-    machine = {"date": time.strftime("%Y-%m-%d"), "cpu": platform.processor() or platform.machine(),
-               "cores": len(os.sched_getaffinity(0)), "torch": torch.__version__, "python": platform.python_version(),
-               "repeats": args.repeats}
-    print(f"{machine['date']}, {machine['cores']} cores, torch {machine['torch']}, medians of {args.repeats}+ runs")
+    machine = fingerprint() | {"date": time.strftime("%Y-%m-%d"), "repeats": args.repeats}
+    cpu = f"{machine['cpu']['model']} ({', '.join(machine['cpu']['isa'])})"
+    print(f"{machine['date']}, {cpu}, {machine['cores']} cores, torch {machine['torch']}, "
+          f"medians of {args.repeats}+ runs")
     print(table(results))
+    if old is not None:
+        print(compare(old, {"machine": machine, "results": results}))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"machine": machine, "results": results}, indent=2) + "\n")
     print(f"written: {out}")
+
+
+def fingerprint() -> dict:
+    """What a figure depends on besides the code: the CPU and its instruction sets, the cores, the
+    versions, the code paths reproducible mode pins here; and a short id of all that."""
+    import hashlib
+
+    import torch
+    machine = {"cpu": repro.cpu(), "cores": len(os.sched_getaffinity(0)), "torch": torch.__version__,
+               "python": platform.python_version(), "platform": platform.platform(), "pins": repro.expected()}
+    machine["fingerprint"] = hashlib.sha256(json.dumps(machine, sort_keys=True).encode()).hexdigest()[:12]
+    return machine
+
+
+def load_earlier(path: Path, parser: argparse.ArgumentParser) -> dict:
+    try:
+        earlier = json.loads(path.read_text())
+        assert isinstance(earlier.get("results"), dict)
+    except (OSError, ValueError, AssertionError):
+        parser.error(f"--compare {path}: not a JSON file this script wrote")
+    return earlier
+
+
+def figures(results: dict, prefix: str = "") -> dict[str, float]:
+    """The numeric figures of a results dict, by dotted path (lists of single runs left out)."""
+    out = {}
+    for key, value in results.items():
+        if isinstance(value, dict):
+            out |= figures(value, f"{prefix}{key}.")
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[f"{prefix}{key}"] = float(value)
+    return out
+
+
+def compare(old: dict, new: dict) -> str:
+    """Each figure measured in both runs, then and now, and now / then."""
+    then, now = figures(old["results"]), figures(new["results"])
+    both = [k for k in now if k in then]
+    om, nm = old.get("machine", {}), new["machine"]
+    lines = [f"compared with {om.get('date', '?')} ({om.get('fingerprint', 'no fingerprint')}): "
+             + ("the same machine" if om.get("fingerprint") == nm["fingerprint"] else
+                "ANOTHER machine or versions: " + "; ".join(f"{k} {om.get(k)} -> {nm.get(k)}" for k in
+                                                            ("cpu", "cores", "torch", "python", "pins")
+                                                            if om.get(k) != nm.get(k)))]
+    if not both:
+        return lines[0] + "\n(no figure in common)"
+    width = max(map(len, both))
+    for k in both:
+        ratio = now[k] / then[k] if then[k] else float("nan")
+        lines.append(f"  {k:<{width}}  {then[k]:>12.6g} -> {now[k]:<12.6g} {ratio:6.3f}x")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -98,19 +98,24 @@ def test_a_sweep_whose_loss_explodes_records_each_run_diverged(tmp_path):
 
 
 def test_the_default_thread_count_follows_the_model_size(tmp_path):
-    train(tmp_path / "r", "wandb.mode=disabled", "train.threads=0", "train.steps=20")
+    """reproducible=false: one thread for small models, every core for large ones; reproducible mode
+    (the default): one thread, as on every machine."""
+    train(tmp_path / "r", "wandb.mode=disabled", "train.threads=0", "train.steps=20", "reproducible=false")
     s = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert s["threads"] == 1 and "multiply-adds a step: one thread" in s["threads_reason"]
-    default = to_config(compose_cfg())
+    default = to_config(compose_cfg(["reproducible=false"]))
     n, why = threads.choose(default, 27)
     assert n == 1 and "5.5M multiply-adds a step: one thread" in why
-    assert threads.choose(to_config(compose_cfg(["experiment=lecture"])), 27)[0] == 1
-    big = to_config(compose_cfg(["experiment=best"]))
+    assert threads.choose(to_config(compose_cfg(["experiment=lecture", "reproducible=false"])), 27)[0] == 1
+    big = to_config(compose_cfg(["experiment=best", "reproducible=false"]))
     n, why = threads.choose(big, 27)
     if threads.cores() > 1:
         assert n == threads.cores() and why == (f"103.3M multiply-adds a step: large enough to share among the "
                                                 f"{n} cores (train.threads=1 if other work is running)")
-    assert threads.choose(to_config(compose_cfg(["experiment=best", "train.threads=3"])), 27) == (3, "train.threads")
+    assert threads.choose(to_config(compose_cfg(["experiment=best"])), 27) == (1, "reproducible=true: one thread, "
+                                                                               "as on every machine")
+    assert threads.choose(to_config(compose_cfg(["experiment=best", "train.threads=3", "reproducible=false"])),
+                          27) == (3, "train.threads")
 
 
 def test_the_speed_watch_warns_once_when_training_slows_far_below_its_best():

@@ -1,0 +1,111 @@
+"""Reproducible mode: the same config gives the same numbers on any x86-64 machine with AVX2.
+
+Which kernels torch, MKL and oneDNN run is decided at run time from the CPU: AVX-512 on one
+machine, AVX2 on another, each summing in its own order, so the same run ends a little apart (the
+lecture's recipe: val 2.1643 on an AMD EPYC, 2.1702 on an Intel Xeon). `reproducible=true` (the
+default) pins those choices to code paths every x86-64 CPU with AVX2 has, before torch is imported
+(they are read once, when the libraries load):
+
+    ATEN_CPU_CAPABILITY=avx2        torch's own vectorised kernels
+    MKL_CBWR=AVX2                   MKL's conditional numerical reproducibility (matrix products)
+    ONEDNN_MAX_CPU_ISA=AVX2         oneDNN's kernels
+    TORCHINDUCTOR_CPP_MARCH=x86-64-v3   the compiled fast path's C++ (instead of -march=native)
+
+and, once torch is loaded, one thread (a sum split among threads depends on their number) and
+torch's deterministic algorithms (Inductor's too, for the compiled path's build). The pins and the CPU are recorded in each run's summary and said
+in its log. A CPU without AVX2 gets the plain kernels (`default`), the same on every such CPU.
+
+`reproducible=false` must be given on the command line: it decides how torch is loaded, before
+the config is composed. This module imports neither torch nor the config.
+"""
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+CAPABLE = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2",
+           "TORCHINDUCTOR_CPP_MARCH": "x86-64-v3"}
+PLAIN = {"ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE", "ONEDNN_MAX_CPU_ISA": "SSE41",
+         "TORCHINDUCTOR_CPP_MARCH": "x86-64"}  # a CPU without AVX2
+
+
+def cpu() -> dict:
+    """The CPU this process runs on: its model name and the instruction sets that decide the kernels."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and model in ("", platform.machine(), platform.processor()):
+                model = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
+    except OSError:
+        pass
+    return {"model": model, "machine": platform.machine(),
+            "isa": [f for f in ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_vnni", "amx_tile") if f in flags]}
+
+
+def wanted(argv: list[str]) -> bool:
+    """Whether the command runs in reproducible mode: unless `reproducible=false` is on its command
+    line, or it resumes (resume=<folder>) a run that was not reproducible."""
+    values = [a.split("=", 1)[1].lower() for a in argv if a.lstrip("+~").startswith("reproducible=")]
+    if values:
+        return values[-1] not in ("false", "0", "no", "off")
+    folders = [a.split("=", 1)[1] for a in argv if a.startswith("resume=")]
+    if folders and folders[-1] not in ("", "null"):
+        saved = Path(folders[-1]).expanduser() / "config.yaml"
+        try:
+            return "reproducible: false" not in saved.read_text()
+        except OSError:
+            return True  # no such folder: the command refuses it with its own message
+    return True
+
+
+def pin(on: bool) -> None:
+    """Before torch is imported: set the pins (on), or leave the environment as the user set it."""
+    if on:
+        os.environ.update(expected())
+        os.environ["NPLM_PINNED"] = "1"  # this process set them (a config saying reproducible=false is refused)
+        os.environ["TORCHINDUCTOR_DETERMINISTIC"] = "1"  # the compiled fast path's build
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS, if a GPU trains
+
+
+def expected() -> dict[str, str]:
+    """The pins for this CPU: AVX2's code paths where it has AVX2, the plain ones on other x86-64 CPUs."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return {}
+    return dict(CAPABLE if "avx2" in cpu()["isa"] else PLAIN)
+
+
+def in_effect() -> dict[str, str | None]:
+    """The environment's value of each pinned setting (None: unset, the library chooses)."""
+    return {k: os.environ.get(k) for k in CAPABLE}
+
+
+def check(reproducible: bool) -> str:
+    """That the config's mode is the process's (raise ConfigError if not); returns what the log says."""
+    from nplm.config import ConfigError
+    pinned = all(os.environ.get(k) == v for k, v in expected().items())
+    where = cpu()
+    on = f"{where['model']} ({', '.join(where['isa']) or 'no vector extensions'})"
+    if reproducible and not pinned:
+        raise ConfigError("reproducible=true, but this process loaded torch without the pins (ATEN_CPU_CAPABILITY, "
+                          "MKL_CBWR, ...): start it with python train.py, which sets them first, or give "
+                          "reproducible=false")
+    if not reproducible and pinned and os.environ.get("NPLM_PINNED") == "1":
+        raise ConfigError("reproducible=false must be given on the command line (python train.py reproducible=false "
+                          "...): it decides how torch is loaded, before the config is composed")
+    if reproducible:
+        return (f"reproducible: numeric code paths pinned ({', '.join(f'{k}={v}' for k, v in expected().items())}), "
+                f"one thread, deterministic algorithms; the same numbers on any x86-64 CPU with AVX2; here {on}")
+    return f"reproducible=false: kernels and threads as this CPU picks them ({on}); another CPU may differ a little"
+
+
+def settle() -> None:
+    """Once torch is loaded, in reproducible mode: deterministic algorithms (the thread count is
+    nplm/threads.py's: one). torch.use_deterministic_algorithms would also import the compiler
+    (torch._dynamo, ~800 modules, a second of start-up) to set Inductor's flag; the compiled fast path
+    is built in a child process, which reads that flag from TORCHINDUCTOR_DETERMINISTIC (pin)."""
+    import torch
+    torch._C._set_deterministic_algorithms(True, warn_only=True)

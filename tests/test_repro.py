@@ -1,0 +1,85 @@
+"""Reproducible mode (nplm/repro.py) and scripts/reproduce.py.
+
+Another CPU is simulated on this one by forcing the code paths from outside, as a different machine
+would pick them: torch's plain kernels and MKL's compatible path, against the AVX2 ones. In
+reproducible mode (the default) the pins override them and metrics.csv is bit-identical; with
+reproducible=false the same runs differ, which shows the test can fail."""
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, run_cmd
+from nplm import repro
+
+RUN = ["train.steps=200", "train.eval_interval=100", "train.log_interval=50", "train.num_samples=2",
+       "wandb.mode=disabled"]
+OTHER_CPU = {"ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE", "ONEDNN_MAX_CPU_ISA": "SSE41"}
+THIS_CPU = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+
+pytestmark = pytest.mark.skipif(repro.expected().get("ATEN_CPU_CAPABILITY") != "avx2",
+                                reason="simulating another CPU needs an x86-64 CPU with AVX2")
+
+
+def numbers(metrics_csv: str) -> list[list[str]]:
+    """metrics.csv's rows as written, without the elapsed seconds (the one column that is a time)."""
+    rows = [line.split(",") for line in metrics_csv.splitlines()]
+    drop = rows[0].index("elapsed")
+    return [row[:drop] + row[drop + 1:] for row in rows]
+
+
+def train(run_dir, env, *overrides):
+    full = {k: v for k, v in os.environ.items() if k not in THIS_CPU and k != "NPLM_PINNED"} | env
+    proc = subprocess.run([sys.executable, ROOT / "train.py", *RUN, *overrides, f"hydra.run.dir={run_dir}"],
+                          cwd=ROOT, capture_output=True, text=True, env=full, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return numbers((run_dir / "metrics.csv").read_text()), json.loads((run_dir / "summary.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("repro")
+    out = {}
+    for mode in ("reproducible=true", "reproducible=false"):
+        for cpu, env in (("this", THIS_CPU), ("other", OTHER_CPU)):
+            out[mode, cpu] = (tmp / f"{mode[13:]}-{cpu}", *train(tmp / f"{mode[13:]}-{cpu}", env, mode))
+    return out
+
+
+def test_reproducible_mode_gives_the_same_numbers_whatever_code_paths_the_cpu_would_pick(runs):
+    _, this, s = runs["reproducible=true", "this"]
+    _, other, s_other = runs["reproducible=true", "other"]
+    assert this == other and s["val_loss"] == s_other["val_loss"]
+    assert s["pins"] == s_other["pins"] == {**THIS_CPU, "TORCHINDUCTOR_CPP_MARCH": "x86-64-v3"}
+    assert s["threads"] == 1 and s["deterministic"] and s["config"]["reproducible"] is True
+    assert "avx2" in s["cpu"]["isa"]
+    # outside it, the code paths the CPU picks move the numbers: the comparison above can fail
+    _, free_this, f = runs["reproducible=false", "this"]
+    _, free_other, f_other = runs["reproducible=false", "other"]
+    assert free_this != free_other and f["val_loss"] != f_other["val_loss"]
+    assert f_other["pins"]["ATEN_CPU_CAPABILITY"] == "default" and not f["deterministic"]
+
+
+def test_reproduce_script_says_bit_identical_or_where_the_numbers_part(runs, tmp_path):
+    folder = runs["reproducible=true", "other"][0]
+    again = run_cmd([ROOT / "scripts/reproduce.py", folder, f"out={tmp_path / 'again'}"])
+    assert "bit-identical" in again.stdout and (tmp_path / "again" / "ckpt.pt").is_file()
+    assert numbers((tmp_path / "again" / "metrics.csv").read_text()) == numbers((folder / "metrics.csv").read_text())
+    # two runs of one config on different code paths: the first step they part, the largest gaps, why
+    free = runs["reproducible=false", "other"][0]
+    proc = run_cmd([ROOT / "scripts/reproduce.py", runs["reproducible=false", "this"][0], f"against={free}"],
+                   check=False)
+    assert proc.returncode == 1 and proc.stdout.startswith("not identical")
+    assert re.search(r"metrics first differ at step \d+: (train|val)/loss \S+ against \S+", proc.stdout)
+    assert "largest difference of val/loss" in proc.stdout and "recorded pins" in proc.stdout
+    bad = run_cmd([ROOT / "scripts/reproduce.py", tmp_path / "nothing"], check=False)
+    assert bad.returncode == 2 and bad.stderr.startswith("error:") and len(bad.stderr.splitlines()) == 1
+
+
+def test_threads_and_a_config_saying_false_need_the_command_line(tmp_path):
+    proc = run_cmd([ROOT / "train.py", "train.threads=2", f"hydra.run.dir={tmp_path / 'r'}"], check=False)
+    assert proc.returncode == 2 and "train.threads=2 needs reproducible=false" in proc.stderr
+    assert not (tmp_path / "r").exists()
