@@ -12,8 +12,10 @@ default) pins those choices to code paths every x86-64 CPU with AVX2 has, before
     TORCHINDUCTOR_CPP_MARCH=x86-64-v3   the compiled fast path's C++ (instead of -march=native)
 
 and, once torch is loaded, one thread (a sum split among threads depends on their number) and
-torch's deterministic algorithms (Inductor's too, for the compiled path's build). The pins and the CPU are recorded in each run's summary and said
-in its log. A CPU without AVX2 gets the plain kernels (`default`), the same on every such CPU.
+torch's deterministic algorithms (Inductor's too, for the compiled path's build). The pins and the
+CPU are recorded in each run's summary and said in its log. A CPU without AVX2 gets the plain
+kernels (`default`), the same on every such CPU. Scripts that use a saved run (sample, evaluate,
+reproduce) set the pins of its mode the same way.
 
 `reproducible=false` must be given on the command line: it decides how torch is loaded, before
 the config is composed. This module imports neither torch nor the config.
@@ -54,12 +56,17 @@ def wanted(argv: list[str]) -> bool:
         return values[-1] not in ("false", "0", "no", "off")
     folders = [a.split("=", 1)[1] for a in argv if a.startswith("resume=")]
     if folders and folders[-1] not in ("", "null"):
-        saved = Path(folders[-1]).expanduser() / "config.yaml"
-        try:
-            return "reproducible: false" not in saved.read_text()
-        except OSError:
-            return True  # no such folder: the command refuses it with its own message
+        return saved_mode(folders[-1])
     return True
+
+
+def saved_mode(run_dir: str | Path) -> bool:
+    """Whether the run recorded in run_dir was reproducible (its config.yaml; an unreadable one: the
+    default), for a command that goes on with it or uses it (resume=, scripts/sample.py, evaluate.py)."""
+    try:
+        return "reproducible: false" not in (Path(run_dir).expanduser() / "config.yaml").read_text()
+    except OSError:
+        return True  # no such folder: the command refuses it with its own message
 
 
 def pin(on: bool) -> None:
@@ -96,9 +103,14 @@ def check(reproducible: bool) -> str:
     if not reproducible and pinned and os.environ.get("NPLM_PINNED") == "1":
         raise ConfigError("reproducible=false must be given on the command line (python train.py reproducible=false "
                           "...): it decides how torch is loaded, before the config is composed")
+    if reproducible and not expected():
+        return (f"reproducible: one thread, deterministic algorithms; on {where['machine']} the kernels are not "
+                f"pinned (only x86-64's are): the same numbers as other {where['machine']} machines where their "
+                f"libraries agree; here {on}")
     if reproducible:
         return (f"reproducible: numeric code paths pinned ({', '.join(f'{k}={v}' for k, v in expected().items())}), "
-                f"one thread, deterministic algorithms; the same numbers on any x86-64 CPU with AVX2; here {on}")
+                f"one thread, deterministic algorithms: the same numbers on any x86-64 CPU with AVX2 and this torch; "
+                f"here {on}")
     return f"reproducible=false: kernels and threads as this CPU picks them ({on}); another CPU may differ a little"
 
 

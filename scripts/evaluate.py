@@ -8,9 +8,14 @@ import json
 import sys
 from pathlib import Path
 
-from nplm.cli import fail, load_run, parse_args
-from nplm.data import SPLITS
-from nplm.evaluate import perplexity, split_loss
+from nplm import repro
+
+if __name__ == "__main__" and len(sys.argv) > 1:  # the run's own code paths, set before torch loads
+    repro.pin(repro.saved_mode(sys.argv[1]))
+
+from nplm.cli import fail, load_run, parse_args  # noqa: E402
+from nplm.data import SPLITS  # noqa: E402
+from nplm.evaluate import perplexity, split_loss  # noqa: E402
 
 USAGE = "python scripts/evaluate.py <run dir> [split=val|train|test] [chunk=4096]"
 

@@ -4,10 +4,15 @@
 """
 import sys
 
-import torch
+from nplm import repro
 
-from nplm.cli import fail, load_run, parse_args
-from nplm.sample import label_words, sample_words
+if __name__ == "__main__" and len(sys.argv) > 1:  # the run's own code paths, set before torch loads
+    repro.pin(repro.saved_mode(sys.argv[1]))
+
+import torch  # noqa: E402
+
+from nplm.cli import fail, load_run, parse_args  # noqa: E402
+from nplm.sample import label_words, sample_words  # noqa: E402
 
 USAGE = "python scripts/sample.py <run dir> [n=20] [seed=1] [max_len=50]"
 

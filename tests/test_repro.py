@@ -83,3 +83,20 @@ def test_threads_and_a_config_saying_false_need_the_command_line(tmp_path):
     proc = run_cmd([ROOT / "train.py", "train.threads=2", f"hydra.run.dir={tmp_path / 'r'}"], check=False)
     assert proc.returncode == 2 and "train.threads=2 needs reproducible=false" in proc.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_benchmark_compare_prints_each_common_figure_as_a_ratio_and_names_another_machine():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("benchmark", ROOT / "scripts" / "benchmark.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    machine = bench.fingerprint()
+    assert machine["cpu"]["isa"] and machine["cores"] >= 1 and len(machine["fingerprint"]) == 12
+    old = {"machine": machine | {"date": "2026-11-01"},
+           "results": {"steps": {"runner_steps_per_s": 1000.0, "all": [1.0, 2.0]}, "load": {"busy": {"one": 400}}}}
+    new = {"machine": machine, "results": {"steps": {"runner_steps_per_s": 800.0}, "memory": {"ratio": 1.2}}}
+    text = bench.compare(old, new)
+    assert "the same machine" in text and "steps.runner_steps_per_s" in text and "0.800x" in text
+    assert "memory" not in text and "load" not in text  # only figures measured in both runs
+    elsewhere = bench.compare({**old, "machine": {**old["machine"], "fingerprint": "x", "cores": 64}}, new)
+    assert "ANOTHER machine" in elsewhere and "cores 64 -> " in elsewhere
