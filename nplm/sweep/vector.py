@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from nplm import fast, threads
+from nplm import fast, repro, threads
 from nplm.checkpoint import save_atomic
 from nplm.config import Config
 from nplm.data import load_data
@@ -154,6 +154,8 @@ def train_group(cfgs: list[Config], out_dirs: list[Path], labels: list[str]) -> 
     device = resolve_device(cfg0.device)
     data = load_data(cfg0.data, m.block_size)
     torch.set_num_threads(threads.choose(cfg0, data.vocab.size, runs=R)[0])
+    if cfg0.reproducible:  # as each run alone (nplm/preflight.py): deterministic algorithms
+        repro.settle()
     Xtr, Ytr = data.X["train"].to(device), data.Y["train"].to(device)
     Xval, Yval = data.X["val"].to(device), data.Y["val"].to(device)
     gens = [torch.Generator().manual_seed(cfg.seed) for cfg in cfgs]  # each run's own: parameters, then minibatches
