@@ -24,7 +24,7 @@ from nplm.data import SPLITS, Dataset
 from nplm.evaluate import FAR, divergence_limit, perplexity, split_loss
 from nplm.loop import Diverged, Fit, Setup, fit
 from nplm.mixture import fit_mixture
-from nplm.model import make_model, model_device
+from nplm.model import make_model
 from nplm.ngram import NGram
 from nplm.optim import Optimizer, make_optimizer
 from nplm.preflight import preflight
@@ -78,7 +78,7 @@ def train(cfg: Config, data: Dataset, device: torch.device, tracker: Tracker, st
     X = {s: data.X[s].to(device) for s in ("train", "val")}
     Y = {s: data.Y[s].to(device) for s in ("train", "val")}
     if cfg.model.type == "ngram":
-        return _record(cfg, data, tracker, t_start, _count(cfg, data, X, Y))
+        return _record(cfg, data, X, Y, tracker, t_start, _count(cfg, data, X, Y))
     s = build(cfg, data.vocab.size, X, Y, device, resume)
     if cfg.mode != "train":
         return run_tool(cfg, s.model, s.optimizer, s.g, X["train"], Y["train"], tracker, t_start)
@@ -104,7 +104,7 @@ def train(cfg: Config, data: Dataset, device: torch.device, tracker: Tracker, st
         done.model, done.mix = fit_mixture(done.model, cfg.model.mix_order, X, Y, cfg.train.eval_chunk)
     elif grouped is not None and fitted.best_state is None:
         done.measured = grouped.final, grouped.eval_time  # its group measured the final losses
-    return _record(cfg, data, tracker, t_start, done)
+    return _record(cfg, data, X, Y, tracker, t_start, done)
 
 
 @dataclass
@@ -160,9 +160,9 @@ def _count(cfg: Config, data: Dataset, X: dict, Y: dict) -> Trained:
     return Trained(model, None, fitted, steps=0, weights_step=0)
 
 
-def _record(cfg: Config, data: Dataset, tracker: Tracker, t_start: float, done: Trained) -> float:
-    """The record of a trained model: final losses over the full splits, samples, plots, checkpoint
-    and summary; says so. Returns the final val loss."""
+def _record(cfg: Config, data: Dataset, X: dict, Y: dict, tracker: Tracker, t_start: float, done: Trained) -> float:
+    """The record of a trained model: final losses over the full splits (X, Y: on the run's device),
+    samples, plots, checkpoint and summary; says so. Returns the final val loss."""
     out_dir, model, fitted = tracker.out_dir, done.model, done.fit
     network = cfg.model.type == "nplm"
     drawn = _draw(cfg, model, data, out_dir) if network else None  # by the plot worker, while this process evaluates
@@ -170,9 +170,8 @@ def _record(cfg: Config, data: Dataset, tracker: Tracker, t_start: float, done: 
     if done.measured is not None and done.measured[0]:
         (train_loss, val_loss), eval_time = done.measured
     else:
-        device = model_device(model)
-        train_loss = split_loss(model, data.X["train"].to(device), data.Y["train"].to(device), cfg.train.eval_chunk)
-        val_loss = split_loss(model, data.X["val"].to(device), data.Y["val"].to(device), cfg.train.eval_chunk)
+        train_loss = split_loss(model, X["train"], Y["train"], cfg.train.eval_chunk)
+        val_loss = split_loss(model, X["val"], Y["val"], cfg.train.eval_chunk)
         eval_time = time.perf_counter() - t0
     if done.mix or val_loss < fitted.best_val:  # a mixture's loss is not comparable with its network's best
         fitted.best_val, fitted.best_step = val_loss, done.steps
@@ -189,14 +188,14 @@ def _record(cfg: Config, data: Dataset, tracker: Tracker, t_start: float, done: 
     wall = time.perf_counter() - t_start
     if fitted.path.get("path") == "vectorized":  # its share of its group's training came before its job
         wall += fitted.train_time
-    summary = _summary(cfg, data, done, train_loss, val_loss, wall, eval_time)
+    summary = _summary(cfg, data, done, train_loss, val_loss, wall, eval_time, X["train"].device)
     tracker.write_summary(summary)
     _say_done(cfg, summary, out_dir, samples)
     return val_loss
 
 
 def _summary(cfg: Config, data: Dataset, done: Trained, train_loss: float, val_loss: float, wall: float,
-             eval_time: float) -> dict:
+             eval_time: float, device: torch.device) -> dict:
     """summary.json of a finished run: its results, speed, machine, provenance and config."""
     t, fitted, steps = cfg.train, done.fit, done.steps
     network, train_time = cfg.model.type == "nplm", fitted.train_time
@@ -215,7 +214,7 @@ def _summary(cfg: Config, data: Dataset, done: Trained, train_loss: float, val_l
         "train_tokens_per_s": steps * t.batch_size / train_time if network and steps and train_time else None,
         "eval_tokens_per_s": (len(data.X["train"]) + len(data.X["val"])) / eval_time,
         "num_params": done.model.num_params(), "vocab_size": data.vocab.size,
-        "seed": cfg.seed, "device": str(model_device(done.model)), "threads": torch.get_num_threads(),
+        "seed": cfg.seed, "device": str(device), "threads": torch.get_num_threads(),
         "threads_reason": threads.choose(cfg, data.vocab.size)[1],
         "rss_mb": rss_mb(), "peak_rss_mb": peak_rss_mb(),
         "resumed_at": done.resumed_at,
