@@ -24,6 +24,7 @@ from nplm.threads import cores
 log = logging.getLogger("nplm")
 _worker: subprocess.Popen | None = None
 _owed = 0  # answers the worker owes to requests of draw()
+LECTURE_LOSS = 2.17  # the lecture's best val loss: the bar drawn on character-level loss plots
 
 
 def start_worker() -> None:
@@ -120,7 +121,7 @@ def plot_losses(metrics_csv: str | Path, path: str | Path, title: str = "", leve
             steps, losses = zip(*curves[key])
             ax.plot(steps, losses, label=key, **style)
     if level == "char":
-        ax.axhline(2.17, color="grey", ls="--", lw=0.8, label="lecture 2.17")
+        ax.axhline(LECTURE_LOSS, color="grey", ls="--", lw=0.8, label=f"lecture {LECTURE_LOSS}")
     ax.set_yscale("log")
     from matplotlib.ticker import FormatStrFormatter  # plain numbers, not 2.4x10^0, on a log axis
     ax.yaxis.set_major_formatter(FormatStrFormatter("%.2f"))

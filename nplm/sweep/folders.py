@@ -3,8 +3,12 @@
 - Resume: the same command with `hydra.sweep.dir=<the interrupted sweep's folder>` (printed when a
   sweep starts) runs only the jobs that have not finished: nplm/resume.py skips a job whose folder
   holds a finished run of the same config and resumes one that holds its saved state.
-- The report is written when the sweep ends, also when some jobs failed: Hydra skips its
-  `on_multirun_end` callback then, so nplm/command.py calls `write_report_if_sweep()` on its way out.
+- The dashboard is live: written when the sweep starts and rewritten as each job starts and ends
+  (in the job's process, whichever launcher runs it), from what the job folders hold and what
+  sweep.json says (when the sweep started, how many jobs it launches). The full report (PNGs too)
+  is written when the sweep ends, also when some jobs failed: Hydra skips its `on_multirun_end`
+  callback then, so nplm/command.py calls `write_report_if_sweep()` on its way out; sweep.json then
+  records that the sweep ended, and the dashboard stops reloading itself.
 - A refused command leaves nothing: a single run's new folder is removed when its config or data is
   refused, and a new sweep folder when every job was refused (or none started).
 """
@@ -14,10 +18,12 @@ import json
 import logging
 import shutil
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from nplm.tracking import save_summary
@@ -64,10 +70,56 @@ class SweepCallback(Callback):
         _sweep_dir.mkdir(parents=True, exist_ok=True)
         params = config.hydra.sweeper.get("params")
         swept = swept_keys(list(config.hydra.overrides.task), dict(params) if params else None)
-        (_sweep_dir / "sweep.json").write_text(json.dumps({"swept": swept, "command": sys.argv}, indent=2) + "\n")
+        state = {"swept": swept, "command": sys.argv, "started": time.time(), "jobs": planned_jobs(config)}
+        (_sweep_dir / "sweep.json").write_text(json.dumps(state, indent=2) + "\n")
+        _write_live(_sweep_dir)
         resume = " ".join(a for a in sys.argv if not a.startswith("hydra.sweep.dir="))
         log.info("sweep folder: %s (if interrupted, resume with: python %s hydra.sweep.dir=%s)",
                  _sweep_dir, resume, _sweep_dir)
+
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if config.hydra.mode == RunMode.MULTIRUN:
+            _write_live(Path(config.hydra.sweep.dir))
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        if config.hydra.mode == RunMode.MULTIRUN:
+            _write_live(Path(config.hydra.sweep.dir))
+
+
+def planned_jobs(config: DictConfig) -> int | None:
+    """How many jobs the sweep launches: Optuna's trials, or the basic sweeper's grid (its params and the
+    command's sweep overrides, combined as it combines them); None for other sweepers."""
+    sweeper = config.hydra.sweeper
+    target = str(sweeper.get("_target_", ""))
+    try:
+        if "optuna" in target.lower():
+            return int(sweeper.n_trials)
+        if target.endswith("BasicSweeper"):
+            from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+            from hydra.core.override_parser.overrides_parser import OverridesParser
+            params = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
+            overrides = OverridesParser.create().parse_overrides(params + list(config.hydra.overrides.task))
+            return sum(len(batch) for batch in BasicSweeper.split_arguments(overrides, None))
+    except Exception:  # noqa: BLE001 - the count is for the dashboard only; Hydra reports a bad sweep itself
+        return None
+    return None
+
+
+def _write_live(sweep_dir: Path) -> None:
+    from nplm.sweep.report import write_live  # pandas and plotly: imported only where a sweep needs them
+    write_live(sweep_dir)
+
+
+def _mark_ended(sweep_dir: Path) -> None:
+    """sweep.json says the sweep ended: its dashboard stops reloading, and no job rewrites it."""
+    path = sweep_dir / "sweep.json"
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    state["ended"] = time.time()
+    path.write_text(json.dumps(state, indent=2) + "\n")
 
 
 def record_refusal(run_dir: Path, error: Exception, overrides: list[str]) -> None:
@@ -90,7 +142,7 @@ def remove_if_refused() -> str | None:
     ('' if no job started); else None (the sweep has a report to write)."""
     if _sweep_dir is None or _sweep_dir.resolve() not in _new_dirs or not _sweep_dir.is_dir():
         return None
-    from nplm.sweep.report import job_dirs  # pandas: imported only where a sweep needs it
+    from nplm.sweep.jobs import job_dirs  # pandas: imported only where a sweep needs it
     errors = []
     for job in job_dirs(_sweep_dir):
         try:
@@ -119,7 +171,9 @@ def write_report_if_sweep() -> None:
     if _sweep_dir is None or not _sweep_dir.is_dir():
         return
     try:
-        from nplm.sweep.report import job_dirs, load_jobs, write_report
+        from nplm.sweep.jobs import job_dirs, load_jobs
+        from nplm.sweep.report import write_report
+        _mark_ended(_sweep_dir)
         if not job_dirs(_sweep_dir):
             return  # no job started (a bad override stopped the sweep first): nothing to report
         out = write_report([_sweep_dir], _sweep_dir)

@@ -1,0 +1,205 @@
+"""The sweep dashboard for real: sweeps run by train.py, the page rendered by headless Chromium (tests/browser.py),
+while the sweep runs and after; unreadable job folders; comparisons of sweeps and of single runs."""
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from omegaconf import OmegaConf
+
+from browser import render
+from conftest import CONF, ROOT, TINY, compose_cfg, run_cmd, train
+from nplm.sweep.dashboard import importance
+from nplm.sweep.jobs import _groups_selected, rerun_command
+from nplm.sweep.pngs import axis_kind
+
+QUICK = [*TINY, "train.steps=20", "train.eval_interval=10", "train.log_interval=10", "wandb.mode=disabled"]
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    """A finished 8-job sweep over a log-spaced learning rate, an embedding size and two seeds."""
+    folder = tmp_path_factory.mktemp("dash") / "sweep"
+    run_cmd([ROOT / "train.py", "-m", *QUICK, "model.n_embd=2,4", "optim.lr=0.003,0.03", "seed=1,2",
+             f"hydra.sweep.dir={folder}"])
+    return folder
+
+
+class Links(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.hrefs = []
+
+    def handle_starttag(self, tag, attrs):
+        self.hrefs += [v for k, v in attrs if tag == "a" and k == "href"]
+
+
+def test_finished_sweep_dashboard_in_chromium(sweep, tmp_path):
+    page = render(sweep / "dashboard.html", tmp_path)
+    assert page["errors"] == [] and not page["reloads"]  # an ended sweep's page stays still
+    jobs = {str(p) for p in sweep.iterdir() if (p / "summary.json").is_file()}
+    assert len(jobs) == 8 and json.loads((sweep / "sweep.json").read_text())["jobs"] == 8
+    plots = page["plots"]
+
+    # every run's curves: one val trace (left) and one train trace (right) per run, grouped by run
+    curves = plots["curves-plot"]["traces"]
+    for axis in ("x", "x2"):
+        assert sorted(t["legendgroup"] for t in curves if t["xaxis"] == axis) == sorted(jobs)
+    assert plots["curves-plot"]["drawn"] >= 16
+    baseline = json.loads((sweep / "baseline.json").read_text())["val_loss"]
+    assert {2.17, baseline} <= set(plots["curves-plot"]["shapes"])  # on every loss view
+
+    # val loss against each swept key: one trace per run in each subplot, and the means
+    values = plots["values-plot"]
+    swept = json.loads((sweep / "sweep.json").read_text())["swept"]
+    assert swept == ["model.n_embd", "optim.lr", "seed"]
+    for n, key in enumerate(swept, 1):
+        axis = "x" if n == 1 else f"x{n}"
+        traces = [t for t in values["traces"] if t["xaxis"] == axis]
+        assert sorted(t["legendgroup"] for t in traces if t["legendgroup"] != "mean") == sorted(jobs), key
+    assert values["axes"]["xaxis2"] == "log" and values["axes"]["xaxis3"] == "category"  # lr, seed
+    assert {2.17, baseline} <= set(values["shapes"])
+
+    (parallel,) = plots["parallel-plot"]["traces"]
+    assert parallel["type"] == "parcoords"
+    assert parallel["dims"] == [["model.n_embd", 8], ["optim.lr (log)", 8], ["seed", 8], ["val loss", 8]]
+    assert [t["type"] for t in plots["importance-plot"]["traces"]] == ["bar"]
+
+    # the leaderboard sorts by a header's click, both ways, failed or empty cells last
+    board = pd.read_csv(sweep / "leaderboard.csv")
+    assert page["sorted"]["asc"] == [str(j) for j in board["job"]]
+    assert page["sorted"]["desc"] == [str(j) for j in board["job"]][::-1]
+
+    # every link of the page reaches a file or folder of the sweep
+    links = Links()
+    links.feed((sweep / "dashboard.html").read_text())
+    local = [h for h in links.hrefs if not h.startswith("#")]
+    assert len(local) >= 8 * 5 and all((sweep / h).exists() for h in local), local
+
+
+def test_best_run_command_trains_the_same_run(sweep, tmp_path):
+    """The command the dashboard shows for the best job trains it again to the same val loss."""
+    best = pd.read_csv(sweep / "leaderboard.csv").iloc[0]
+    job = sweep / str(best["job"])
+    command = rerun_command(job)
+    assert command in (sweep / "dashboard.html").read_text()
+    args = command.split()[2:]
+    assert f"model.n_embd={best['model.n_embd']}" in args and f"seed={best['seed']}" in args
+    run_cmd([ROOT / "train.py", *args, f"hydra.run.dir={tmp_path / 'again'}"])
+    again = json.loads((tmp_path / "again" / "summary.json").read_text())
+    assert again["val_loss"] == json.loads((job / "summary.json").read_text())["val_loss"]
+
+
+def test_live_dashboard_during_a_sweep(tmp_path):
+    """Written when the sweep starts and as jobs start and end: a page read mid-sweep shows the partial
+    sweep and reloads itself; the page at the end does not."""
+    folder = tmp_path / "live"
+    proc = subprocess.Popen([sys.executable, ROOT / "train.py", "-m", *TINY, "train.steps=1500", "wandb.mode=disabled",
+                             "seed=1,2,3", f"hydra.sweep.dir={folder}"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    seen = {}
+    while proc.poll() is None:
+        try:
+            text = (folder / "dashboard.html").read_text()
+        except OSError:
+            text = ""
+        status = re.search(r"<b>running</b>: (\d+) finished, (\d+) running, (\d+) failed, (\d+) waiting", text)
+        if status:
+            counts = tuple(map(int, status.groups()))
+            assert sum(counts) == 3, counts
+            if counts not in seen:
+                seen[counts] = text
+        time.sleep(0.05)
+    assert proc.returncode == 0
+    assert (0, 0, 0, 3) in seen  # at the start
+    partial = [c for c in seen if 0 < c[0] < 3]
+    assert partial, seen.keys()  # mid-sweep
+    snapshot = tmp_path / "snapshot.html"
+    snapshot.write_text(seen[partial[0]])
+    page = render(snapshot, tmp_path)
+    assert page["errors"] == [] and page["reloads"]
+    val = [t for t in page["plots"]["curves-plot"]["traces"] if t["xaxis"] == "x"]
+    assert partial[0][0] <= len(val) < 3  # the finished runs (and the one running, once it has evaluated)
+    final = (folder / "dashboard.html").read_text()
+    assert "http-equiv=\"refresh\"" not in final and "<b>ended</b>" in final and "3 finished" in final
+
+
+def test_unreadable_job_folders_are_listed_and_the_rest_shown(sweep, tmp_path):
+    copy = tmp_path / "sweep"
+    shutil.copytree(sweep, copy)
+    (copy / "1" / "summary.json").write_text('{"status": "fini')  # cut short
+    (copy / "2" / "summary.json").unlink()
+    run_cmd([ROOT / "scripts/report.py", copy])
+    board = pd.read_csv(copy / "leaderboard.csv")
+    bad = board[board["job"].isin([1, 2])]
+    assert list(bad["status"]) == ["unreadable", "unreadable"] and list(bad.index) == [6, 7]  # listed last
+    assert "cannot be read" in bad.iloc[0]["error"] + bad.iloc[1]["error"]
+    assert (board["status"] == "finished").sum() == 6
+    page = render(copy / "dashboard.html", tmp_path)
+    assert page["errors"] == []
+    assert len(page["plots"]["parallel-plot"]["traces"][0]["dims"]) == 4
+    assert page["plots"]["parallel-plot"]["traces"][0]["dims"][-1] == ["val loss", 6]
+
+
+def test_comparing_sweeps_shows_only_hyperparameters_that_differ_and_runs_side_by_side(sweep, tmp_path, tiny_run):
+    other = tmp_path / "other"
+    run_cmd([ROOT / "train.py", "-m", *QUICK, "train.log_interval=5", "model.n_embd=2", "optim.lr=0.003,0.03",
+             f"hydra.sweep.dir={other}"])
+    out = tmp_path / "compare"
+    run_cmd([ROOT / "scripts/report.py", sweep, other, "--out", out])
+    board = pd.read_csv(out / "leaderboard.csv")
+    assert len(board) == 10 and sorted(set(board["sweep"])) == ["other", "sweep"]
+    assert "train.log_interval" in board  # it differs: shown in the table
+    assert not (out / "val_vs_train_log_interval.png").exists()  # but it is not a hyperparameter
+    html = (out / "dashboard.html").read_text()
+    assert "Swept: model.n_embd, optim.lr, seed." in html
+
+    second = tmp_path / "run2"
+    train(second, "model.n_embd=6")
+    runs = tmp_path / "runs"
+    run_cmd([ROOT / "scripts/report.py", tiny_run, second, "--out", runs])
+    board = pd.read_csv(runs / "leaderboard.csv")
+    assert sorted(board["model.n_embd"]) == [4, 6] and (board["status"] == "finished").all()
+    assert "Swept: model.n_embd." in (runs / "dashboard.html").read_text()
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (CONF / "sweep").glob("*.yaml")))
+def test_rerun_command_of_a_named_sweeps_job_composes_its_config(name, tmp_path):
+    """A named sweep's job: +sweep=NAME and one value of each of its keys. The command shown for it,
+    without +sweep (which would start a sweep), composes the same config."""
+    sweep_conf = OmegaConf.load(CONF / "sweep" / f"{name}.yaml")
+    params = {k: str(v).split(",")[0] for k, v in sweep_conf.hydra.sweeper.params.items()}
+    if name == "optuna":
+        params = {"model.n_embd": "10", "optim.lr": "0.01"}
+    overrides = [f"+sweep={name}", "train.steps=100", *(f"{k}={v}" for k, v in params.items())]
+    job = tmp_path / "0"
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(overrides)))
+    command = rerun_command(job).split()
+    assert command[:2] == ["python", "train.py"] and not any(a.startswith("+sweep") for a in command)
+
+    def task(cfg):
+        return OmegaConf.to_container(cfg, resolve=True)
+    assert task(compose_cfg(command[2:])) == task(compose_cfg(overrides))
+    assert _groups_selected(CONF / "sweep" / f"{name}.yaml") == (["experiment=best"] if name == "best" else [])
+
+
+def test_axes_and_importance():
+    lr = pd.Series([0.003, 0.01, 0.03, 0.1])
+    assert axis_kind(lr, "optim.lr") == "log"
+    assert axis_kind(pd.Series([100, 200, 300]), "model.n_hidden") == "linear"
+    assert axis_kind(pd.Series([1, 2, 3]), "seed") == "category"
+    assert axis_kind(pd.Series(["none", "layernorm"]), "model.norm") == "category"
+    assert axis_kind(pd.Series([True, False]), "model.direct") == "category"
+    # val loss set by the learning rate alone: it explains all of it, the seed nothing
+    done = pd.DataFrame({"optim.lr": [0.01, 0.01, 0.1, 0.1], "seed": [1, 2, 1, 2], "val_loss": [2.3, 2.3, 2.1, 2.1]})
+    table = importance(done, ["seed", "optim.lr"]).set_index("key")
+    assert table.loc["optim.lr", "share"] == pytest.approx(1.0) and table.loc["seed", "share"] == pytest.approx(0.0)
+    assert table.loc["optim.lr", "rank_corr"] == pytest.approx(-1.0)
+    assert list(table.index) == ["optim.lr", "seed"]
