@@ -143,11 +143,7 @@ def steps_for(cfg: Config, params: Callable[[], list[torch.Tensor]], vocab_size:
     steps, info = None, {}
     tensors = params() if take or runs else []
     if take and device.type == "cuda":
-        try:
-            steps = GraphSteps(tensors, STEPS_PER_CALL, cfg.train.batch_size, cfg.model.block_size, runs=runs)
-        except Exception as e:  # capture is not supported here: the plain path does the same
-            log.warning("the CUDA graph is not available (%s); %s", e, INSTEAD[bool(runs)])
-            why = f"capturing the CUDA graph failed: {e}"
+        steps, why = graph_steps(cfg, tensors, vocab_size, runs, why)
     elif take:
         steps, why = _compiled(cfg, tensors, vocab_size, runs, why, info)
     info["path"] = "plain" if steps is None else "cuda_graph" if device.type == "cuda" else "compiled"
@@ -164,6 +160,62 @@ def steps_for(cfg: Config, params: Callable[[], list[torch.Tensor]], vocab_size:
 
 
 INSTEAD = {False: "training on the plain path", True: "running them eagerly"}
+CHECK_TOLERANCE = dict(rtol=1e-3, atol=1e-5)  # float32 rounding over K steps, not a wrong result
+_checked: set[tuple] = set()  # the graphs' shapes checked in this process
+
+
+def graph_steps(cfg: Config, tensors: list[torch.Tensor], vocab_size: int, runs: int, why: str,
+                make: Callable[..., GraphSteps] | None = None):
+    """The CUDA graph's steps, trusted once checked: the first time a shape is captured in a process,
+    one replay (K steps on random minibatches) is compared with the same steps run eagerly on a copy
+    of the weights (the weights are then put back). A capture that fails, or a replay that differs
+    beyond float tolerance, gives one warning and None: the plain path (a group: eager steps), with
+    the reason recorded in the summary (path_reason). `make` builds the steps (GraphSteps; a test
+    passes a wrong one)."""
+    make = make or GraphSteps
+    K, B, T = STEPS_PER_CALL, cfg.train.batch_size, cfg.model.block_size
+    try:
+        steps = make(tensors, K, B, T, runs=runs)
+    except Exception as e:  # capture is not supported here: the plain path does the same
+        log.warning("the CUDA graph is not available (%s); %s", e, INSTEAD[bool(runs)])
+        return None, f"capturing the CUDA graph failed: {e}"
+    key = (tensors[0].device, tuple(tuple(t.shape) for t in tensors), K, B, T, runs)
+    if key not in _checked:
+        mismatch = check_steps(steps, tensors, stacked_sgd_steps if runs else sgd_steps, vocab_size, K, B, T, runs)
+        if mismatch:
+            log.warning("the CUDA graph's steps differ from the same steps run eagerly (%s); %s", mismatch,
+                        INSTEAD[bool(runs)])
+            return None, f"the CUDA graph failed its check against eager steps: {mismatch}"
+        _checked.add(key)
+    return steps, why + " (checked against eager steps)"
+
+
+@torch.no_grad()
+def check_steps(steps, tensors: list[torch.Tensor], fn, vocab_size: int, K: int, batch_size: int, block_size: int,
+                runs: int = 0) -> str | None:
+    """K steps of `steps` on random minibatches against `fn` (the step function) run eagerly from the
+    same weights: None if the losses and the updated weights agree within CHECK_TOLERANCE, else what
+    differs most. The weights are left as they were."""
+    g = torch.Generator().manual_seed(0)
+    lead = (runs,) if runs else ()
+    device = tensors[0].device
+    X = torch.randint(vocab_size, (K, *lead, batch_size, block_size), generator=g).to(device)
+    Y = torch.randint(vocab_size, (K, *lead, batch_size), generator=g).to(device)
+    lrs = torch.full((K, *lead), 0.1, device=device)
+    saved = [t.clone() for t in tensors]
+    try:
+        losses = steps(X, Y, lrs).clone()
+        got = [t.clone() for t in tensors]
+    finally:
+        for tensor, value in zip(tensors, saved):
+            tensor.copy_(value)
+    *want, want_losses = fn(*[t.clone() for t in saved], X, Y, lrs)
+    names = ["losses", "C", "W1", "b1", "W2", "b2"]
+    for name, a, b in zip(names, [losses, *got], [want_losses, *want]):
+        if a.shape != b.shape or not torch.allclose(a, b, **CHECK_TOLERANCE):
+            diff = (a - b).abs().max().item() if a.shape == b.shape else f"shape {tuple(a.shape)}"
+            return f"{name} off by {diff:.3g}" if isinstance(diff, float) else f"{name}: {diff}"
+    return None
 PATH_NAMES = {"plain": "plain autograd", "eager": "batched matrix products, eagerly",
               "compiled": "compiled fast path", "cuda_graph": "CUDA graph"}
 

@@ -9,7 +9,8 @@ import torch
 from conftest import ROOT, compose_cfg, run_cmd
 from nplm.config import ConfigError, ModelConfig, to_config
 from nplm.data import load_dataset
-from nplm.fast import MIN_STEPS, GraphSteps, choose, pad, sgd_steps
+from nplm import fast
+from nplm.fast import MIN_STEPS, GraphSteps, choose, graph_steps, pad, sgd_steps, stacked_sgd_steps
 from nplm.model import NPLM
 from nplm.optim import SGD
 from test_resume import losses, summary, wait_for, logged_step
@@ -120,6 +121,40 @@ def test_graph_steps_without_capture_are_the_step_functions():
     *new, want = sgd_steps(*weights, X, Y, torch.full((5,), 0.1))
     assert steps.graph is None and torch.equal(losses, want)
     assert all(torch.equal(a, b) for a, b in zip(mine, new))
+
+
+@pytest.mark.parametrize("runs", [0, 3])
+def test_the_gpu_path_checks_its_steps_and_falls_back_when_they_are_wrong(runs, caplog):
+    """The CUDA graph's self-check, on the CPU: the graph's stand-in is GraphSteps without capture
+    (the same steps), trusted; with its step function made wrong (learning rates x 1.5, what a bad
+    capture could do silently) it is refused with one warning and the reason the summary records.
+    The weights are unchanged by the check either way."""
+    cfg = to_config(compose_cfg(["experiment=lecture", "train.batch_size=8"]))
+    g = torch.Generator().manual_seed(0)
+    lead = (runs,) if runs else ()
+    weights = [torch.randn(*lead, *s, generator=g) * 0.1 for s in [(27, 10), (30, 64), (64,), (64, 27), (27,)]]
+    fn = stacked_sgd_steps if runs else sgd_steps
+
+    def wrong(*args):
+        return fn(*args[:-1], args[-1] * 1.5)
+
+    for bad in (False, True):
+        tensors = [w.clone() for w in weights]
+        caplog.clear()
+        fast._checked.clear()  # checked once per shape and process: here, each time
+
+        def make(*args, **kwargs):
+            steps = GraphSteps(*args, capture=False, **kwargs)
+            if bad:
+                steps.fn = wrong
+            return steps
+        steps, why = graph_steps(cfg, tensors, 27, runs, "20 SGD steps per replay of a CUDA graph", make=make)
+        assert all(torch.equal(a, b) for a, b in zip(tensors, weights))
+        if bad:
+            assert steps is None and why.startswith("the CUDA graph failed its check against eager steps: losses off by")
+            assert len(caplog.records) == 1 and "differ from the same steps run eagerly" in caplog.text
+        else:
+            assert steps is not None and why.endswith("(checked against eager steps)") and not caplog.records
 
 
 @pytest.mark.slow  # 10 s: keeps the default suite near 5 minutes (CI runs it)
