@@ -3,6 +3,8 @@ for settings that cannot help, runs that diverge by value, the thread count and 
 import json
 import math
 
+import pytest
+
 from conftest import ROOT, TINY, compose_cfg, run_cmd, train
 from test_errors import assert_one_line_error, run_all
 
@@ -11,6 +13,7 @@ from nplm.config import CHOICES, to_config
 from nplm.help import field_comments
 
 
+@pytest.mark.slow  # 18 s: keeps the default suite shorter (CI runs it)
 def test_help_lists_every_key_with_its_meaning_choices_and_default():
     out = run_cmd([ROOT / "train.py", "--help"]).stdout
     cfg = to_config(compose_cfg())
@@ -35,6 +38,7 @@ def test_help_lists_every_key_with_its_meaning_choices_and_default():
     assert bad.returncode == 2 and "optim.lr=0.0 must be positive" in bad.stderr
 
 
+@pytest.mark.slow  # 39 s: keeps the default suite shorter (CI runs it)
 def test_refused_commands_leave_nothing(tmp_path):
     """Refused after Hydra starts (the data, a batch larger than the data, every job of a sweep):
     one line, exit 2, and no run folder, sweep folder or W&B run; a sweep where only some jobs are

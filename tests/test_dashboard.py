@@ -18,6 +18,7 @@ from conftest import CONF, ROOT, TINY, compose_cfg, run_cmd, train
 from nplm.sweep.dashboard import importance
 from nplm.sweep.jobs import _groups_selected, rerun_command
 from nplm.sweep.pngs import axis_kind
+from nplm.sweep.report import write_live
 
 QUICK = [*TINY, "train.steps=20", "train.eval_interval=10", "train.log_interval=10", "wandb.mode=disabled"]
 
@@ -130,6 +131,25 @@ def test_live_dashboard_during_a_sweep(tmp_path):
     assert "http-equiv=\"refresh\"" not in final and "<b>ended</b>" in final and "3 finished" in final
 
 
+def test_live_updates_wait_for_a_vectorised_group_and_never_touch_an_ended_sweep(sweep, tmp_path):
+    """While jobs of a vectorised group still hold their training (vectorized.pt), the group's last
+    job writes the page, not each one; an ended sweep's report is never rewritten by a late job."""
+    copy = tmp_path / "sweep"
+    shutil.copytree(sweep, copy)
+    state = json.loads((copy / "sweep.json").read_text())
+    (copy / "dashboard.html").write_text("the report")
+    write_live(copy)  # ended
+    assert (copy / "dashboard.html").read_text() == "the report"
+    del state["ended"]
+    (copy / "sweep.json").write_text(json.dumps(state))
+    (copy / "3" / "vectorized.pt").write_bytes(b"")
+    write_live(copy)  # a group's job is still to take its training
+    assert (copy / "dashboard.html").read_text() == "the report"
+    (copy / "3" / "vectorized.pt").unlink()
+    write_live(copy)
+    assert "<b>running</b>: 8 finished, 0 running, 0 failed, 0 waiting" in (copy / "dashboard.html").read_text()
+
+
 def test_unreadable_job_folders_are_listed_and_the_rest_shown(sweep, tmp_path):
     copy = tmp_path / "sweep"
     shutil.copytree(sweep, copy)
@@ -147,6 +167,7 @@ def test_unreadable_job_folders_are_listed_and_the_rest_shown(sweep, tmp_path):
     assert page["plots"]["parallel-plot"]["traces"][0]["dims"][-1] == ["val loss", 6]
 
 
+@pytest.mark.slow  # 30 s: another sweep and a run (CI runs it)
 def test_comparing_sweeps_shows_only_hyperparameters_that_differ_and_runs_side_by_side(sweep, tmp_path, tiny_run):
     other = tmp_path / "other"
     run_cmd([ROOT / "train.py", "-m", *QUICK, "train.log_interval=5", "model.n_embd=2", "optim.lr=0.003,0.03",
