@@ -23,7 +23,7 @@ MODEL_TYPES = ("nplm", "ngram")
 INITS = ("lecture", "scaled")
 NORMS = ("none", "batchnorm", "layernorm")
 OPTIMIZERS = ("sgd", "adamw")
-SCHEDULES = ("constant", "step", "cosine", "onecycle")
+SCHEDULES = ("constant", "step", "cosine", "onecycle", "inverse")
 WANDB_MODES = ("online", "offline", "disabled")
 MODES = ("train", "lr_find", "overfit_batch")
 FAST = ("auto", "on", "off")
@@ -82,12 +82,13 @@ class OptimConfig:
     # embeddings, biases or norm gains)
     momentum: float = 0.0  # sgd only
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adamw only
-    schedule: str = MISSING  # constant | step | cosine (linear warmup, then cosine to min_lr) | onecycle
+    schedule: str = MISSING  # constant | step | cosine (linear warmup, then cosine to min_lr) | onecycle | inverse
     maxent_lr_scale: float = 1.0  # the n-gram weights of model.maxent_order learn at lr x this
     warmup_steps: int = 0  # cosine and onecycle (onecycle: 0 = 30% of the steps)
     min_lr: float = 0.0  # cosine only: the learning rate at the last step
     decay_steps: list[int] = field(default_factory=list)  # step only: multiply lr by decay_factor at each
     decay_factor: float = 0.1  # step only: the factor applied at each of decay_steps
+    decay_rate: float = 0.0  # inverse only: r in Bengio et al.'s lr / (1 + r t), t the steps taken
     grad_clip: float = 0.0  # clip the gradients' global norm to this; 0 = no clipping
 
 
@@ -256,6 +257,7 @@ def _validate_training(m: ModelConfig, t: TrainConfig, o: OptimConfig) -> None:
     _check(o.warmup_steps >= 0, f"optim.warmup_steps={o.warmup_steps} must be 0 or more")
     _check(o.grad_clip >= 0, f"optim.grad_clip={o.grad_clip} must be 0 (off) or positive")
     _check(o.decay_factor > 0, f"optim.decay_factor={o.decay_factor} must be positive")
+    _check(o.decay_rate >= 0, f"optim.decay_rate={o.decay_rate} must be 0 or more")
     _check(all(s >= 1 for s in o.decay_steps), f"optim.decay_steps={list(o.decay_steps)} must be steps >= 1")
 
 
@@ -290,6 +292,9 @@ def setting_warnings(cfg: Config) -> list[str]:
     if o.schedule in ("cosine", "onecycle") and o.warmup_steps >= t.steps > 0:
         out.append(f"optim.warmup_steps={o.warmup_steps} is not below train.steps={t.steps}: the learning rate never "
                    f"reaches optim.lr={o.lr:g}; lower optim.warmup_steps")
+    if o.schedule == "inverse" and o.decay_rate == 0:
+        out.append("optim.schedule=inverse with optim.decay_rate=0 keeps the learning rate constant; set "
+                   "optim.decay_rate (the paper's r in lr / (1 + r t))")
     late = [s for s in o.decay_steps if s >= t.steps]
     if o.schedule == "step" and late and t.steps > 0:
         out.append(f"optim.decay_steps {late} {'is' if len(late) == 1 else 'are'} not below train.steps={t.steps}: "

@@ -201,6 +201,8 @@ def lr_at(step: int, o: OptimConfig, total_steps: int) -> float:
     """The learning rate for training step `step` (0-based) of `total_steps`."""
     if o.schedule == "constant":
         return o.lr
+    if o.schedule == "inverse":  # Bengio et al. 2003: e0 / (1 + r t), t the updates done
+        return o.lr / (1 + o.decay_rate * step)
     if o.schedule == "step":  # the lecture: 0.1, then x0.1 from step 100,000
         # in decimal, as written by hand: 0.1 x 0.1 is the lecture's 0.01, not 0.010000000000000002
         n = sum(step >= s for s in o.decay_steps)

@@ -3,7 +3,7 @@ import pytest
 from hydra.errors import ConfigCompositionException
 
 from conftest import CONF, ROOT, compose_cfg, run_cmd
-from nplm.config import ConfigError, to_config
+from nplm.config import ConfigError, setting_warnings, to_config
 from nplm.optim import lr_at
 
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
@@ -196,6 +196,15 @@ def test_cosine_schedule_warms_up_then_decays_to_min_lr():
     assert lrs[0] < lrs[9] < lrs[10] == pytest.approx(0.01)
     assert lrs[-1] == pytest.approx(0.001)
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+
+
+def test_inverse_schedule_is_the_papers():
+    """Bengio et al. 2003: e_t = e_0 / (1 + r t), t the updates done; r = 0 keeps lr constant (a warning)."""
+    cfg = to_config(compose_cfg(["optim.schedule=inverse", "optim.lr=0.01", "optim.decay_rate=0.001"]))
+    assert [lr_at(t, cfg.optim, 5000) for t in (0, 1000, 4000)] == pytest.approx([0.01, 0.005, 0.002])
+    assert setting_warnings(cfg) == []
+    flat = to_config(compose_cfg(["optim.schedule=inverse"]))
+    assert lr_at(4000, flat.optim, 5000) == flat.optim.lr and "keeps the learning rate constant" in setting_warnings(flat)[0]
 
 
 def test_onecycle_schedule():

@@ -49,7 +49,7 @@ CONFIG_ERRORS = {  # override -> what the one line must say
     "train.eval_interval=0": "train.eval_interval=0 must be at least 1",
     "train.batch_size=1000000": "larger than the 182625 training examples; lower train.batch_size",
     "optim.name=adam": "optim.name='adam' is not known; use one of: sgd, adamw",
-    "optim.schedule=linear": "use one of: constant, step, cosine, onecycle",
+    "optim.schedule=linear": "use one of: constant, step, cosine, onecycle, inverse",
     "model.init=xavier": "model.init='xavier' is not known; use one of: lecture, scaled",
     "device=tpu": "device='tpu' is not known; use auto, cpu, cuda or cuda:N",
     "model.n_embed=10": "Key 'n_embed' not in 'ModelConfig'",
