@@ -28,9 +28,10 @@ WANDB_MODES = ("online", "offline", "disabled")
 MODES = ("train", "lr_find", "overfit_batch")
 FAST = ("auto", "on", "off")
 LEVELS = ("char", "word")
+TOKENIZERS = ("words", "whitespace")
 DEVICES = ("auto", "cpu", "cuda", "cuda:N")
 # the keys whose value is one of a list; validate() checks them and `python train.py --help` shows them
-CHOICES = {"data.level": LEVELS, "model.type": MODEL_TYPES, "model.init": INITS, "model.norm": NORMS,
+CHOICES = {"data.level": LEVELS, "data.tokenizer": TOKENIZERS, "model.type": MODEL_TYPES, "model.init": INITS, "model.norm": NORMS,
            "optim.name": OPTIMIZERS, "optim.schedule": SCHEDULES, "train.fast": FAST, "wandb.mode": WANDB_MODES,
            "mode": MODES, "device": DEVICES}
 
@@ -47,6 +48,8 @@ class DataConfig:
     split_seed: int = MISSING  # Python random.Random(split_seed).shuffle(words); level=word: unused
     level: str = "char"  # char (names, makemore) | word (sentences, Bengio et al.; nplm/data.py)
     lowercase: bool = False  # level=word: fold case before tokenising
+    tokenizer: str = "words"  # level=word: words | whitespace (a corpus tokenised already: tokens as they are,
+    # its own <unk> the unknown word)
     min_count: int = 1  # level=word: words seen fewer times in the training split become <unk>
     max_vocab: int = 0  # level=word: keep at most this many tokens (</s> and <unk> included); 0 = all
     train_tokens: int = 0  # level=word: split by token counts instead of fractions: the lines holding the
@@ -198,6 +201,9 @@ def _validate_data(d: DataConfig) -> None:
            f"data.train_frac + data.val_frac = {d.train_frac + d.val_frac:g} must be below 1 "
            "so the test split is not empty")
     _check_choice(d.level, LEVELS, "data.level")
+    _check_choice(d.tokenizer, TOKENIZERS, "data.tokenizer")
+    _check(d.tokenizer == "words" or d.level == "word", f"data.tokenizer={d.tokenizer} splits sentences into words; "
+           "it needs data.level=word (characters are not tokenised)")
     _check(d.min_count >= 1, f"data.min_count={d.min_count} must be at least 1")
     _check(d.max_vocab == 0 or d.max_vocab >= 3, f"data.max_vocab={d.max_vocab} must be 0 (no limit) or at least 3")
     if d.train_tokens or d.val_tokens:

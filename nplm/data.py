@@ -6,7 +6,10 @@ random.Random(split_seed) and cut into train/val/test by word, so one name's exa
 straddle two splits.
 
 data.level=word is Bengio et al.'s setting: each line is a sentence, tokenised into words and
-punctuation marks (TOKEN below; data.lowercase folds case first); `</s>` is index 0 and marks both
+punctuation marks (TOKEN below; data.lowercase folds case first), or, with
+data.tokenizer=whitespace, split at whitespace alone, as tokenised corpora (Penn Treebank, WikiText,
+Brown) expect to be read: `Mr.` and `''` stay one token, and the corpus's own `<unk>` is the
+unknown word; `</s>` is index 0 and marks both
 the start and the end of a line, as '.' does for names; `<unk>` stands for every word seen fewer
 than data.min_count times in the training split (or outside the data.max_vocab most frequent).
 The lines are cut in order, not shuffled, as the paper cut its corpus by position: the first
@@ -158,6 +161,7 @@ class WordVocab:
     @classmethod
     def from_lines(cls, lines: list[list[str]], min_count: int, max_size: int) -> WordVocab:
         counts = Counter(t for line in lines for t in line)
+        counts.pop(UNK, None), counts.pop(EOS, None)  # a corpus's own <unk> is ours, not a word
         kept = sorted((w for w, c in counts.items() if c >= min_count), key=lambda w: (-counts[w], w))
         return cls([EOS, UNK] + (kept[:max_size - 2] if max_size else kept))
 
@@ -179,8 +183,11 @@ class WordVocab:
         return " ".join(self.itos[i] for i in idx)
 
 
-def tokenize(line: str, lowercase: bool) -> list[str]:
-    """A line's words and punctuation marks (TOKEN), case folded if asked."""
+def tokenize(line: str, lowercase: bool, tokenizer: str = "words") -> list[str]:
+    """A line's words and punctuation marks (TOKEN), or its whitespace-separated tokens
+    (tokenizer=whitespace); case folded if asked (a corpus's <unk> stays <unk>)."""
+    if tokenizer == "whitespace":
+        return [t if t == UNK else t.lower() for t in line.split()] if lowercase else line.split()
     return TOKEN.findall(line.lower() if lowercase else line)
 
 
@@ -195,10 +202,10 @@ class Dataset:
 
 def load_dataset(path: str | Path | None, train_frac: float, val_frac: float, split_seed: int,
                  block_size: int, level: str = "char", lowercase: bool = False, min_count: int = 1,
-                 max_vocab: int = 0, train_tokens: int = 0, val_tokens: int = 0) -> Dataset:
+                 max_vocab: int = 0, train_tokens: int = 0, val_tokens: int = 0, tokenizer: str = "words") -> Dataset:
     if level == "word":
         return _load_word_dataset(path, train_frac, val_frac, block_size, lowercase, min_count, max_vocab,
-                                  train_tokens, val_tokens)
+                                  train_tokens, val_tokens, tokenizer)
     words = load_words(path)
     vocab = Vocab.from_words(words)  # from all words, as the lecture does: every split is encodable
     splits = split_words(words, train_frac, val_frac, split_seed)
@@ -209,8 +216,10 @@ def load_dataset(path: str | Path | None, train_frac: float, val_frac: float, sp
 
 
 def _load_word_dataset(path, train_frac: float, val_frac: float, block_size: int, lowercase: bool,
-                       min_count: int, max_vocab: int, train_tokens: int = 0, val_tokens: int = 0) -> Dataset:
-    lines = [tokens for tokens in (tokenize(line, lowercase) for line in read_lines(path, "sentence")) if tokens]
+                       min_count: int, max_vocab: int, train_tokens: int = 0, val_tokens: int = 0,
+                       tokenizer: str = "words") -> Dataset:
+    lines = [tokens for tokens in (tokenize(line, lowercase, tokenizer) for line in read_lines(path, "sentence"))
+             if tokens]
     if train_tokens:
         n1 = _cut_by_tokens(lines, train_tokens)
         n2 = n1 + _cut_by_tokens(lines[n1:], val_tokens)
@@ -250,7 +259,7 @@ def load_data(d, block_size: int) -> Dataset:
     kept: the next job of an in-process sweep on the same data (file unchanged) gets it at once."""
     global _last
     args = (d.path, d.train_frac, d.val_frac, d.split_seed, block_size, d.level, d.lowercase, d.min_count,
-            d.max_vocab, d.train_tokens, d.val_tokens)
+            d.max_vocab, d.train_tokens, d.val_tokens, d.tokenizer)
     try:
         stat = Path(d.path or bundled_names_path()).stat()
         key = (*args, stat.st_mtime_ns, stat.st_size)

@@ -27,6 +27,21 @@ def test_vocabulary_from_training_counts_with_unk():
     assert WordVocab.from_lines(lines, min_count=1, max_size=4).itos == [EOS, UNK, "a", "b"]
 
 
+def test_whitespace_tokenizer_reads_a_tokenised_corpus_as_it_is(tmp_path):
+    """data.tokenizer=whitespace: Brown's `` and '' and Penn Treebank's Mr. stay one token each, and
+    the corpus's own <unk> is the unknown word (index 1), never a word of the vocabulary."""
+    corpus = tmp_path / "tokenised.txt"
+    corpus.write_text("`` Mr. Smith said <unk> . ''\n" * 8 + "Mr. <unk> left .\n" * 2)
+    d = load_dataset(corpus, 0.8, 0.1, 0, 2, level="word", tokenizer="whitespace")
+    assert d.words["train"][0] == "`` Mr. Smith said <unk> . ''"
+    assert d.vocab.itos[:2] == [EOS, UNK] and d.vocab.itos.count(UNK) == 1 and "Mr." in d.vocab.itos
+    assert d.Y["train"][4].item() == 1  # the corpus's <unk>
+    words = load_dataset(corpus, 0.8, 0.1, 0, 2, level="word")  # the default tokenizer splits them
+    assert words.words["train"][0] == "` ` Mr . Smith said < unk > . ' '"
+    bad = run_cmd([ROOT / "train.py", "data.tokenizer=whitespace", "train.steps=1"], check=False)
+    assert bad.returncode == 2 and "data.tokenizer=whitespace splits sentences into words" in bad.stderr
+
+
 def test_lines_split_in_order_and_examples_reset_at_each_line(tmp_path):
     corpus = tmp_path / "text.txt"
     corpus.write_text("\n".join(f"line {i} ends here ." for i in range(10)) + "\n\n")
