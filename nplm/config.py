@@ -110,6 +110,13 @@ class TrainConfig:
     fast: str = "auto"  # the fast path (nplm/fast.py; on a GPU a CUDA graph): auto (covered, it pays) | on | off
     ema: float = 0.0  # decay of an exponential moving average of the weights, used for evaluation and
     # kept at the end (Polyak averaging; 0.999 averages over ~1,000 steps); 0 = off
+    patience: int = 0  # early stopping: end once the val loss has not improved for this many evaluations,
+    # with the best evaluation's weights; 0 = off
+
+    @property
+    def ends_with_best(self) -> bool:
+        """Whether the run ends with its best evaluation's weights (keep_best, or early stopping)."""
+        return self.keep_best or self.patience > 0
 
 
 @dataclass
@@ -250,6 +257,7 @@ def _validate_training(m: ModelConfig, t: TrainConfig, o: OptimConfig) -> None:
     _check(0 <= t.ema < 1, f"train.ema={t.ema} must be in [0, 1): the decay of the weights' moving average, "
            "0 = off")
     _check(t.num_samples >= 0, f"train.num_samples={t.num_samples} must be 0 or more")
+    _check(t.patience >= 0, f"train.patience={t.patience} must be 0 (no early stopping) or more")
     _check_choice(m.init, INITS, "model.init")
     _check_choice(o.name, OPTIMIZERS, "optim.name")
     _check_choice(o.schedule, SCHEDULES, "optim.schedule")

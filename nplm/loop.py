@@ -57,12 +57,14 @@ class Cadence:
 @dataclass
 class Fit:
     """What training left, besides the weights: the best val loss and its step, the training seconds,
-    the weights of that step (train.keep_best), and the training path (nplm/fast.py's record)."""
+    the weights of that step (train.keep_best), the training path (nplm/fast.py's record), and the
+    step early stopping ended it at (train.patience; None if it ran all its steps)."""
     best_val: float = math.inf
     best_step: int = -1
     train_time: float = 0.0
     best_state: dict | None = None
     path: dict = field(default_factory=dict)
+    stopped_at: int | None = None
 
 
 class Monitor:
@@ -95,8 +97,13 @@ class Monitor:
                     self.best_state = {k: v.detach().clone() for k, v in evaluated.state_dict().items()}
         return row
 
-    def fit(self, train_time: float, path: dict) -> Fit:
-        return Fit(self.best_val, self.best_step, train_time, self.best_state, path)
+    def fit(self, train_time: float, path: dict, stopped_at: int | None = None) -> Fit:
+        return Fit(self.best_val, self.best_step, train_time, self.best_state, path, stopped_at)
+
+    def stale(self, done: int, patience: int, eval_interval: int) -> bool:
+        """Early stopping: whether `patience` evaluations (eval_interval steps each) have passed since
+        the best one. From the steps alone, so a resumed run stops where it would have."""
+        return patience > 0 and self.best_step >= 0 and done - self.best_step >= patience * eval_interval
 
 
 @dataclass
@@ -128,7 +135,7 @@ def fit(s: Setup, tracker: Tracker, stop: StopSignals, resume: TrainState | None
     cadence = Cadence(t.steps, t.log_interval, t.eval_interval)
     ema = EMA(model, t.ema) if t.ema else None  # Polyak averaging: evaluate (and end with) the averaged weights
     evaluated = ema.module if ema is not None else model
-    monitor = Monitor(s.limit, t.keep_best, s.X["val"], s.Y["val"], t.eval_chunk, resume)
+    monitor = Monitor(s.limit, t.ends_with_best, s.X["val"], s.Y["val"], t.eval_chunk, resume)
     done, train_time = (resume.step, resume.train_time) if resume else (0, 0.0)
     if resume and ema is not None:
         ema.load_state_dict(resume.ema)
@@ -172,13 +179,17 @@ def fit(s: Setup, tracker: Tracker, stop: StopSignals, resume: TrainState | None
                 log.warning(warning)
             if cadence.evaluates(done):
                 save(done)
+                if done < t.steps and monitor.stale(done, t.patience, t.eval_interval):
+                    log.info("early stopping at step %d: no better val loss for %d evaluations (best %.4f at step "
+                             "%d)", done, t.patience, monitor.best_val, monitor.best_step)
+                    break
         if stop.signum is not None:  # SIGINT/SIGTERM came during this step: save (unless just saved), stop
             if not cadence.evaluates(done):
                 save(done)
             raise Interrupted(stop.signum, done)
     if ema is not None:  # end with the averaged weights, the ones every evaluation measured
         model.load_state_dict(ema.module.state_dict())
-    return monitor.fit(train_time, s.path)
+    return monitor.fit(train_time, s.path, done if done < t.steps else None)
 
 
 def _k_steps(s: Setup, steps, done: int) -> tuple[int, float, torch.Tensor, bool]:

@@ -94,12 +94,14 @@ def train(cfg: Config, data: Dataset, device: torch.device, tracker: Tracker, st
         return _record_divergence(cfg, s.model, *e.args, s.limit, tracker, t_start)
     finally:
         stop.defer(False)
-    done = Trained(s.model, s.optimizer, fitted, cfg.train.steps, cfg.train.steps,
+    steps = fitted.stopped_at or cfg.train.steps
+    done = Trained(s.model, s.optimizer, fitted, steps, steps,
                    resumed_at=resume.resumed_at + [resume.step] if resume else [])
-    if cfg.train.keep_best and fitted.best_state is not None:
+    if cfg.train.ends_with_best and fitted.best_state is not None:
         done.model.load_state_dict(fitted.best_state)
         done.weights_step = fitted.best_step
-        log.info("keep_best: ending with the weights of step %d (val loss %.4f)", fitted.best_step, fitted.best_val)
+        log.info("%s: ending with the weights of step %d (val loss %.4f)",
+                 "keep_best" if cfg.train.keep_best else "early stopping", fitted.best_step, fitted.best_val)
     if cfg.model.mix_order:
         done.model, done.mix = fit_mixture(done.model, cfg.model.mix_order, X, Y, cfg.train.eval_chunk)
     elif grouped is not None and fitted.best_state is None:
@@ -217,7 +219,7 @@ def _summary(cfg: Config, data: Dataset, done: Trained, train_loss: float, val_l
         "seed": cfg.seed, "device": str(device), "threads": torch.get_num_threads(),
         "threads_reason": threads.choose(cfg, data.vocab.size)[1],
         "rss_mb": rss_mb(), "peak_rss_mb": peak_rss_mb(),
-        "resumed_at": done.resumed_at,
+        "resumed_at": done.resumed_at, "stopped_early_at": fitted.stopped_at,
         **done.mix,
         **fitted.path,
         **provenance(),

@@ -180,6 +180,23 @@ def test_keep_best_reports_the_best_evaluated_weights(tmp_path):
     assert json.loads((tmp_path / "r" / "eval_val.json").read_text())["step"] == best
 
 
+def test_early_stopping_ends_patience_evaluations_after_the_best_with_its_weights(tmp_path):
+    """train.patience=2 in the run above, made longer: the learning rate jumps 10x at step 90, the val
+    loss gets worse and stays worse, so the run ends two evaluations after its best, with the best
+    evaluation's weights, and says so in its summary."""
+    train(tmp_path / "r", "wandb.mode=disabled", "train.patience=2", "optim.lr=0.02", "optim.schedule=step",
+          "optim.decay_steps=[90]", "optim.decay_factor=10", "train.steps=600")  # evaluations every 30 steps
+    s = json.loads((tmp_path / "r" / "summary.json").read_text())
+    rows = read_metrics(tmp_path / "r")
+    vals = [(int(r["step"]), float(r["val/loss"])) for r in rows if r["val/loss"]]
+    best_step, best = min(vals, key=lambda v: v[1])
+    assert s["stopped_early_at"] == best_step + 60 == s["steps"] == int(rows[-1]["step"]) < 600
+    assert all(v > best for step, v in vals if step > best_step)  # no better evaluation after the best
+    assert s["best_val_step"] == best_step and s["val_loss"] == pytest.approx(best, abs=1e-9)
+    assert torch.load(tmp_path / "r" / "ckpt.pt", weights_only=True)["weights_step"] == best_step
+    assert json.loads((tmp_path / "r" / "summary.json").read_text())["status"] == "finished"
+
+
 @pytest.mark.slow  # ~10 s: keeps the default suite near its time (CI runs it)
 def test_maxent_run_learns_its_table_and_reloads(tmp_path):
     """model.maxent_order end to end, with gradient clipping: the table learns (only rows the training

@@ -128,6 +128,8 @@ def why_not(cfg: Config) -> str | None:
         return "it resumes an interrupted run"
     if cfg.train.steps == 0:
         return "train.steps=0"
+    if cfg.train.patience:
+        return "train.patience: early stopping ends each run at its own step"
     try:
         device = resolve_device(cfg.device)
     except Exception as e:  # its own job reports the error
