@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from nplm.model import model_device
 
 LOGITS_PER_CHUNK = 2 ** 22
+COUNT_CHUNK = 1 << 18  # rows per evaluation chunk of a count model
 
 
 @torch.inference_mode()
@@ -24,7 +25,9 @@ def split_loss(model: torch.nn.Module, X: torch.Tensor, Y: torch.Tensor, chunk: 
     was_training = model.training
     model.eval()
     device = model_device(model)
-    chunk = chunk_rows(chunk, getattr(model, "vocab_size", 1))
+    # a count model scores the targets alone: large chunks (its lookups cost per call, not per row)
+    chunk = max(chunk, COUNT_CHUNK) if getattr(model, "targets_only", False) else \
+        chunk_rows(chunk, getattr(model, "vocab_size", 1))
     total = torch.zeros((), dtype=torch.float64, device=device)
     for i in range(0, len(X), chunk):
         x, y = X[i:i + chunk].to(device), Y[i:i + chunk].to(device)

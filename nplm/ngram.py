@@ -9,6 +9,12 @@ P_k(w | h) for a context h of k-1 characters:
 with gamma_k(h) = D_k1 N1(h .) + D_k2 N2(h .) + D_k3 N3+(h .), and P_{k-1} used alone where c_k(h) = 0.
 The highest order counts occurrences; lower orders count distinct left extensions (continuation
 counts). P_0 is uniform over the vocabulary. Discounts come from the count-of-counts of each order.
+
+Keys: each j-gram of the training data (every window of every example, j < order) gets an id, its
+place in the sorted table of (id of its first j-1 tokens) * V + its last token; an n-gram's key is
+then (id of its context) * V + its next token. Keys grow with the number of distinct n-grams, not
+with V ** order, so any order fits any vocabulary (a 5-gram over 16,383 words too). Counts saved
+before these tables existed (packed base V) still load and score as they did.
 """
 from __future__ import annotations
 
@@ -16,27 +22,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from nplm.config import ConfigError
-
-
-def check_order(order: int, vocab_size: int) -> None:
-    """ConfigError if an n-gram of this order over this vocabulary does not fit one int64 key (base V)."""
-    if vocab_size ** order >= 2 ** 63:
-        raise ConfigError(f"a {order}-gram over {vocab_size:,} tokens does not fit the count model's 64-bit keys; "
-                          f"use model.order <= {max_order(vocab_size)} (or a smaller vocabulary: data.min_count, "
-                          "data.max_vocab)")
-
-
-def max_order(vocab_size: int) -> int:
-    """The highest order whose n-grams fit one int64 key (base vocab_size)."""
-    n = 1
-    while vocab_size ** (n + 1) < 2 ** 63:
-        n += 1
-    return n
 
 
 def _pack(ctx: torch.Tensor, V: int) -> torch.Tensor:
-    """Integer key of each row of ctx (N, k), base V; k = 0 gives 0."""
+    """Integer key of each row of ctx (N, k), base V; k = 0 gives 0. The keys of counts saved before
+    the id tables (they fit int64 only while V ** order does)."""
     key = torch.zeros(len(ctx), dtype=torch.long)
     for j in range(ctx.shape[1]):
         key = key * V + ctx[:, j]
@@ -60,21 +50,47 @@ class NGram(nn.Module):
         self.order, self.vocab_size, self.block_size = order, vocab_size, block_size
         self.fitted = False
 
+    targets_only = True  # scores a target without the whole vocabulary's logits: evaluated in large chunks
+
     @torch.no_grad()
     def fit(self, X: torch.Tensor, Y: torch.Tensor) -> "NGram":
-        """Count every n-gram of the training examples and derive the discounts."""
+        """Number the j-grams of the training examples, count every n-gram, derive the discounts."""
         V, X, Y = self.vocab_size, X.cpu(), Y.cpu()
-        check_order(self.order, V)
-        grams = torch.cat([X[:, X.shape[1] - (self.order - 1):] if self.order > 1 else X[:, :0],
-                           Y[:, None]], dim=1)  # (N, order): context then next char
-        keys, counts = torch.unique(_pack(grams, V), return_counts=True)
+        full = torch.cat([X, Y[:, None]], dim=1)  # each example: its context, then its next token (N, W)
+        N, W = full.shape
+        ids = {0: torch.zeros(N, W + 1, dtype=torch.long)}  # ids[j][:, i]: the j-gram ending at position i + j - 1
+        for j in range(1, self.order):
+            keys = ids[j - 1][:, :W - j + 1] * V + full[:, j - 1:]  # (its first j-1 tokens' id) * V + its last
+            table, inverse = torch.unique(keys.reshape(-1), return_inverse=True)
+            self.register_buffer(f"ids{j}", table)
+            ids[j] = inverse.view(N, W - j + 1)
+        self._tables = True
+        # the key of each example's k-gram (the k tokens ending at its next token), k = 1 .. order
+        ends = {k: ids[k - 1][:, -2 if k > 1 else 0] * V + full[:, -1] for k in range(1, self.order + 1)}
+        keys, counts = torch.unique(ends[self.order], return_counts=True)
         self._store(self.order, keys, counts.double())
-        for k in range(self.order - 1, 0, -1):
-            # continuation counts: how many distinct (k+1)-grams (unique keys) end in each k-gram
-            keys, counts = torch.unique(keys % V ** k, return_counts=True)
+        for k in range(self.order - 1, 0, -1):  # continuation counts: distinct (k+1)-grams ending in each k-gram
+            parents, inverse = torch.unique(ends[k + 1], return_inverse=True)
+            suffix = torch.empty(len(parents), dtype=torch.long).index_put_((inverse,), ends[k])
+            keys, counts = torch.unique(suffix, return_counts=True)
             self._store(k, keys, counts.double())
         self.fitted = True
         return self
+
+    def _ids(self, rows: torch.Tensor) -> torch.Tensor:
+        """The id of each row (N, j) as a j-gram of the training data (-1: never seen); with counts
+        saved before the id tables, its base-V key."""
+        if not getattr(self, "_tables", False):
+            return _pack(rows, self.vocab_size)
+        ids = torch.zeros(len(rows), dtype=torch.long)
+        for j in range(rows.shape[1]):
+            table = getattr(self, f"ids{j + 1}")
+            key = ids * self.vocab_size + rows[:, j]  # negative where a prefix was never seen
+            pos = torch.searchsorted(table, key).clamp(max=len(table) - 1)
+            ids = torch.where((ids >= 0) & (table[pos] == key), pos, torch.full_like(pos, -1))
+        return ids
+
+
 
     def _store(self, k: int, keys: torch.Tensor, counts: torch.Tensor) -> None:
         V = self.vocab_size
@@ -96,7 +112,7 @@ class NGram(nn.Module):
         V = self.vocab_size
         p = torch.full((len(w),), 1.0 / V, dtype=torch.float64)
         for k in range(1, self.order + 1):
-            ctx = _pack(idx[:, idx.shape[1] - (k - 1):] if k > 1 else idx[:, :0], V)
+            ctx = self._ids(idx[:, idx.shape[1] - (k - 1):] if k > 1 else idx[:, :0])
             b = lambda name: getattr(self, f"o{k}_{name}")  # noqa: E731
             c = _lookup(b("keys"), b("counts"), ctx * V + w)
             total = _lookup(b("ctx_keys"), b("ctx_total"), ctx)
@@ -127,5 +143,6 @@ class NGram(nn.Module):
         """Rebuild from a saved state_dict (buffer sizes depend on the data)."""
         for name, value in state.items():
             self.register_buffer(name, value)
+        self._tables = self.order == 1 or "ids1" in state  # else counts saved with base-V keys
         self.fitted = True
         return self

@@ -17,7 +17,6 @@ from nplm import repro, threads
 from nplm.config import Config, ConfigError, setting_warnings
 from nplm.data import Dataset, load_data
 from nplm.model import MaxEnt
-from nplm.ngram import check_order
 
 log = logging.getLogger("nplm")
 
@@ -45,9 +44,7 @@ def preflight(cfg: Config) -> tuple[torch.device, Dataset]:
     device = resolve_device(cfg.device)
     data = load_data(cfg.data, m.block_size)
     V = data.vocab.size
-    if m.type == "ngram":
-        check_order(m.order, V)
-    else:
+    if m.type != "ngram":
         if t.batch_size > len(data.X["train"]):
             raise ConfigError(f"train.batch_size={t.batch_size} is larger than the {len(data.X['train'])} training "
                               "examples; lower train.batch_size")

@@ -7,7 +7,6 @@ import subprocess
 import sys
 import time
 from html.parser import HTMLParser
-from pathlib import Path
 
 import pandas as pd
 import pytest

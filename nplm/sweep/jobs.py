@@ -157,7 +157,7 @@ def leaderboard(df: pd.DataFrame, swept: list[str]) -> pd.DataFrame:
 def count_baseline(df: pd.DataFrame, cache_dir: Path | None = None) -> tuple[str, float] | None:
     """The Kneser-Ney n-gram's val loss on the data and split the jobs used (if they all used one):
     the bar a neural model has to clear to be worth its training (docs/reference.md). Order 6 for
-    characters, 5 (or the most the vocabulary allows) for words. Kept in `cache_dir`/baseline.json,
+    characters, 5 for words. Kept in `cache_dir`/baseline.json,
     keyed by the data config, so that a live dashboard fits it once per sweep."""
     keys = [c for c in df.columns if c.startswith("data.")]
     if not keys or len(df[keys].astype(str).drop_duplicates()) != 1:
@@ -180,7 +180,7 @@ def count_baseline(df: pd.DataFrame, cache_dir: Path | None = None) -> tuple[str
 def _fit_baseline(given: dict) -> tuple[str, float] | None:
     from nplm.config import DataConfig
     from nplm.data import load_data
-    from nplm.ngram import NGram, max_order
+    from nplm.ngram import NGram
     fields = DataConfig.__dataclass_fields__
     given = {k: v for k, v in given.items() if k in fields}
     d = DataConfig(**{name: f.default for name, f in fields.items() if name not in given}, **given)
@@ -189,7 +189,6 @@ def _fit_baseline(given: dict) -> tuple[str, float] | None:
         data = load_data(d, order - 1)
     except (ValueError, TypeError):  # the data moved or changed since the sweep: no baseline, the rest stands
         return None
-    order = min(order, max_order(data.vocab.size))
     model = NGram(order, data.vocab.size, data.X["train"].shape[1]).fit(data.X["train"], data.Y["train"])
     return f"Kneser-Ney {order}-gram", -model.log_prob(data.X["val"], data.Y["val"]).mean().item()
 
