@@ -3,7 +3,8 @@
 - While training, a checkpoint of the whole training state (`last.pt`: weights, optimiser, moving
   average, RNG states, best-so-far, step; nplm/checkpoint.py) is written atomically at every
   evaluation and when a signal asks the run to stop. A signal lets the current step finish, saves,
-  and ends the run with status `interrupted`; a second Ctrl-C stops at once.
+  and ends the run with status `interrupted`; a second Ctrl-C stops at once. In a SLURM job run by
+  submitit, its time-limit signal (USR2) does the same, then submitit requeues the job.
 - `python train.py resume=<run folder>` continues that run in its own folder with its own saved
   config. Only RESUMABLE settings may be given with it (train.steps, to train longer, and settings
   that change no loss); anything else is refused. Without train.steps, the resumed run ends with
