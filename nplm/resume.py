@@ -3,7 +3,8 @@
 - While training, a checkpoint of the whole training state (`last.pt`: weights, optimiser, moving
   average, RNG states, best-so-far, step; nplm/checkpoint.py) is written atomically at every
   evaluation and when a signal asks the run to stop. A signal lets the current step finish, saves,
-  and ends the run with status `interrupted`; a second Ctrl-C stops at once.
+  and ends the run with status `interrupted`; a second Ctrl-C stops at once. In a SLURM job run by
+  submitit, its time-limit signal (USR2) does the same, then submitit requeues the job.
 - `python train.py resume=<run folder>` continues that run in its own folder with its own saved
   config. Only RESUMABLE settings may be given with it (train.steps, to train longer, and settings
   that change no loss); anything else is refused. Without train.steps, the resumed run ends with
@@ -21,6 +22,7 @@ import contextlib
 import dataclasses
 import fcntl
 import json
+import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -47,26 +49,43 @@ class Interrupted(BaseException):
 class StopSignals:
     """While active: SIGINT and SIGTERM raise Interrupted at once, except inside `deferred()` (the
     training loop), where the first one only sets `signum` so the loop can save and stop between
-    steps; a second SIGINT there stops at once. Outside the main thread it does nothing."""
+    steps; a second SIGINT there stops at once. Outside the main thread it does nothing.
+
+    A job that submitit runs (a SLURM sweep, +launcher=slurm) also gets submitit's signal (SIGUSR2,
+    or $SUBMITIT_PREEMPT_SIGNAL), sent `signal_delay_s` before the job's time limit: submitit's own
+    handler for it requeues the job and exits. Here that signal too lets the step finish and saves the
+    state (Interrupted); then submitit's handler gets it, when the run has stopped, so the requeued job
+    resumes from the saved state. Outside the training loop it goes to submitit's handler at once."""
 
     def __init__(self):
         self.signum: int | None = None
         self._defer = False
         self._old: dict = {}
+        self._pass_on: dict = {}  # signal -> the handler it goes to once the state is saved (submitit's)
 
     def __enter__(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():
-            for s in (signal.SIGINT, signal.SIGTERM):
+            usr = getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"), None)
+            if usr is not None and callable(signal.getsignal(usr)):  # a handler of submitit's
+                self._pass_on[usr] = signal.getsignal(usr)
+            for s in (signal.SIGINT, signal.SIGTERM, *self._pass_on):
                 self._old[s] = signal.signal(s, self._handle)
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, exc, tb) -> None:
         for s, old in self._old.items():
             signal.signal(s, old)
+        if isinstance(exc, Interrupted) and exc.signum in self._pass_on:
+            # the state is saved: now submitit requeues the job and exits (or, after max_num_timeout
+            # requeues, raises UncompletedJobError; a re-run of the sweep's command resumes it then)
+            self._pass_on[exc.signum](exc.signum, None)
 
     def _handle(self, signum: int, frame) -> None:
         if self._defer and self.signum is None:
             self.signum = signum
+            return
+        if signum in self._pass_on:
+            self._pass_on[signum](signum, frame)  # nothing to save yet (or any more): submitit requeues
             return
         raise Interrupted(signum)
 

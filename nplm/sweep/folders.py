@@ -26,6 +26,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from nplm.sweep import cluster
 from nplm.tracking import save_summary
 
 log = logging.getLogger("nplm")
@@ -64,6 +65,7 @@ class SweepCallback(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         global _sweep_dir
+        cluster.quiet_sacct()  # +launcher=slurm on a cluster without accounting: one warning, not one a poll
         _sweep_dir = Path(config.hydra.sweep.dir)
         if not _sweep_dir.exists():
             _new_dirs.add(_sweep_dir.resolve())

@@ -1,0 +1,133 @@
+"""Sweeps on a real one-node SLURM cluster (tests/slurm_cluster.py) through `train.py +launcher=slurm`:
+a failing job reported with the others, a job requeued mid-run and a job stopped at its time limit
+resuming to the loss of the uninterrupted run, a cancelled sweep resumed by its own command."""
+import json
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+
+from conftest import ROOT, TINY, run_cmd
+from slurm_cluster import sh, slurm  # noqa: F401 (the fixture)
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("slurm")]
+pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+
+SLURM = ["+launcher=slurm", "hydra.launcher.partition=debug", "hydra.launcher.cpus_per_task=1",
+         "hydra.launcher.mem_gb=1", "train.threads=1", "wandb.mode=disabled"]
+QUICK = [*TINY, "train.steps=20", "train.eval_interval=10", "train.log_interval=10"]
+# long enough (~60 s on one core) to be still training when SLURM signals, at most 60 s into the job
+LONG = [*TINY, "train.steps=60000", "train.eval_interval=2000", "train.log_interval=2000", "train.num_samples=0",
+        "seed=1", "wandb.mode=disabled"]
+
+
+def sweep_cmd(sweep, *overrides):
+    return [sys.executable, ROOT / "train.py", "-m", *overrides, *SLURM, f"hydra.sweep.dir={sweep}"]
+
+
+def wait_for(check, timeout=240, what="it"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def jobs() -> dict[str, str]:
+    """The test cluster's jobs in squeue: {job id: state}."""
+    return dict(line.split() for line in sh("squeue", "-h", "-o", "%i %T").splitlines())
+
+
+def start_when_requeued(job_id: str) -> None:
+    """Once SLURM requeued the job (PENDING again), start it now: SLURM holds a requeued job ~2 minutes."""
+    wait_for(lambda: jobs().get(job_id) == "PENDING", what=f"job {job_id} to be requeued")
+    sh("scontrol", "update", f"JobId={job_id}", "StartTime=now")
+
+
+def summary(folder):
+    return json.loads((folder / "summary.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The final val loss of the LONG run trained in one go, here."""
+    run_dir = tmp_path_factory.mktemp("whole") / "run"
+    run_cmd([ROOT / "train.py", *LONG, f"hydra.run.dir={run_dir}"])
+    return summary(run_dir)["val_loss"]
+
+
+def test_sweep_with_a_failing_job_ends_with_the_report_and_one_sacct_warning(tmp_path):
+    sweep = tmp_path / "s"
+    proc = run_cmd(sweep_cmd(sweep, *QUICK, "optim.lr=0.01,-1,0.02")[1:], check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out
+    board = pd.read_csv(sweep / "leaderboard.csv")
+    assert sorted(board["status"]) == ["failed", "finished", "finished"]
+    assert "optim.lr=-1.0 must be positive" in board[board["status"] == "failed"].iloc[0]["error"]
+    logs = sorted(p.name.split("_")[1] for p in (sweep / ".submitit").glob("*_*") if p.is_dir())
+    assert logs == ["0", "1", "2"]  # one job array: each job's SLURM log in .submitit/<array>_<job>/
+    # no accounting here: submitit's sacct warning once (each poll logged one before), with the note
+    assert "Call #1 - Bypassing sacct error" in out and "Call #2 - Bypassing" not in out
+    assert "SLURM accounting is probably off" in out
+
+
+def test_job_requeued_mid_run_resumes_to_the_uninterrupted_loss(tmp_path, uninterrupted):
+    sweep = tmp_path / "s"
+    proc = subprocess.Popen(sweep_cmd(sweep, *LONG), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    wait_for(lambda: (sweep / "0" / "last.pt").is_file(), what="the first saved state")
+    (job_id,) = jobs()
+    sh("scontrol", "requeue", job_id)  # what a pre-emption does: SIGTERM now, the job queued again
+    start_when_requeued(job_id)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    done = summary(sweep / "0")
+    assert done["status"] == "finished" and len(done["resumed_at"]) == 1, done
+    assert done["val_loss"] == uninterrupted
+
+
+def test_job_at_its_time_limit_saves_is_requeued_and_resumes_to_the_uninterrupted_loss(tmp_path, uninterrupted):
+    """SLURM's minimum time limit, 1 minute: SLURM sends USR2 about signal_delay_s before it (up to
+    ~30 s early, by its checking interval); nplm saves, submitit requeues (max_num_timeout)."""
+    sweep = tmp_path / "s"
+    proc = subprocess.Popen(sweep_cmd(sweep, *LONG, "hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=10",
+                                      "hydra.launcher.max_num_timeout=3"),
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wait_for(lambda: jobs(), what="the job")
+    (job_id,) = jobs()
+    while proc.poll() is None:  # requeued at each time limit (on a busy machine, more than once)
+        if jobs().get(job_id) == "PENDING":
+            sh("scontrol", "update", f"JobId={job_id}", "StartTime=now")
+        time.sleep(1)
+    out = proc.stdout.read()
+    assert proc.returncode == 0, out
+    done = summary(sweep / "0")
+    assert done["status"] == "finished" and done["resumed_at"], done
+    log = (sweep / "0" / "train.log").read_text()
+    assert "Caught signal SIGUSR2" in log and "resuming at step" in log
+    assert done["val_loss"] == uninterrupted
+
+
+def test_cancelled_sweep_resumes_with_its_own_command(tmp_path):
+    sweep = tmp_path / "s"
+    args = sweep_cmd(sweep, *TINY, "train.steps=200,20000", "train.eval_interval=1000", "train.log_interval=1000",
+                     "train.num_samples=0")
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wait_for(lambda: (sweep / "1" / "last.pt").is_file() and (sweep / "0" / "summary.json").is_file(),
+             what="job 0 to finish and job 1 to save")
+    sh("scancel", "--partition", "debug")  # the whole sweep: SIGTERM to the running job
+    wait_for(lambda: not jobs(), what="the jobs to end")
+    assert summary(sweep / "1")["status"] == "interrupted"
+    finished = (sweep / "0" / "summary.json").read_text()
+    # without accounting submitit cannot tell that a job ended without a result: the launching
+    # command waits; its user stops it (Ctrl-C)
+    proc.terminate()
+    proc.communicate(timeout=60)
+    run_cmd(args[1:])
+    assert (sweep / "0" / "summary.json").read_text() == finished  # skipped: not run again
+    assert "resuming at step" in (sweep / "1" / "train.log").read_text()
+    board = pd.read_csv(sweep / "leaderboard.csv")
+    assert list(board["status"]) == ["finished", "finished"]
