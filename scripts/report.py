@@ -25,6 +25,9 @@ def main(argv: list[str]) -> None:
                         "outputs/reports/<time> when comparing several)")
     args = parser.parse_args(argv)
     for d in args.sweeps:
+        if not d.exists():
+            fail(f"{str(d)!r} does not exist; give a sweep folder such as outputs/sweeps/<name>/<date_time> "
+                 "or a run folder such as outputs/runs/<date_time>")
         if not d.is_dir():
             fail(f"{str(d)!r} is not a folder; give a sweep folder such as outputs/sweeps/<name>/<date_time> "
                  "or a run folder such as outputs/runs/<date_time>")

@@ -94,7 +94,7 @@ def test_job_at_its_time_limit_saves_is_requeued_and_resumes_to_the_uninterrupte
     ~30 s early, by its checking interval); nplm saves, submitit requeues (max_num_timeout)."""
     sweep = tmp_path / "s"
     proc = subprocess.Popen(sweep_cmd(sweep, *LONG, "hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=10",
-                                      "hydra.launcher.max_num_timeout=3"),
+                                      "hydra.launcher.max_num_timeout=10"),
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     wait_for(lambda: jobs(), what="the job")
     (job_id,) = jobs()

@@ -10,6 +10,7 @@ sweep stays light.
 """
 from __future__ import annotations
 
+import base64
 import html
 import json
 import math
@@ -83,7 +84,7 @@ def dashboard_html(df: pd.DataFrame, board: pd.DataFrame, swept: list[str], fold
         if swept and not done.empty:
             sections.append(("values", "Val loss against each swept value",
                              _div(_against(done, board, swept, labels, refs), "values")))
-        if swept and len(done) >= 3:
+        if [c for c in swept if c != "seed"] and len(done) >= 3:
             sections.append(("importance", "Which hyperparameters matter",
                              _div(_importance(done, swept), "importance") + _importance_note(swept)))
         if len(swept) == 2 and len(done) > 1:
@@ -101,7 +102,7 @@ def dashboard_html(df: pd.DataFrame, board: pd.DataFrame, swept: list[str], fold
     nav = " ".join(f'<a href="#{a}">{html.escape(t)}</a>' for a, t, _ in sections)
     body = "\n".join(f'<h2 id="{a}">{html.escape(t)}</h2>\n{h}' for a, t, h in sections)
     refresh = f'<meta http-equiv="refresh" content="{REFRESH_S}">' if state.get("live") else ""
-    title = (f"nplm sweep {folders[0].name}" if len(folders) == 1 and state
+    title = (f"nplm sweep {folders[0].parent.name}/{folders[0].name}" if len(folders) == 1 and state
              else f"nplm: {len(df)} runs compared")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">{refresh}<title>{html.escape(title)}</title>
@@ -109,8 +110,8 @@ def dashboard_html(df: pd.DataFrame, board: pd.DataFrame, swept: list[str], fold
 <script>{get_plotlyjs()}</script></head><body>
 <h1>{html.escape(title)}</h1>
 <p class="meta">{html.escape(', '.join(str(d) for d in folders))}<br>
-{len(df)} jobs{': ' + html.escape(_count_text(df)) if not df.empty else ''}.
-Swept: {html.escape(', '.join(swept) or 'nothing')}.</p>
+{_jobs(len(df))}{': ' + html.escape(_count_text(df)) if not df.empty else ''}.
+Swept: {html.escape(', '.join(swept or state.get('swept') or []) or 'nothing')}.</p>
 {_status(state, df)}
 <p>{_headline(df, done, swept, baseline, words)}</p>
 <nav>{nav}</nav>
@@ -132,6 +133,10 @@ def _note(text: str) -> str:
     return f'<p class="note">{html.escape(text)}</p>'
 
 
+def _jobs(n: int) -> str:
+    return f"{n} job" if n == 1 else f"{n} jobs"
+
+
 def _count_text(df: pd.DataFrame) -> str:
     return ", ".join(f"{n} {s}" for s, n in df["status"].value_counts().items())
 
@@ -147,13 +152,14 @@ def _status(state: dict, df: pd.DataFrame) -> str:
     now = time.strftime("%H:%M:%S")
     if state.get("live"):
         left = state.get("time_left_s")
-        eta = "time left: known once a job ends" if left is None else f"about {_duration(left)} left"
+        eta = ("time left: known once a job ends" if left is None else f"about {_duration(left)} left" if left
+               else "every job has ended; the report is being written")
         return (f'<p class="status"><b>running</b>: {", ".join(parts)}; {eta}. Updated {now}; this page '
                 f"reloads itself every {REFRESH_S} s until the sweep ends.</p>")
     never = state.get("waiting", 0)
     ended = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(state["ended"])) if state.get("ended") else None
     text = f"<b>ended</b> {ended}" if ended else "<b>not running</b>"
-    text += f": {len(df)} jobs ({html.escape(_count_text(df)) if not df.empty else 'none'})"
+    text += f": {_jobs(len(df))} ({html.escape(_count_text(df)) if not df.empty else 'none'})"
     if never:
         text += f"; {never} never started: run the sweep's command again to run them"
     return f'<p class="status ended">{text}.</p>'
@@ -312,10 +318,9 @@ def _curves(df: pd.DataFrame, board: pd.DataFrame, labels: dict, refs) -> dict |
     if not fig["data"]:
         return None
     _add_references(fig, refs, 2, log=True)
-    _axis(fig, "y", 1, type="log", title=dict(text="loss (log scale)"))
-    _axis(fig, "y", 2, type="log")
     for n in (1, 2):
-        _axis(fig, "x", n, title=dict(text="step"))
+        _axis(fig, "y", n, type="log", title=dict(text="loss (log scale)"))
+        _axis(fig, "x", n, title=dict(text="step"), rangemode="tozero")
     return fig
 
 
@@ -444,7 +449,8 @@ def _heatmap(done: pd.DataFrame, a: str, b: str) -> dict:
                 hovertemplate=f"{a}=%{{y}}<br>{b}=%{{x}}<br>mean val loss %{{z:.4f}}<extra></extra>")
     return {"data": [heat], "layout": dict(height=120 + 50 * len(table.index), margin=dict(t=20, b=50, l=80, r=20),
                                            xaxis=dict(type="category", title=dict(text=b)),
-                                           yaxis=dict(type="category", title=dict(text=a)))}
+                                           yaxis=dict(type="category", title=dict(text=a),
+                                                      autorange="reversed"))}  # rows as in heatmap.png
 
 
 def _seed_spread(done: pd.DataFrame, swept: list[str]) -> str:
@@ -471,6 +477,10 @@ def _best_run(done: pd.DataFrame, out_dir: Path) -> str:
     lines.append("<p>Re-run it from its saved config and check the numbers come back bit for bit:</p>"
                  f"<pre>python scripts/reproduce.py {html.escape(str(job))}</pre>")
     lines.append(f"<details open><summary>its config (config.yaml)</summary><pre>{html.escape(config)}</pre></details>")
+    if (job / "embedding.png").is_file():  # inlined: the page stays one file
+        data = base64.b64encode((job / "embedding.png").read_bytes()).decode()
+        lines.append(f'<figure><img alt="the best run\'s embedding" style="max-width:480px" src="data:image/png;base64,'
+                     f'{data}"><figcaption>its learned embeddings (embedding.png)</figcaption></figure>')
     return "\n".join(lines)
 
 

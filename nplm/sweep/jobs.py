@@ -68,7 +68,7 @@ def load_jobs(folders: list[Path]) -> pd.DataFrame:
     to dotted columns (model.n_embd, optim.lr, ...). `folders` are sweeps or single runs."""
     rows = []
     for folder in folders:
-        runs = [(folder.parent.name, folder)] if is_run(folder) else [(folder.name, j) for j in job_dirs(folder)]
+        runs = [(_label(folder.parent), folder)] if is_run(folder) else [(_label(folder), j) for j in job_dirs(folder)]
         live = is_live(sweep_state(folder))
         for sweep, job in runs:
             summary = read_summary(job, live)
@@ -104,6 +104,12 @@ def flatten(config: dict, prefix: str = "") -> dict:
         else:
             flat[f"{prefix}{key}"] = value
     return flat
+
+
+def _label(folder: Path) -> str:
+    """A sweep's name in a comparison: its folder's, with its parent's where the folder is a date
+    (a named sweep's outputs/sweeps/<name>/<date_time>)."""
+    return f"{folder.parent.name}/{folder.name}" if folder.name[:1].isdigit() and folder.parent.name else folder.name
 
 
 def _config_from_hydra(job: Path) -> dict:
@@ -203,7 +209,8 @@ def progress(folders: list[Path], df: pd.DataFrame) -> dict:
     planned = state.get("jobs")
     waiting = max(0, planned - len(df)) if isinstance(planned, int) else 0
     out = {"live": is_live(state), "counts": counts, "waiting": waiting, "planned": planned,
-           "started": state.get("started"), "ended": state.get("ended"), "command": state.get("command")}
+           "started": state.get("started"), "ended": state.get("ended"), "command": state.get("command"),
+           "swept": state.get("swept")}
     if out["live"] and state.get("started"):
         running = counts.get("running", 0)
         ended_since = sum(1 for p in (df["path"] if not df.empty else [])

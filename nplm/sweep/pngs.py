@@ -107,15 +107,15 @@ def _plot_heatmap(done: pd.DataFrame, a: str, b: str, out_dir: Path) -> Path:
     """The mean val loss over the values of two swept keys, each cell labelled."""
     table = done.pivot_table(index=a, columns=b, values="val_loss", aggfunc="mean")
     fig, ax = figure((1.2 * len(table.columns) + 3, 0.6 * len(table.index) + 2.2))
-    im = ax.imshow(table.values, cmap="viridis_r", aspect="auto")
+    im = ax.imshow(table.values, cmap="viridis", aspect="auto")  # dark: low loss, as on the dashboard
     ax.set_xticks(range(len(table.columns)), [str(c) for c in table.columns])
     ax.set_yticks(range(len(table.index)), [str(i) for i in table.index])
     ax.set_xlabel(b)
     ax.set_ylabel(a)
     lo, hi = im.get_clim()
     for (i, j), v in pd.DataFrame(table.values).stack().items():
-        light = (v - lo) < 0.5 * (hi - lo)  # viridis_r is light (yellow) at low loss
-        ax.text(j, i, f"{v:.3f}", ha="center", va="center", color="black" if light else "white", fontsize=9)
+        light = (v - lo) > 0.5 * (hi - lo)  # viridis is light (yellow) at high loss
+        ax.text(j, i, f"{v:.4f}", ha="center", va="center", color="black" if light else "white", fontsize=9)
     fig.colorbar(im, ax=ax, label="val loss")
     ax.set_title("mean val loss")
     return _save(fig, out_dir / "heatmap.png")
@@ -137,9 +137,9 @@ def _plot_best_curves(best: pd.DataFrame, swept: list[str], words: bool, baselin
             ax.plot(*zip(*curves["val/loss"]), color=color, lw=1.8, marker="o" if len(curves["val/loss"]) < 3 else None,
                     label=f"{label} ({row['val_loss']:.4f})")
     if not words:
-        ax.axhline(LECTURE_LOSS, color="grey", ls="--", lw=0.8)
+        ax.axhline(LECTURE_LOSS, color="grey", ls="--", lw=0.8, label=f"lecture {LECTURE_LOSS}")
     if baseline:
-        ax.axhline(baseline[1], color="tab:red", ls=":", lw=1)
+        ax.axhline(baseline[1], color="tab:red", ls=":", lw=1, label=f"{baseline[0]} {baseline[1]:.4f}")
     ax.set_yscale("log")
     ax.yaxis.set_major_formatter(FormatStrFormatter("%.2f"))
     ax.yaxis.set_minor_formatter(FormatStrFormatter("%.2f"))
