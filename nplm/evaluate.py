@@ -40,6 +40,14 @@ def split_loss(model: torch.nn.Module, X: torch.Tensor, Y: torch.Tensor, chunk: 
     return (total / len(X)).item()
 
 
+def loss_without_boundary(model: torch.nn.Module, X: torch.Tensor, Y: torch.Tensor, chunk: int = 4096
+                          ) -> tuple[float, float]:
+    """Word level: the mean loss over the targets that are words, leaving out the boundary predictions
+    (target `</s>`, index 0: the end of each line), and the share of targets those are."""
+    words = Y != 0
+    return split_loss(model, X[words], Y[words], chunk), 1 - words.float().mean().item()
+
+
 def chunk_rows(chunk: int, vocab_size: int) -> int:
     """Rows per evaluation chunk: train.eval_chunk, fewer where the vocabulary is large."""
     return min(chunk, max(1, LOGITS_PER_CHUNK // vocab_size))

@@ -21,7 +21,7 @@ from nplm import fast, plots, threads
 from nplm.checkpoint import CKPT_NAME, STATE_NAME, TrainState, save_checkpoint
 from nplm.config import Config
 from nplm.data import SPLITS, Dataset
-from nplm.evaluate import FAR, divergence_limit, perplexity, split_loss
+from nplm.evaluate import FAR, divergence_limit, loss_without_boundary, perplexity, split_loss
 from nplm.loop import Diverged, Fit, Setup, fit
 from nplm.mixture import fit_mixture
 from nplm.model import make_model
@@ -191,6 +191,11 @@ def _record(cfg: Config, data: Dataset, X: dict, Y: dict, tracker: Tracker, t_st
     if fitted.path.get("path") == "vectorized":  # its share of its group's training came before its job
         wall += fitted.train_time
     summary = _summary(cfg, data, done, train_loss, val_loss, wall, eval_time, X["train"].device)
+    if cfg.data.level == "word":  # papers differ on whether the end of a line counts: both figures
+        loss, share = loss_without_boundary(model, X["val"], Y["val"], cfg.train.eval_chunk)
+        summary.update(val_loss_without_boundary=loss, val_ppl_without_boundary=perplexity(loss), boundary_share=share,
+                       ppl_note="val_ppl counts the prediction of each line's </s>; "
+                                "val_ppl_without_boundary leaves those out")
     tracker.write_summary(summary)
     _say_done(cfg, summary, out_dir, samples)
     return val_loss
@@ -260,6 +265,9 @@ def _say_done(cfg: Config, summary: dict, out_dir: Path, samples: list[tuple[str
                  s["train_loss"], s["val_loss"], s["best_val_loss"], s["best_val_step"], s["train_ppl"],
                  s["val_ppl"], f"{s['num_params']:,}", s["wall_time_s"], s["train_time_s"], s["steps_per_s"] or 0,
                  f"{s['train_tokens_per_s'] or 0:,.0f}", tokens, f"{s['eval_tokens_per_s']:,.0f}", tokens)
+    if "val_ppl_without_boundary" in s:
+        log.info("val perplexity %.2f counting each line's </s> (%.1f%% of the predictions), %.2f without them",
+                 s["val_ppl"], 100 * s["boundary_share"], s["val_ppl_without_boundary"])
     log.info("saved to %s", out_dir)
     sep = ", " if cfg.data.level == "char" else " | "  # sentences hold commas
     log.info("samples: %s", sep.join(f"{w} ({lab})" if lab != "new" else w for w, lab in samples))

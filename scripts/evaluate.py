@@ -15,7 +15,7 @@ if __name__ == "__main__" and len(sys.argv) > 1:  # the run's own code paths, se
 
 from nplm.cli import fail, load_run, parse_args  # noqa: E402
 from nplm.data import SPLITS  # noqa: E402
-from nplm.evaluate import perplexity, split_loss  # noqa: E402
+from nplm.evaluate import loss_without_boundary, perplexity, split_loss  # noqa: E402
 
 USAGE = "python scripts/evaluate.py <run dir> [split=val|train|test] [chunk=4096]"
 
@@ -24,7 +24,7 @@ def main(argv: list[str]) -> None:
     run_dir, opts = parse_args(argv, USAGE, {"split": "val", "chunk": 4096})
     if opts["split"] not in SPLITS:
         fail(f"split={opts['split']!r} is not known; use one of: {', '.join(SPLITS)}")
-    model, _, state, data = load_run(run_dir)
+    model, cfg, state, data = load_run(run_dir)
     split = opts["split"]
     loss = split_loss(model, data.X[split], data.Y[split], opts["chunk"])
     step = state.get("weights_step", state["step"])  # keep_best: the best evaluation's step, before the last
@@ -33,6 +33,11 @@ def main(argv: list[str]) -> None:
     when = f"step {step:,}" + (f" of {state['step']:,}, train.keep_best" if step != state["step"] else "")
     print(f"{split} loss {loss:.4f}, perplexity {perplexity(loss):.2f} ({len(data.X[split]):,} examples, "
           f"the weights of {when})")
+    if cfg.data.level == "word":  # papers differ on whether the ends of lines count: both figures
+        words, share = loss_without_boundary(model, data.X[split], data.Y[split], opts["chunk"])
+        result.update(loss_without_boundary=words, perplexity_without_boundary=perplexity(words), boundary_share=share)
+        print(f"{split} perplexity {perplexity(loss):.2f} counts each line's </s> ({share:.1%} of the predictions); "
+              f"without them {perplexity(words):.2f}")
     if Path(run_dir).is_dir():
         (Path(run_dir) / f"eval_{split}.json").write_text(json.dumps(result, indent=2) + "\n")
 

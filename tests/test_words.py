@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from conftest import ROOT, run_cmd, train
-from nplm.data import EOS, UNK, DataError, WordVocab, load_dataset, tokenize
+from nplm.config import DataConfig
+from nplm.data import EOS, UNK, DataError, WordVocab, load_data, load_dataset, tokenize
 from nplm.ngram import NGram
 
 
@@ -77,6 +78,16 @@ def test_kneser_ney_at_word_level(tmp_path):
     train(run_dir, "data=shakespeare", "model=ngram", "model.order=3", "wandb.mode=disabled")
     s = json.loads((run_dir / "summary.json").read_text())
     assert s["level"] == "word" and s["status"] == "finished" and 50 < s["val_ppl"] < 400
+    # perplexity with and without the boundary predictions (each line's </s>), both recorded
+    d = load_data(DataConfig(**s["config"]["data"]), 2)
+    lp = NGram(3, d.vocab.size, 2).fit(d.X["train"], d.Y["train"]).log_prob(d.X["val"], d.Y["val"])
+    words = d.Y["val"] != 0
+    assert s["val_loss"] == pytest.approx(-lp.mean().item(), rel=1e-9)
+    assert s["val_loss_without_boundary"] == pytest.approx(-lp[words].mean().item(), rel=1e-9)
+    assert s["boundary_share"] == pytest.approx(1 - words.float().mean().item()) and 0 < s["boundary_share"] < 0.2
+    assert s["val_ppl_without_boundary"] != s["val_ppl"] and "</s>" in s["ppl_note"]
+    out = run_cmd([ROOT / "scripts/evaluate.py", run_dir, "split=val"]).stdout
+    assert f"without them {s['val_ppl_without_boundary']:.2f}" in out
     V, g = 100_000, torch.Generator().manual_seed(0)
     stream = torch.randint(0, 50, (3000,), generator=g) * 1999 % V  # 50 word types spread over V
     windows = stream.unfold(0, 6, 1)
