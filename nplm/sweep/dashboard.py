@@ -103,7 +103,7 @@ def dashboard_html(df: pd.DataFrame, board: pd.DataFrame, swept: list[str], fold
     body = "\n".join(f'<h2 id="{a}">{html.escape(t)}</h2>\n{h}' for a, t, h in sections)
     refresh = f'<meta http-equiv="refresh" content="{REFRESH_S}">' if state.get("live") else ""
     title = (f"nplm sweep {folders[0].parent.name}/{folders[0].name}" if len(folders) == 1 and state
-             else f"nplm: {len(df)} runs compared")
+             else f"nplm: {len(df)} runs compared" if len(df) != 1 else f"nplm run {folders[0].name}")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">{refresh}<title>{html.escape(title)}</title>
 <style>{STYLE}</style>
