@@ -63,8 +63,14 @@ def job(cfg: DictConfig) -> float:
             loss = run(config, out_dir, group=hc.sweep.dir, name=name, resume=state,
                        grouped=vector.take(out_dir, config))
             return loss if math.isfinite(loss) else math.inf
+    except Interrupted as e:  # a sweep job's train.log says so too (on a cluster, nothing else would)
+        if multirun:
+            log.error("%s; %s", str(e) or "interrupted", "its state is saved" if (out_dir / STATE_NAME).is_file()
+                      else "nothing to resume: it stopped before training began")
+        raise
     except USER_ERRORS as e:
         if multirun:  # the report lists it (the sweep folder goes if every job is refused)
+            log.error("error: %s", e)  # in the job's train.log
             folders.record_refusal(out_dir, e, overrides)
             raise  # Hydra records the failed job and goes on with the others
         if folders.is_new_folder(out_dir):  # a refused command leaves nothing behind
@@ -90,6 +96,9 @@ def main(hydra_main: Callable[[], None]) -> None:
         signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
         if folders.sweep_started():
             hint = f"to go on, run the same command with hydra.sweep.dir={folders.sweep_folder()}"
+            if (folders.sweep_folder() / ".submitit").is_dir():  # a cluster's jobs do not stop with this command
+                hint = ("its SLURM jobs go on running (squeue): let them end, or scancel them, then " + hint[6:]
+                        + " to resume those interrupted, run the rest and write the report")
         elif _run_dir is not None and (_run_dir / STATE_NAME).is_file():
             hint = f"its state is saved; to go on: python train.py resume={_run_dir}"
         else:
@@ -106,8 +115,12 @@ def main(hydra_main: Callable[[], None]) -> None:
         refusal = folders.remove_if_refused()
         if refusal:  # every job refused the same way: bad input, and the sweep leaves nothing behind
             fail(f"every job of the sweep was refused: {refusal}")
+        first = str(e).splitlines()[0] if str(e) else ""
+        sweep = folders.sweep_folder()
+        if sweep is None or not sweep.is_dir() or not any(p.is_dir() and p.name.isdigit() for p in sweep.iterdir()):
+            fail(f"the sweep failed before any job ran ({type(e).__name__}: {first})", code=1)
         # a multirun: every job ran; the failed ones are recorded in their folders and the report
-        fail(f"a job of the sweep failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+        fail(f"a job of the sweep failed ({type(e).__name__}: {first}); "
              "the leaderboard lists every job with its status and error", code=1)
     finally:
         folders.write_report_if_sweep()

@@ -131,3 +131,13 @@ def test_cancelled_sweep_resumes_with_its_own_command(tmp_path):
     assert "resuming at step" in (sweep / "1" / "train.log").read_text()
     board = pd.read_csv(sweep / "leaderboard.csv")
     assert list(board["status"]) == ["finished", "finished"]
+
+
+def test_a_partition_that_does_not_exist_is_one_line_and_leaves_nothing(tmp_path):
+    sweep = tmp_path / "s"
+    args = sweep_cmd(sweep, *QUICK, "seed=1,2")
+    args[args.index("hydra.launcher.partition=debug")] = "hydra.launcher.partition=nope"
+    proc = run_cmd(args[1:], check=False)
+    assert proc.returncode == 1
+    assert "the sweep failed before any job ran" in proc.stderr and "invalid partition" in proc.stderr
+    assert not sweep.exists()

@@ -110,7 +110,8 @@ def dashboard_html(df: pd.DataFrame, board: pd.DataFrame, swept: list[str], fold
 <script>{get_plotlyjs()}</script></head><body>
 <h1>{html.escape(title)}</h1>
 <p class="meta">{html.escape(', '.join(str(d) for d in folders))}<br>
-{_jobs(len(df))}{': ' + html.escape(_count_text(df)) if not df.empty else ''}.
+{_jobs(max(len(df), state.get('planned') or 0))}{': ' + html.escape(_count_text(df, state.get('waiting', 0)))
+                                                   if not df.empty or state.get('waiting') else ''}.
 Swept: {html.escape(', '.join(swept or state.get('swept') or []) or 'nothing')}.</p>
 {_status(state, df)}
 <p>{_headline(df, done, swept, baseline, words)}</p>
@@ -137,8 +138,9 @@ def _jobs(n: int) -> str:
     return f"{n} job" if n == 1 else f"{n} jobs"
 
 
-def _count_text(df: pd.DataFrame) -> str:
-    return ", ".join(f"{n} {s}" for s, n in df["status"].value_counts().items())
+def _count_text(df: pd.DataFrame, waiting: int = 0) -> str:
+    counts = df["status"].value_counts().items() if not df.empty else []
+    return ", ".join([f"{n} {s}" for s, n in counts] + ([f"{waiting} not started"] if waiting else []))
 
 
 def _status(state: dict, df: pd.DataFrame) -> str:

@@ -50,17 +50,23 @@ def is_live(state: dict) -> bool:
     return "started" in state and "ended" not in state
 
 
-def read_summary(job: Path, live: bool) -> dict:
-    """A job's summary.json; without one, a running job (live sweep) or an unreadable one."""
+def read_summary(job: Path, live: bool, started: float | None = None) -> dict:
+    """A job's summary.json; without one, a running job (live sweep) or an unreadable one. In a live
+    sweep that started at `started`, a job interrupted before then whose log has moved since is
+    running again (resuming)."""
     try:
-        return {OLD_NAMES.get(k, k): v for k, v in json.loads((job / "summary.json").read_text()).items()}
+        summary = {OLD_NAMES.get(k, k): v for k, v in json.loads((job / "summary.json").read_text()).items()}
     except FileNotFoundError:
         if live:
             return {"status": "running", "error": ""}
-        return {"status": "unreadable", "error": "no summary.json: killed before it recorded its result? "
-                "re-run the sweep's command to run it again"}
+        return {"status": "unreadable", "error": "no summary.json: still running elsewhere (a cluster's job), or "
+                "killed before it recorded its result; re-run the sweep's command to run or resume it"}
     except (OSError, ValueError) as e:
         return {"status": "unreadable", "error": f"summary.json cannot be read ({type(e).__name__}: {e})"}
+    if live and started and summary.get("status") == "interrupted" \
+            and _mtime(job / "summary.json") < started < _mtime(job / "train.log"):
+        return {**summary, "status": "running", "error": ""}
+    return summary
 
 
 def load_jobs(folders: list[Path]) -> pd.DataFrame:
@@ -69,9 +75,10 @@ def load_jobs(folders: list[Path]) -> pd.DataFrame:
     rows = []
     for folder in folders:
         runs = [(_label(folder.parent), folder)] if is_run(folder) else [(_label(folder), j) for j in job_dirs(folder)]
-        live = is_live(sweep_state(folder))
+        state = sweep_state(folder)
+        live = is_live(state)
         for sweep, job in runs:
-            summary = read_summary(job, live)
+            summary = read_summary(job, live, state.get("started"))
             if summary.get("mode", "train") != "train":
                 continue  # a tool's run (mode=lr_find, overfit_batch): no val loss to rank
             row = {"sweep": sweep, "job": job.name, "path": str(job), "status": summary.get("status"),
