@@ -79,7 +79,6 @@ class SweepCallback(Callback):
         log.info("sweep folder: %s (if interrupted, resume with: python %s hydra.sweep.dir=%s)",
                  _sweep_dir, resume, _sweep_dir)
 
-
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         if config.hydra.mode == RunMode.MULTIRUN:
             _write_live(Path(config.hydra.sweep.dir))
@@ -121,7 +120,9 @@ def _mark_ended(sweep_dir: Path) -> None:
     except (OSError, ValueError):
         return
     state["ended"] = time.time()
-    path.write_text(json.dumps(state, indent=2) + "\n")
+    tmp = path.with_name(".sweep.json.tmp")  # whole or not at all: jobs read it
+    tmp.write_text(json.dumps(state, indent=2) + "\n")
+    tmp.replace(path)
 
 
 def record_refusal(run_dir: Path, error: Exception, overrides: list[str]) -> None:
