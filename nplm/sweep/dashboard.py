@@ -11,6 +11,7 @@ sweep stays light.
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import json
 import math
@@ -61,9 +62,9 @@ pre { background: #f7f7f7; padding: 0.7em; overflow-x: auto; font-size: 0.85em; 
 
 
 def dashboard_html(df: pd.DataFrame, board: pd.DataFrame, swept: list[str], folders: list[Path], out_dir: Path,
-                   baseline: tuple[str, float] | None = None, state: dict | None = None) -> str:
-    """The whole page. `board` is the leaderboard (nplm/sweep/jobs.py), `state` where the sweep stands."""
-    from plotly.offline import get_plotlyjs
+                   baseline: tuple[str, float] | None = None, state: dict | None = None) -> list[str]:
+    """The whole page, in parts to write one after another (plotly.js alone is 4.8 MB). `board` is the
+    leaderboard (nplm/sweep/jobs.py), `state` where the sweep stands."""
     state = state or {}
     words = not df.empty and word_level(df)
     refs = _references(words, baseline)
@@ -100,14 +101,15 @@ def dashboard_html(df: pd.DataFrame, board: pd.DataFrame, swept: list[str], fold
             sections.append(("pngs", "Static plots", " ".join(
                 f'<a href="{html.escape(p)}">{html.escape(p)}</a>' for p in pngs)))
     nav = " ".join(f'<a href="#{a}">{html.escape(t)}</a>' for a, t, _ in sections)
-    body = "\n".join(f'<h2 id="{a}">{html.escape(t)}</h2>\n{h}' for a, t, h in sections)
+    sections_html = [f'\n<h2 id="{a}">{html.escape(t)}</h2>\n{h}' for a, t, h in sections]
     refresh = f'<meta http-equiv="refresh" content="{REFRESH_S}">' if state.get("live") else ""
     title = (f"nplm sweep {folders[0].parent.name}/{folders[0].name}" if len(folders) == 1 and state
              else f"nplm: {len(df)} runs compared" if len(df) != 1 else f"nplm run {folders[0].name}")
-    return f"""<!doctype html>
+    head = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">{refresh}<title>{html.escape(title)}</title>
 <style>{STYLE}</style>
-<script>{get_plotlyjs()}</script></head><body>
+<script>"""
+    return [head, plotly_js(), f"""</script></head><body>
 <h1>{html.escape(title)}</h1>
 <p class="meta">{html.escape(', '.join(str(d) for d in folders))}<br>
 {_jobs(max(len(df), state.get('planned') or 0))}{': ' + html.escape(_count_text(df, state.get('waiting', 0)))
@@ -116,10 +118,17 @@ Swept: {html.escape(', '.join(swept or state.get('swept') or []) or 'nothing')}.
 {_status(state, df)}
 <p>{_headline(df, done, swept, baseline, words)}</p>
 <nav>{nav}</nav>
-{body}
+""", *sections_html, f"""
 <script>{SORT_JS}</script>
 </body></html>
-"""
+"""]
+
+
+@functools.cache
+def plotly_js() -> str:
+    """plotly.js, read once per process (a live sweep writes its dashboard at every job's start and end)."""
+    from plotly.offline import get_plotlyjs
+    return get_plotlyjs()
 
 
 def _div(fig, div_id: str) -> str:

@@ -235,12 +235,14 @@ def _mtime(path: Path) -> float:
         return -math.inf
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write a whole file or leave the old one: jobs of a sweep may rewrite the report at once."""
+def write_atomic(path: Path, text: str | list[str]) -> None:
+    """Write a whole file or leave the old one: jobs of a sweep may rewrite the report at once. A list
+    is written part by part (a dashboard's parts are megabytes: never joined into one string)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
+    with open(tmp, "w", encoding="utf-8") as f:
+        for part in [text] if isinstance(text, str) else text:
+            f.write(part)
     os.replace(tmp, path)
-
 
 
 
