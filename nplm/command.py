@@ -95,10 +95,11 @@ def main(hydra_main: Callable[[], None]) -> None:
     except (Interrupted, KeyboardInterrupt) as e:  # the run saved its state (if training began) and its record
         signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
         if folders.sweep_started():
-            hint = f"to go on, run the same command with hydra.sweep.dir={folders.sweep_folder()}"
+            again = f"run the same command with hydra.sweep.dir={folders.sweep_folder()}"
+            hint = f"to go on, {again}"
             if (folders.sweep_folder() / ".submitit").is_dir():  # a cluster's jobs do not stop with this command
-                hint = ("its SLURM jobs go on running (squeue): let them end, or scancel them, then " + hint[6:]
-                        + " to resume those interrupted, run the rest and write the report")
+                hint = (f"its SLURM jobs go on running (squeue): let them end, or scancel them; then {again} to "
+                        "resume the interrupted ones, run the rest and write the report")
         elif _run_dir is not None and (_run_dir / STATE_NAME).is_file():
             hint = f"its state is saved; to go on: python train.py resume={_run_dir}"
         else:
