@@ -120,9 +120,8 @@ def _mark_ended(sweep_dir: Path) -> None:
     except (OSError, ValueError):
         return
     state["ended"] = time.time()
-    tmp = path.with_name(".sweep.json.tmp")  # whole or not at all: jobs read it
-    tmp.write_text(json.dumps(state, indent=2) + "\n")
-    tmp.replace(path)
+    from nplm.sweep.jobs import write_atomic  # whole or not at all: jobs read it
+    write_atomic(path, json.dumps(state, indent=2) + "\n")
 
 
 def record_refusal(run_dir: Path, error: Exception, overrides: list[str]) -> None:

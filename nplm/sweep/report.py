@@ -30,8 +30,7 @@ def write_report(folders: list[Path], out_dir: Path, pngs: bool = True) -> Path:
     state = progress(folders, df)
     if df.empty and not state.get("live"):
         raise ValueError(f"no jobs found in {', '.join(map(str, folders))}")
-    order = sweep_state(folders[0]).get("swept") if len(folders) == 1 else None
-    swept = swept_columns(df, order) if not df.empty else []
+    swept = swept_columns(df, state.get("swept")) if not df.empty else []  # the sweep's own order first
     board = leaderboard(df, swept) if not df.empty else pd.DataFrame()
     if not df.empty:
         write_atomic(out_dir / "leaderboard.csv", board.to_csv())
