@@ -29,6 +29,7 @@ from hydra_plugins.nplm_launcher import register as register_launcher  # nplm/sw
 from nplm.checkpoint import STATE_NAME
 from nplm.cli import USER_ERRORS, config_error_line, fail
 from nplm.config import register_schema, to_config
+from nplm.preflight import with_epochs
 from nplm.resume import Interrupted, check_resumable, claim, continue_from, finished_val_loss, resume_dir
 from nplm.sweep import folders, vector
 from nplm.train import run
@@ -48,10 +49,11 @@ def job(cfg: DictConfig) -> float:
     multirun, overrides = hc.mode == RunMode.MULTIRUN, list(hc.overrides.task)
     try:
         with claim(out_dir):
-            config = to_config(cfg)
+            config = with_epochs(to_config(cfg))
             done = None if config.resume else finished_val_loss(out_dir, config)
             if done is not None:
-                log.info("skipping job %s: it finished already in %s (val loss %.4f)", hc.job.num, out_dir, done)
+                log.info("skipping %s: it finished already in %s (val loss %.4f)",
+                         f"job {hc.job.num}" if multirun else "the run", out_dir, done)
                 return done
             config, state = continue_from(out_dir, config, overrides)
             if not multirun:

@@ -83,6 +83,8 @@ class OptimConfig:
     weight_decay: float = 0.0  # decoupled (adamw) or L2 (sgd) weight decay, on the weight matrices unless decay_all
     decay_all: bool = False  # weight decay on every parameter; default: the weight matrices only (not the
     # embeddings, biases or norm gains)
+    decay_features: bool = False  # weight decay on the embedding table C too (Bengio et al.: on the weights and
+    # the features, not the biases)
     momentum: float = 0.0  # sgd only
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adamw only
     schedule: str = MISSING  # constant | step | cosine (linear warmup, then cosine to min_lr) | onecycle | inverse
@@ -97,9 +99,12 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    steps: int = MISSING  # optimiser steps to train
+    steps: int = MISSING  # optimiser steps to train (set from train.epochs when that is given)
     batch_size: int = MISSING  # examples (contexts) per minibatch
-    eval_interval: int = MISSING  # steps between full val-split evaluations (and at the last step)
+    eval_interval: int = MISSING  # steps between full val-split evaluations (and at the last step); with
+    # train.epochs, 0 = once an epoch
+    epochs: float = 0.0  # training length in passes over the training split, instead of train.steps: the
+    # steps are ceil(epochs x training examples / batch_size), worked out when the data is read; 0 = use steps
     log_interval: int = MISSING  # steps between metrics rows / progress lines
     eval_chunk: int = 4096  # rows per chunk when evaluating a whole split (bounds memory); fewer with a large
     # vocabulary, so a chunk's logits stay cache-sized (nplm/evaluate.py)
@@ -249,9 +254,11 @@ def _validate_model(m: ModelConfig, o: OptimConfig) -> None:
 
 def _validate_training(m: ModelConfig, t: TrainConfig, o: OptimConfig) -> None:
     for key, value in (("model.block_size", m.block_size), ("train.batch_size", t.batch_size),
-                       ("train.eval_interval", t.eval_interval), ("train.log_interval", t.log_interval),
-                       ("train.eval_chunk", t.eval_chunk)):
+                       ("train.log_interval", t.log_interval), ("train.eval_chunk", t.eval_chunk)):
         _check(value >= 1, f"{key}={value} must be at least 1")
+    _check(t.epochs >= 0, f"train.epochs={t.epochs} must be 0 (train.steps sets the length) or more")
+    _check(t.eval_interval >= 1 or (t.eval_interval == 0 and t.epochs > 0),
+           f"train.eval_interval={t.eval_interval} must be at least 1 (steps), or 0 (once an epoch) with train.epochs")
     _check(t.steps >= 0, f"train.steps={t.steps} must be 0 or more")
     _check(t.threads >= 0, f"train.threads={t.threads} must be 0 (torch's default) or more")
     _check(0 <= t.ema < 1, f"train.ema={t.ema} must be in [0, 1): the decay of the weights' moving average, "

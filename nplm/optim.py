@@ -14,11 +14,12 @@ from nplm.config import OptimConfig
 
 def make_optimizer(model: torch.nn.Module, o: OptimConfig) -> Optimizer:
     """Weight decay applies to the weight matrices only, not to the embedding table, the biases or the
-    norms' gains, unless optim.decay_all. Sparse parameters (the hashed n-gram table of
+    norms' gains; optim.decay_features adds the embedding table (Bengio et al.'s "weights and
+    features"), optim.decay_all every parameter. Sparse parameters (the hashed n-gram table of
     model.maxent_order) are a third group: never decayed, their lr x optim.maxent_lr_scale."""
     sparse_params = getattr(model, "sparse_params", list)()
     sparse = {id(p) for p in sparse_params}
-    decays = lambda name, p: o.decay_all or (p.dim() >= 2 and name != "C")  # noqa: E731  W's, direct
+    decays = lambda name, p: o.decay_all or (p.dim() >= 2 and (name != "C" or o.decay_features))  # noqa: E731
     dense = [(name, p) for name, p in model.named_parameters() if id(p) not in sparse]
     decay = [p for name, p in dense if decays(name, p)]
     no_decay = [p for name, p in dense if not decays(name, p)]  # C, b's, norms

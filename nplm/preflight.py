@@ -10,6 +10,7 @@ is reproducible across CPUs (nplm/repro.py).
 from __future__ import annotations
 
 import logging
+import math
 
 import torch
 
@@ -36,6 +37,21 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def with_epochs(cfg: Config) -> Config:
+    """`cfg` with train.steps worked out from train.epochs (and train.eval_interval=0 made one epoch's
+    steps), from the size of the training split; unchanged without train.epochs, for a count model
+    or a tool. Applied when a config is composed or resumed, before it is compared with a saved one,
+    so a run's saved config holds the steps it trains and a re-run of the same command matches it."""
+    t = cfg.train
+    if not t.epochs or cfg.model.type == "ngram" or cfg.mode != "train":
+        return cfg
+    examples = len(load_data(cfg.data, cfg.model.block_size).Y["train"])  # kept for preflight: read once
+    t.steps = math.ceil(t.epochs * examples / t.batch_size)
+    if t.eval_interval == 0:
+        t.eval_interval = math.ceil(examples / t.batch_size)
+    return cfg
+
+
 def preflight(cfg: Config) -> tuple[torch.device, Dataset]:
     """The checks a run must pass before it writes anything (raise ConfigError or DataError);
     warnings for settings that cannot help; the thread count. Returns the device and the dataset."""
@@ -51,6 +67,9 @@ def preflight(cfg: Config) -> tuple[torch.device, Dataset]:
         if m.maxent_order:
             MaxEnt.check(m.maxent_order, m.maxent_buckets, V)
         _warn_long_context(cfg, data)
+        if t.epochs and cfg.mode == "train":
+            log.info("train.epochs=%g: %d steps of %d over %d training examples, evaluated every %d steps",
+                     t.epochs, t.steps, t.batch_size, len(data.Y["train"]), t.eval_interval)
     for warning in setting_warnings(cfg):
         log.warning(warning)
     torch.set_num_threads(threads.choose(cfg, V)[0])

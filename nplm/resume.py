@@ -6,7 +6,7 @@
   and ends the run with status `interrupted`; a second Ctrl-C stops at once. In a SLURM job run by
   submitit, its time-limit signal (USR2) does the same, then submitit requeues the job.
 - `python train.py resume=<run folder>` continues that run in its own folder with its own saved
-  config. Only RESUMABLE settings may be given with it (train.steps, to train longer, and settings
+  config. Only RESUMABLE settings may be given with it (train.steps or train.epochs, to train longer, and settings
   that change no loss); anything else is refused. Without train.steps, the resumed run ends with
   exactly the losses of an uninterrupted one.
 - One process at a time trains in a folder (`claim`): two runs started in the same second, or a
@@ -30,10 +30,11 @@ from pathlib import Path
 
 from nplm.checkpoint import STATE_NAME, TrainState
 from nplm.config import Config, ConfigError, from_dict, upgrade, validate
+from nplm.preflight import with_epochs
 
 # Settings a resumed run may change: how long it trains (the schedule follows the new length), how it
 # reports, how many threads it uses.
-RESUMABLE = ("train.steps", "train.threads", "train.log_interval", "train.num_samples", "train.fast", "wandb.mode")
+RESUMABLE = ("train.steps", "train.epochs", "train.threads", "train.log_interval", "train.num_samples", "train.fast", "wandb.mode")
 
 
 class Interrupted(BaseException):
@@ -120,7 +121,7 @@ def continue_from(run_dir: Path, cfg: Config, overrides: list[str]) -> tuple[Con
     The saved state of a different config is never written over."""
     if cfg.resume:
         state = TrainState.load(run_dir)
-        cfg = validate(resume_config(from_dict(state.config), cfg, overrides))
+        cfg = with_epochs(validate(resume_config(from_dict(state.config), cfg, overrides)))
     elif (run_dir / STATE_NAME).is_file():
         state = TrainState.load(run_dir)
         if state.config != dataclasses.asdict(cfg):

@@ -215,6 +215,7 @@ def _summary(cfg: Config, data: Dataset, done: Trained, train_loss: float, val_l
         "best_val_ppl": perplexity(fitted.best_val),
         "level": cfg.data.level,
         "steps": steps, "batch_size": t.batch_size if network else None,
+        "epochs": steps * t.batch_size / len(data.Y["train"]) if network else None,  # passes over the train split
         "wall_time_s": wall, "train_time_s": train_time,
         "steps_per_s": steps / train_time if steps and train_time else None,
         # throughput in tokens (characters or words): trained on per second, evaluated per second
@@ -261,9 +262,10 @@ def _say_done(cfg: Config, summary: dict, out_dir: Path, samples: list[tuple[str
                  s["train_loss"], s["val_loss"], f"{s['num_params']:,}", s["wall_time_s"], s["train_time_s"])
     else:
         log.info("done: train loss %.4f | val loss %.4f (best %.4f at step %d) | perplexity train %.2f, val %.2f | "
-                 "%s parameters | %.1f s wall (%.1f s training, %.0f steps/s, %s %s/s; evaluation %s %s/s)",
+                 "%s parameters | %.1f s wall (%.1f s training, %.1f epochs, %.0f steps/s, %s %s/s; evaluation %s %s/s)",
                  s["train_loss"], s["val_loss"], s["best_val_loss"], s["best_val_step"], s["train_ppl"],
-                 s["val_ppl"], f"{s['num_params']:,}", s["wall_time_s"], s["train_time_s"], s["steps_per_s"] or 0,
+                 s["val_ppl"], f"{s['num_params']:,}", s["wall_time_s"], s["train_time_s"], s["epochs"],
+                 s["steps_per_s"] or 0,
                  f"{s['train_tokens_per_s'] or 0:,.0f}", tokens, f"{s['eval_tokens_per_s']:,.0f}", tokens)
     if "val_ppl_without_boundary" in s:
         log.info("val perplexity %.2f counting each line's </s> (%.1f%% of the predictions), %.2f without them",

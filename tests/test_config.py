@@ -25,6 +25,14 @@ def test_default_config_composes():
 # What each shipped experiment sets, written out here (not read from its file): an experiment that
 # loses a setting, in its YAML or in composition, fails below.
 EXPERIMENT_SETTINGS = {
+    "bengio2003": {
+        "model.type": "nplm", "model.n_embd": 30, "model.block_size": 4, "model.n_hidden": 100, "model.n_layer": 1,
+        "model.norm": "none", "model.dropout": 0.0, "model.direct": False, "model.init": "scaled",
+        "model.maxent_order": 0, "model.mix_order": 3,
+        "optim.name": "sgd", "optim.lr": 1.0, "optim.momentum": 0.0, "optim.weight_decay": 0.0001,
+        "optim.decay_features": True, "optim.schedule": "inverse", "optim.decay_rate": 0.00001,
+        "train.epochs": 20, "train.batch_size": 128, "train.eval_interval": 0, "train.log_interval": 500,
+        "train.patience": 2, "train.ema": 0.0},
     "best": {
         "model.n_embd": 32, "model.block_size": 8, "model.n_hidden": 384, "model.n_layer": 3,
         "model.norm": "layernorm", "model.dropout": 0.25, "model.init": "scaled", "model.maxent_order": 6,
@@ -85,6 +93,8 @@ def test_experiments_compose_with_every_setting_of_their_file(name):
     if o.schedule == "step":
         assert [lr_at(s, o, steps) for s in (0, o.decay_steps[0] - 1, o.decay_steps[0], steps - 1)] == \
             [o.lr, o.lr, 0.01, 0.01]
+    elif o.schedule == "inverse":  # Bengio et al.'s lr / (1 + r t)
+        assert [lr_at(t, o, steps) for t in (0, 100_000)] == pytest.approx([o.lr, o.lr / (1 + o.decay_rate * 1e5)])
     else:
         assert lr_at(0, o, steps) < lr_at(o.warmup_steps, o, steps) == pytest.approx(o.lr)
         assert lr_at(steps - 1, o, steps) == pytest.approx(o.min_lr)

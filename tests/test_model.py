@@ -110,6 +110,11 @@ def test_weight_decay_only_on_weight_matrices_unless_asked():
                                             decay_all=True))
     decayed = {id(p) for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
     assert decayed == {id(p) for p in model.parameters()}  # asked for: everything, C and norms included
+    opt = make_optimizer(model, OptimConfig(name="sgd", lr=0.01, schedule="constant", weight_decay=1e-4,
+                                            decay_features=True))
+    decayed = {id(p) for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    names = {n for n, p in model.named_parameters() if id(p) in decayed}
+    assert names == {"C", "hidden.0.weight", "hidden.1.weight", "out.weight", "direct"}  # the paper's: no biases
 
 
 def test_no_hidden_layer_is_the_papers_linear_model():

@@ -6,8 +6,10 @@ import math
 import pytest
 import torch
 
-from conftest import ROOT, run_cmd, train
+from conftest import ROOT, TINY, compose_cfg, run_cmd, train
 from nplm.checkpoint import load_model
+from nplm.config import to_config
+from nplm.data import load_data
 
 SUMMARY_KEYS = {"status", "train_loss", "val_loss", "best_val_loss", "best_val_step", "steps", "wall_time_s",
                 "steps_per_s", "num_params", "vocab_size", "seed", "device", "torch", "python", "git_commit",
@@ -248,3 +250,23 @@ def test_mostly_zero_tables_are_saved_as_their_rows(tmp_path):
     assert torch.equal(back["model"]["maxent.weight"], table) and not back["model"]["maxent.weight"].is_sparse
     assert torch.equal(back["ema"]["module.maxent.weight"], table) and torch.equal(back["dense"][0], dense)
     assert back["step"] == 3
+
+
+def test_epochs_set_the_steps_from_the_training_split_and_a_rerun_matches_them(tmp_path):
+    """train.epochs instead of train.steps: ceil(epochs x training examples / batch_size) steps, an
+    evaluation every epoch with train.eval_interval=0, the epochs in the summary; the saved config holds
+    the steps, so the same command again finds the run finished instead of a different config."""
+    args = ("wandb.mode=disabled", "train.epochs=0.5", "train.eval_interval=0", "train.batch_size=500")
+    first = train(tmp_path / "r", *args)
+    s = json.loads((tmp_path / "r" / "summary.json").read_text())
+    cfg = to_config(compose_cfg(TINY))
+    examples = len(load_data(cfg.data, cfg.model.block_size).Y["train"])
+    per_epoch = -(-examples // 500)
+    assert s["steps"] == -(-examples // 1000) == s["config"]["train"]["steps"] and 0 < s["steps"] < per_epoch
+    assert s["config"]["train"]["eval_interval"] == per_epoch and s["epochs"] == pytest.approx(0.5, abs=500 / examples)
+    assert f"train.epochs=0.5: {s['steps']} steps of 500 over {examples} training examples" in first.stdout
+    again = train(tmp_path / "r", *args)
+    assert "skipping" in again.stdout and "different config" not in again.stdout + again.stderr
+    refused = train(tmp_path / "x", "wandb.mode=disabled", "train.eval_interval=0", check=False)
+    assert refused.returncode == 2 and "or 0 (once an epoch) with train.epochs" in refused.stdout + refused.stderr
+    assert not (tmp_path / "x").exists()

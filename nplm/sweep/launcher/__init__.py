@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from nplm.checkpoint import STATE_NAME
 from nplm.config import to_config
+from nplm.preflight import with_epochs
 from nplm.resume import StopSignals, finished_val_loss
 from nplm.sweep import vector
 from nplm.sweep.folders import job_name
@@ -126,7 +127,7 @@ class VectorizedLauncher(Launcher):
                 task = copy.deepcopy(sweep_config)  # what the task function gets: no hydra node
                 with read_write(task), open_dict(task):
                     del task["hydra"]
-                cfg = to_config(task)
+                cfg = with_epochs(to_config(task))
                 if (out_dir / STATE_NAME).is_file() or finished_val_loss(out_dir, cfg) is not None:
                     cfg = None  # resumes, or is skipped: its own job does that
             except Exception:  # an invalid config, or a folder that is not its own: its job reports why
