@@ -2,7 +2,6 @@
 a reader gets them (leaderboard.md and .csv, the plots, dashboard.html), and scripts/report.py
 writing them again."""
 import json
-import math
 import struct
 
 import pandas as pd
