@@ -40,6 +40,12 @@ EXPERIMENT_SETTINGS = {
         "optim.warmup_steps": 500, "optim.min_lr": 0.00001, "optim.maxent_lr_scale": 0.33,
         "train.steps": 15000, "train.batch_size": 256, "train.eval_interval": 2000, "train.log_interval": 500,
         "train.keep_best": True, "train.ema": 0.999},
+    "words": {
+        "model.n_embd": 80, "model.block_size": 6, "model.n_hidden": 256, "model.dropout": 0.5, "model.init": "scaled",
+        "optim.name": "adamw", "optim.lr": 0.004, "optim.weight_decay": 0.1, "optim.schedule": "cosine",
+        "optim.warmup_steps": 200, "optim.min_lr": 0.00001,
+        "train.epochs": 6, "train.batch_size": 128, "train.eval_interval": 0, "train.log_interval": 500,
+        "train.keep_best": True, "train.ema": 0.999},
     "fast": {
         "model.n_embd": 16, "model.block_size": 5, "model.n_hidden": 128, "model.init": "scaled",
         "optim.name": "adamw", "optim.lr": 0.03, "optim.schedule": "cosine", "optim.warmup_steps": 20,

@@ -140,3 +140,28 @@ def test_word_level_sweep_reports_perplexity_beside_kneser_ney(tmp_path):
     assert f"{s['val_loss']:.4f}" in out
     sampled = run_cmd([ROOT / "scripts/sample.py", sweep / "1", "n=3", "seed=1"]).stdout
     assert len(sampled.split()) > 3  # sentences: words
+
+
+def test_bengio2003_preset_trains_the_papers_recipe_with_its_trigram_mixture(tmp_path):
+    """experiment=bengio2003 end to end on 3,000 lines of Shakespeare: SGD at lr / (1 + r t), decay on
+    the weights and the features, epochs evaluated once each, early stopping armed, and the network
+    mixed with a Kneser-Ney trigram whose weight is fitted on val."""
+    corpus = tmp_path / "shakespeare_3000.txt"
+    lines = (ROOT / "nplm/assets/tinyshakespeare.txt").read_text().splitlines()[:3000]
+    corpus.write_text("\n".join(lines) + "\n")
+    run_dir = tmp_path / "r"
+    proc = run_cmd([ROOT / "train.py", "experiment=bengio2003", "data=shakespeare", f"data.path={corpus}",
+                    "train.epochs=3", "wandb.mode=disabled", "device=cpu", f"hydra.run.dir={run_dir}"])
+    s = json.loads((run_dir / "summary.json").read_text())
+    cfg = s["config"]
+    examples = len(load_data(DataConfig(**cfg["data"]), 4).Y["train"])
+    per_epoch = -(-examples // 128)
+    assert s["status"] == "finished" and s["steps"] == -(-3 * examples // 128) and s["epochs"] == pytest.approx(3, abs=0.01)
+    assert cfg["train"]["eval_interval"] == per_epoch and cfg["model"]["n_hidden"] == 100
+    rows = pd.read_csv(run_dir / "metrics.csv")
+    assert rows["val/loss"].notna().sum() == 3  # once an epoch
+    o = cfg["optim"]
+    for step, lr in zip(rows["step"], rows["lr"]):  # the lr of the step a row ends: lr / (1 + r t), t = step - 1
+        assert lr == pytest.approx(o["lr"] / (1 + o["decay_rate"] * (step - 1)), rel=1e-6)
+    assert 0 < s["mix_weight"] < 1 and s["mix_order"] == 3 and "Kneser-Ney 3-gram" in proc.stdout
+    assert s["val_loss"] < min(s["nplm_val_loss"], s["ngram_val_loss"])  # the mixture beats both parts
