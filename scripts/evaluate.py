@@ -38,6 +38,11 @@ def main(argv: list[str]) -> None:
         result.update(loss_without_boundary=words, perplexity_without_boundary=perplexity(words), boundary_share=share)
         print(f"{split} perplexity {perplexity(loss):.2f} counts each line's </s> ({share:.1%} of the predictions); "
               f"without them {perplexity(words):.2f}")
+    if hasattr(model, "nplm") and hasattr(model, "ngram"):  # a mixture (model.mix_order): its parts on their own too
+        for part, name in ((model.nplm, "network"), (model.ngram, f"Kneser-Ney {model.ngram.order}-gram")):
+            part_loss = split_loss(part, data.X[split], data.Y[split], opts["chunk"])
+            result[f"{'nplm' if part is model.nplm else 'ngram'}_loss"] = part_loss
+            print(f"  of which the {name} alone: {split} loss {part_loss:.4f}, perplexity {perplexity(part_loss):.2f}")
     if Path(run_dir).is_dir():
         (Path(run_dir) / f"eval_{split}.json").write_text(json.dumps(result, indent=2) + "\n")
 

@@ -72,6 +72,9 @@ def test_mixture_run_is_no_worse_than_either_part_and_is_what_gets_saved(tmp_pat
     assert isinstance(model, Mixture) and model.weight.item() == pytest.approx(s["mix_weight"])
     proc = run_cmd([ROOT / "scripts" / "evaluate.py", run_dir, "split=val"])
     assert f"{s['val_loss']:.4f}" in proc.stdout
+    # and each part on its own, as the run measured them
+    assert f"network alone: val loss {s['nplm_val_loss']:.4f}" in proc.stdout
+    assert f"Kneser-Ney 4-gram alone: val loss {s['ngram_val_loss']:.4f}" in proc.stdout
     proc = run_cmd([ROOT / "scripts" / "sample.py", run_dir, "n=3", "seed=1"])
     assert len(proc.stdout.strip().splitlines()) == 3
 
