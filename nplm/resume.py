@@ -147,6 +147,8 @@ def resume_config(saved: Config, given: Config, overrides: list[str]) -> Config:
         if key in RESUMABLE:
             section, name = key.split(".")
             setattr(getattr(saved, section), name, getattr(getattr(given, section), name))
+    if "train.steps" in keys and "train.epochs" not in keys:
+        saved.train.epochs = 0.0  # the steps given now set the length, not the saved epochs
     saved.resume = None
     return saved
 

@@ -1,6 +1,7 @@
 """Interruption and resume for real: a training process is sent SIGTERM or SIGINT, or killed with
 SIGKILL (also in the middle of writing its checkpoint), then resumed with `train.py resume=<folder>`;
 it must end with exactly the losses of the same run left alone."""
+import copy
 import csv
 import json
 import os
@@ -285,6 +286,12 @@ def test_resume_keeps_the_saved_config_and_allows_only_what_changes_no_result():
         resume_config(saved, given, ["resume=x", "model.n_embd=4", "experiment=fast"])
     cfg = resume_config(saved, given, ["resume=x", "train.steps=60", "train.threads=1"])
     assert (cfg.model.n_embd, cfg.train.steps, cfg.train.threads, cfg.resume) == (8, 60, 1, None)
+    by_epochs = to_config(compose_cfg(["train.epochs=2"]))  # a run measured in epochs, resumed for longer:
+    assert resume_config(copy.deepcopy(by_epochs), to_config(compose_cfg(["train.epochs=3"])),
+                         ["resume=x", "train.epochs=3"]).train.epochs == 3  # more epochs (steps worked out later)
+    cfg = resume_config(copy.deepcopy(by_epochs), to_config(compose_cfg(["train.steps=9000"])),
+                        ["resume=x", "train.steps=9000"])
+    assert (cfg.train.epochs, cfg.train.steps) == (0, 9000)  # or a number of steps, which then rules
 
 
 def test_one_process_at_a_time_trains_in_a_folder(tmp_path):
