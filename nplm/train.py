@@ -101,7 +101,8 @@ def train(cfg: Config, data: Dataset, device: torch.device, tracker: Tracker, st
         done.model.load_state_dict(fitted.best_state)
         done.weights_step = fitted.best_step
         log.info("%s: ending with the weights of step %d (val loss %.4f)",
-                 "keep_best" if cfg.train.keep_best else "early stopping", fitted.best_step, fitted.best_val)
+                 "keep_best" if cfg.train.keep_best else "early stopping" if fitted.stopped_at else "train.patience",
+                 fitted.best_step, fitted.best_val)
     if cfg.model.mix_order:
         done.model, done.mix = fit_mixture(done.model, cfg.model.mix_order, X, Y, cfg.train.eval_chunk)
     elif grouped is not None and fitted.best_state is None:
@@ -262,7 +263,7 @@ def _say_done(cfg: Config, summary: dict, out_dir: Path, samples: list[tuple[str
                  s["train_loss"], s["val_loss"], f"{s['num_params']:,}", s["wall_time_s"], s["train_time_s"])
     else:
         log.info("done: train loss %.4f | val loss %.4f (best %.4f at step %d) | perplexity train %.2f, val %.2f | "
-                 "%s parameters | %.1f s wall (%.1f s training, %.1f epochs, %.0f steps/s, %s %s/s; evaluation %s %s/s)",
+                 "%s parameters | %.1f s wall (%.1f s training, %.3g epochs, %.0f steps/s, %s %s/s; evaluation %s %s/s)",
                  s["train_loss"], s["val_loss"], s["best_val_loss"], s["best_val_step"], s["train_ppl"],
                  s["val_ppl"], f"{s['num_params']:,}", s["wall_time_s"], s["train_time_s"], s["epochs"],
                  s["steps_per_s"] or 0,

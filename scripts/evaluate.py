@@ -30,7 +30,7 @@ def main(argv: list[str]) -> None:
     step = state.get("weights_step", state["step"])  # keep_best: the best evaluation's step, before the last
     result = {"split": split, "loss": loss, "perplexity": perplexity(loss), "examples": len(data.X[split]),
               "step": step, "steps_trained": state["step"]}
-    why = "train.keep_best" if cfg.train.keep_best else "early stopping"  # the best evaluation's weights
+    why = "train.keep_best" if cfg.train.keep_best else "train.patience"  # the best evaluation's weights
     when = f"step {step:,}" + (f" of {state['step']:,}, {why}" if step != state["step"] else "")
     print(f"{split} loss {loss:.4f}, perplexity {perplexity(loss):.2f} ({len(data.X[split]):,} examples, "
           f"the weights of {when})")

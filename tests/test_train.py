@@ -197,7 +197,7 @@ def test_early_stopping_ends_patience_evaluations_after_the_best_with_its_weight
     assert s["best_val_step"] == best_step and s["val_loss"] == pytest.approx(best, abs=1e-9)
     assert torch.load(tmp_path / "r" / "ckpt.pt", weights_only=True)["weights_step"] == best_step
     out = run_cmd(["scripts/evaluate.py", tmp_path / "r", "split=val"]).stdout
-    assert f"the weights of step {best_step} of {s['steps']}, early stopping" in out
+    assert f"the weights of step {best_step} of {s['steps']}, train.patience" in out
     assert json.loads((tmp_path / "r" / "summary.json").read_text())["status"] == "finished"
 
 
