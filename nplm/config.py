@@ -316,6 +316,10 @@ def setting_warnings(cfg: Config) -> list[str]:
     if o.schedule == "inverse" and o.decay_rate == 0:
         out.append("optim.schedule=inverse with optim.decay_rate=0 keeps the learning rate constant; set "
                    "optim.decay_rate (the paper's r in lr / (1 + r t))")
+    if t.ema and 0 < t.steps < 3 / (1 - t.ema):  # the average starts from the untrained weights
+        out.append(f"train.ema={t.ema:g} averages the weights over about {1 / (1 - t.ema):.0f} steps, too many for "
+                   f"train.steps={t.steps}: {t.ema ** t.steps:.0%} of the average is still the untrained weights, so "
+                   f"val loss looks bad; lower train.ema (e.g. {1 - 3 / t.steps:.3g}) or train longer")
     late = [s for s in o.decay_steps if s >= t.steps]
     if o.schedule == "step" and late and t.steps > 0:
         out.append(f"optim.decay_steps {late} {'is' if len(late) == 1 else 'are'} not below train.steps={t.steps}: "

@@ -223,6 +223,15 @@ def test_inverse_schedule_is_the_papers():
     assert lr_at(4000, flat.optim, 5000) == flat.optim.lr and "keeps the learning rate constant" in setting_warnings(flat)[0]
 
 
+def test_a_moving_average_too_long_for_the_run_is_a_warning():
+    """train.ema starts from the untrained weights: 0.999 over 540 steps is still 58% of them."""
+    short = to_config(compose_cfg(["train.ema=0.999", "train.steps=540"]))
+    assert setting_warnings(short) == ["train.ema=0.999 averages the weights over about 1000 steps, too many for "
+                                       "train.steps=540: 58% of the average is still the untrained weights, so val "
+                                       "loss looks bad; lower train.ema (e.g. 0.994) or train longer"]
+    assert setting_warnings(to_config(compose_cfg(["experiment=best"]))) == []
+
+
 def test_onecycle_schedule():
     o = to_config(compose_cfg(["optim.schedule=onecycle", "optim.lr=0.1", "optim.min_lr=0",
                                "optim.warmup_steps=0"])).optim
