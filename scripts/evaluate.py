@@ -16,6 +16,7 @@ if __name__ == "__main__" and len(sys.argv) > 1:  # the run's own code paths, se
 from nplm.cli import fail, load_run, parse_args  # noqa: E402
 from nplm.data import SPLITS  # noqa: E402
 from nplm.evaluate import loss_without_boundary, perplexity, split_loss  # noqa: E402
+from nplm.mixture import Mixture  # noqa: E402
 
 USAGE = "python scripts/evaluate.py <run dir> [split=val|train|test] [chunk=4096]"
 
@@ -39,10 +40,10 @@ def main(argv: list[str]) -> None:
         result.update(loss_without_boundary=words, perplexity_without_boundary=perplexity(words), boundary_share=share)
         print(f"{split} perplexity {perplexity(loss):.2f} counts each line's </s> ({share:.1%} of the predictions); "
               f"without them {perplexity(words):.2f}")
-    if hasattr(model, "nplm") and hasattr(model, "ngram"):  # a mixture (model.mix_order): its parts on their own too
-        for part, name in ((model.nplm, "network"), (model.ngram, f"Kneser-Ney {model.ngram.order}-gram")):
-            part_loss = split_loss(part, data.X[split], data.Y[split], opts["chunk"])
-            result[f"{'nplm' if part is model.nplm else 'ngram'}_loss"] = part_loss
+    if isinstance(model, Mixture):  # model.mix_order: its parts on their own too
+        for key, part, name in (("nplm", model.nplm, "network"),
+                                ("ngram", model.ngram, f"Kneser-Ney {model.ngram.order}-gram")):
+            result[f"{key}_loss"] = part_loss = split_loss(part, data.X[split], data.Y[split], opts["chunk"])
             print(f"  of which the {name} alone: {split} loss {part_loss:.4f}, perplexity {perplexity(part_loss):.2f}")
     if Path(run_dir).is_dir():
         (Path(run_dir) / f"eval_{split}.json").write_text(json.dumps(result, indent=2) + "\n")
