@@ -46,6 +46,13 @@ EXPERIMENT_SETTINGS = {
         "optim.warmup_steps": 200, "optim.min_lr": 0.00001,
         "train.epochs": 6, "train.batch_size": 128, "train.eval_interval": 0, "train.log_interval": 500,
         "train.keep_best": True, "train.ema": 0.999},
+    "words_large": {
+        "model.n_embd": 96, "model.block_size": 7, "model.n_hidden": 256, "model.dropout": 0.45, "model.init": "scaled",
+        "model.mix_order": 5,
+        "optim.name": "adamw", "optim.lr": 0.003, "optim.weight_decay": 0.1, "optim.schedule": "cosine",
+        "optim.warmup_steps": 200, "optim.min_lr": 0.00001,
+        "train.epochs": 8, "train.batch_size": 256, "train.eval_interval": 0, "train.log_interval": 500,
+        "train.keep_best": True, "train.ema": 0.999},
     "fast": {
         "model.n_embd": 16, "model.block_size": 5, "model.n_hidden": 128, "model.init": "scaled",
         "optim.name": "adamw", "optim.lr": 0.03, "optim.schedule": "cosine", "optim.warmup_steps": 20,
@@ -74,6 +81,18 @@ def _leaves(d: dict, prefix: str = "") -> dict:
     return out
 
 
+def _written(name: str) -> dict:
+    """The settings conf/experiment/<name>.yaml writes, with those of the experiments it starts from
+    (its defaults list) under them."""
+    import yaml
+    text = yaml.safe_load((CONF / "experiment" / f"{name}.yaml").read_text())
+    written = {}
+    for parent in text.pop("defaults", []):
+        if parent != "_self_":
+            written.update(_written(parent))
+    return {**written, **_leaves(text)}
+
+
 def test_every_experiment_is_listed():
     assert sorted(EXPERIMENT_SETTINGS) == EXPERIMENTS
 
@@ -82,10 +101,9 @@ def test_every_experiment_is_listed():
 def test_experiments_compose_with_every_setting_of_their_file(name):
     import dataclasses
 
-    import yaml
     cfg = to_config(compose_cfg([f"experiment={name}"]))
     composed = _leaves(dataclasses.asdict(cfg))
-    written = _leaves(yaml.safe_load((CONF / "experiment" / f"{name}.yaml").read_text()))
+    written = _written(name)
     expected = EXPERIMENT_SETTINGS[name]
     assert set(expected) <= set(written), f"conf/experiment/{name}.yaml lost {set(expected) - set(written)}"
     for key, value in {**written, **expected}.items():
