@@ -100,9 +100,10 @@ def train(cfg: Config, data: Dataset, device: torch.device, tracker: Tracker, st
     if cfg.train.ends_with_best and fitted.best_state is not None:
         done.model.load_state_dict(fitted.best_state)
         done.weights_step = fitted.best_step
-        log.info("%s: ending with the weights of step %d (val loss %.4f)",
-                 "keep_best" if cfg.train.keep_best else "early stopping" if fitted.stopped_at else "train.patience",
-                 fitted.best_step, fitted.best_val)
+        why = "keep_best" if cfg.train.keep_best else "early stopping" if fitted.stopped_at else \
+            f"train.patience={cfg.train.patience} (not reached: the run ended at its length)"
+        log.info("%s: ending with the weights of step %d, the best evaluation (val loss %.4f)",
+                 why, fitted.best_step, fitted.best_val)
     if cfg.model.mix_order:
         done.model, done.mix = fit_mixture(done.model, cfg.model.mix_order, X, Y, cfg.train.eval_chunk)
     elif grouped is not None and fitted.best_state is None:
@@ -172,7 +173,10 @@ def _record(cfg: Config, data: Dataset, X: dict, Y: dict, tracker: Tracker, t_st
     t0 = time.perf_counter()
     if done.measured is not None and done.measured[0]:
         (train_loss, val_loss), eval_time = done.measured
-    else:
+    else:  # long at word level (minutes for a million words and a count model): said first
+        log.info("final losses: evaluating the %s on the whole train and val splits (%s + %s examples)",
+                 "mixture" if done.mix else "network" if network else "count model",
+                 f"{len(Y['train']):,}", f"{len(Y['val']):,}")
         train_loss = split_loss(model, X["train"], Y["train"], cfg.train.eval_chunk)
         val_loss = split_loss(model, X["val"], Y["val"], cfg.train.eval_chunk)
         eval_time = time.perf_counter() - t0
