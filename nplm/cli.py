@@ -1,6 +1,7 @@
 """Command-line plumbing shared by the scripts: `key=value` arguments and one-line errors."""
 from __future__ import annotations
 
+import re
 import sys
 
 from nplm.checkpoint import CheckpointError, load_model
@@ -8,6 +9,7 @@ from nplm.config import RENAMED, ConfigError
 from nplm.data import DataError, load_data
 
 USER_ERRORS = (ConfigError, DataError, CheckpointError)
+TYPE_NAMES = {"Integer": "a whole number", "Float": "a number", "Boolean": "true or false"}  # OmegaConf's names
 
 
 def parse_args(argv: list[str], usage: str, defaults: dict) -> tuple[str, dict]:
@@ -53,6 +55,9 @@ def config_error_line(e: Exception) -> str:
         return f"{message.split(';')[0]}: {'; '.join(renamed)}"
     if "Key '" in message and " not in " in message:  # an unknown key
         message += "; check its spelling (python train.py --cfg job prints every key and its value)"
+    wanted = re.search(r"could not be converted to (\w+)", message)
+    if wanted:  # a value of the wrong type
+        message += f"; give it {TYPE_NAMES.get(wanted[1], wanted[1])} (python train.py --help lists each key's type)"
     return message
 
 

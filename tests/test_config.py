@@ -167,7 +167,8 @@ def test_unknown_keys_and_wrong_types_fail_at_composition(override):
     (["model.n_embed=10"], "Could not override 'model.n_embed'; Key 'n_embed' not in 'ModelConfig'; check its spelling"),
     (["+model.n_embed=10"], "unknown key 'model.n_embed': the config has no such key"),
     (["+foo=1"], "unknown key 'foo'"),
-    (["model.n_embd=ten"], "model.n_embd=ten; Value 'ten' of type 'str' could not be converted to Integer"),
+    (["model.n_embd=ten"], "model.n_embd=ten; Value 'ten' of type 'str' could not be converted to Integer; "
+                           "give it a whole number (python train.py --help lists each key's type)"),
     (["model=transformer"], "Could not find 'model/transformer'; available: ngram, nplm"),
     (["+sweep=nope"], "Could not find 'sweep/nope'; available: best, grid, lr_batch, optuna, seeds"),
     (["model.n_embd=[1,2"], "no viable alternative at input '[1,2'"),

@@ -180,7 +180,8 @@ def write_report_if_sweep() -> None:
             return  # no job started (a bad override stopped the sweep first): nothing to report
         out = write_report([_sweep_dir], _sweep_dir)
         status = load_jobs([_sweep_dir])["status"].value_counts().to_dict()
-        print(f"sweep of {sum(status.values())} jobs ({', '.join(f'{n} {s}' for s, n in status.items())}); "
+        total = sum(status.values())
+        print(f"sweep of {total} job{'s' * (total != 1)} ({', '.join(f'{n} {s}' for s, n in status.items())}); "
               f"leaderboard: {out / 'leaderboard.md'}; dashboard: {out / 'dashboard.html'}")
     except Exception as e:  # the jobs' own records are safe; a report can be written later
         print(f"warning: could not write the sweep report ({type(e).__name__}: {e}); "
