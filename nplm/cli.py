@@ -9,7 +9,7 @@ from nplm.config import RENAMED, ConfigError
 from nplm.data import DataError, load_data
 
 USER_ERRORS = (ConfigError, DataError, CheckpointError)
-TYPE_NAMES = {"Integer": "a whole number", "Float": "a number", "Boolean": "true or false"}  # OmegaConf's names
+TYPE_NAMES = {"Integer": "a whole number", "Float": "a number", "bool": "true or false"}  # as OmegaConf names them
 
 
 def parse_args(argv: list[str], usage: str, defaults: dict) -> tuple[str, dict]:
@@ -55,9 +55,10 @@ def config_error_line(e: Exception) -> str:
         return f"{message.split(';')[0]}: {'; '.join(renamed)}"
     if "Key '" in message and " not in " in message:  # an unknown key
         message += "; check its spelling (python train.py --cfg job prints every key and its value)"
-    wanted = re.search(r"could not be converted to (\w+)", message)
+    wanted = re.search(r"could not be converted to (\w+)|is not a valid (bool)", message)
     if wanted:  # a value of the wrong type
-        message += f"; give it {TYPE_NAMES.get(wanted[1], wanted[1])} (python train.py --help lists each key's type)"
+        kind = wanted[1] or wanted[2]
+        message += f"; give it {TYPE_NAMES.get(kind, kind)} (python train.py --help lists each key's type)"
     return message
 
 

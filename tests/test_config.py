@@ -169,6 +169,7 @@ def test_unknown_keys_and_wrong_types_fail_at_composition(override):
     (["+foo=1"], "unknown key 'foo'"),
     (["model.n_embd=ten"], "model.n_embd=ten; Value 'ten' of type 'str' could not be converted to Integer; "
                            "give it a whole number (python train.py --help lists each key's type)"),
+    (["train.keep_best=maybe"], "Value 'maybe' is not a valid bool (type str); give it true or false"),
     (["model=transformer"], "Could not find 'model/transformer'; available: ngram, nplm"),
     (["+sweep=nope"], "Could not find 'sweep/nope'; available: best, grid, lr_batch, optuna, seeds"),
     (["model.n_embd=[1,2"], "no viable alternative at input '[1,2'"),
