@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from nplm.evaluate import chunk_rows, split_loss
+from nplm.evaluate import chunk_rows
 from nplm.model import NPLM
 from nplm.ngram import NGram
 
@@ -67,18 +67,26 @@ def _network_log_prob(nplm: NPLM, idx: torch.Tensor, targets: torch.Tensor) -> t
 
 
 @torch.inference_mode()
-def fit_weight(nplm: NPLM, ngram: NGram, X: torch.Tensor, Y: torch.Tensor, chunk: int = 4096) -> float:
-    """The network's weight in [0, 1] that maximises the mixture's likelihood of (X, Y)."""
+def part_log_probs(nplm: NPLM, ngram: NGram, X: torch.Tensor, Y: torch.Tensor, chunk: int = 4096
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """log P(target | context) of each row of (X, Y) under the network and under the count model
+    (float64, on the CPU): all that fitting the weight and reporting the two parts need."""
     was_training = nplm.training
     nplm.eval()
-    p_nn, p_ng = [], []
+    lp_nn, lp_ng = [], []
     chunk = chunk_rows(chunk, nplm.vocab_size)
     for i in range(0, len(X), chunk):
         x, y = X[i:i + chunk], Y[i:i + chunk]
-        p_nn.append(_network_log_prob(nplm, x, y).exp())
-        p_ng.append(ngram.log_prob(x.cpu(), y.cpu()).exp())
+        lp_nn.append(_network_log_prob(nplm, x, y))
+        lp_ng.append(ngram.log_prob(x.cpu(), y.cpu()))
     nplm.train(was_training)
-    a, b = torch.cat(p_nn), torch.cat(p_ng)
+    return torch.cat(lp_nn), torch.cat(lp_ng)
+
+
+def best_weight(lp_nn: torch.Tensor, lp_ng: torch.Tensor) -> float:
+    """The network's weight in [0, 1] that maximises the mixture's mean log-likelihood of rows whose
+    log-probabilities under the two parts are lp_nn and lp_ng."""
+    a, b = lp_nn.exp(), lp_ng.exp()
     # The mean log-likelihood, mean(log(w a + (1 - w) b)), is concave in w: its derivative
     # mean((a - b) / (w a + (1 - w) b)) falls as w grows. The maximum is where it crosses zero.
     slope = lambda w: ((a - b) / (w * a + (1 - w) * b).clamp(min=1e-300)).mean().item()  # noqa: E731
@@ -93,14 +101,18 @@ def fit_weight(nplm: NPLM, ngram: NGram, X: torch.Tensor, Y: torch.Tensor, chunk
     return (lo + hi) / 2
 
 
+def fit_weight(nplm: NPLM, ngram: NGram, X: torch.Tensor, Y: torch.Tensor, chunk: int = 4096) -> float:
+    """The network's weight in [0, 1] that maximises the mixture's likelihood of (X, Y)."""
+    return best_weight(*part_log_probs(nplm, ngram, X, Y, chunk))
+
+
 def fit_mixture(model: NPLM, order: int, X: dict[str, torch.Tensor], Y: dict[str, torch.Tensor],
                 chunk: int) -> tuple[Mixture, dict]:
     """model.mix_order: the trained network mixed with a Kneser-Ney `order`-gram built from the training
     split (X, Y by split), the network's weight fitted on val. Returns it and what the summary records."""
     ngram = NGram(order, model.vocab_size, model.block_size).fit(X["train"], Y["train"])
-    weight = fit_weight(model, ngram, X["val"], Y["val"], chunk)
-    nplm_val = split_loss(model, X["val"], Y["val"], chunk)
-    ngram_val = split_loss(ngram, X["val"], Y["val"], chunk)
+    lp_nn, lp_ng = part_log_probs(model, ngram, X["val"], Y["val"], chunk)  # one pass: the weight and both parts
+    weight, nplm_val, ngram_val = best_weight(lp_nn, lp_ng), -lp_nn.mean().item(), -lp_ng.mean().item()
     log.info("mixture: %.3f x network (val %.4f) + %.3f x Kneser-Ney %d-gram (val %.4f, %s counts), "
              "weight fitted on val", weight, nplm_val, 1 - weight, order, ngram_val, f"{ngram.num_params():,}")
     return Mixture(model, ngram, weight), {"mix_order": order, "mix_weight": weight, "nplm_val_loss": nplm_val,
