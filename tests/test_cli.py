@@ -65,6 +65,7 @@ def test_refused_commands_leave_nothing(tmp_path):
     assert jobs == {"failed", "finished"} and (sweep / "leaderboard.md").is_file()
 
 
+@pytest.mark.slow  # 13 s: keeps the default suite near 5 minutes (CI runs it)
 def test_settings_that_cannot_help_warn_and_a_home_path_gets_a_hint(tmp_path):
     procs = run_all({
         "context": [ROOT / "train.py", *TINY, "model.block_size=20", "train.steps=10", f"hydra.run.dir={tmp_path / 'a'}"],
@@ -84,6 +85,7 @@ def test_settings_that_cannot_help_warn_and_a_home_path_gets_a_hint(tmp_path):
     assert "data.path=$HOME/words.txt" in procs["home"].stderr and not (tmp_path / "d").exists()
 
 
+@pytest.mark.slow  # 9 s: keeps the default suite near 5 minutes (CI runs it)
 def test_a_sweep_whose_loss_explodes_records_each_run_diverged(tmp_path):
     """Finite but absurd losses (lr 1000 and 1e9) stop the run at the second logged step above the
     limit (rows at 20 and 30): status diverged, with the step and why, inf to the sweeper, last in the leaderboard; the

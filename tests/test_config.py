@@ -165,14 +165,17 @@ def test_unknown_keys_and_wrong_types_fail_at_composition(override):
 
 @pytest.mark.parametrize("args, message", [
     (["model.n_embed=10"], "Could not override 'model.n_embed'; Key 'n_embed' not in 'ModelConfig'; check its spelling"),
-    (["+model.n_embed=10"], "unknown key 'model.n_embed': the config has no such key"),
-    (["+foo=1"], "unknown key 'foo'"),
+    pytest.param(["+model.n_embed=10"], "unknown key 'model.n_embed': the config has no such key",
+                 marks=pytest.mark.slow),
+    pytest.param(["+foo=1"], "unknown key 'foo'", marks=pytest.mark.slow),
     (["model.n_embd=ten"], "model.n_embd=ten; Value 'ten' of type 'str' could not be converted to Integer; "
                            "give it a whole number (python train.py --help lists each key's type)"),
-    (["train.keep_best=maybe"], "Value 'maybe' is not a valid bool (type str); give it true or false"),
+    pytest.param(["train.keep_best=maybe"], "Value 'maybe' is not a valid bool (type str); give it true or false",
+                 marks=pytest.mark.slow),
     (["model=transformer"], "Could not find 'model/transformer'; available: ngram, nplm"),
-    (["+sweep=nope"], "Could not find 'sweep/nope'; available: best, grid, lr_batch, optuna, seeds"),
-    (["model.n_embd=[1,2"], "no viable alternative at input '[1,2'"),
+    pytest.param(["+sweep=nope"], "Could not find 'sweep/nope'; available: best, grid, lr_batch, optuna, seeds",
+                 marks=pytest.mark.slow),
+    pytest.param(["model.n_embd=[1,2"], "no viable alternative at input '[1,2'", marks=pytest.mark.slow),
     (["-m", "model.n_embed=1,2"], "Key 'n_embed' not in 'ModelConfig'"),
 ])
 def test_composition_errors_are_one_line_and_exit_2(tmp_path, args, message):

@@ -96,6 +96,7 @@ def test_best_run_command_trains_the_same_run(sweep, tmp_path):
     assert again["val_loss"] == json.loads((job / "summary.json").read_text())["val_loss"]
 
 
+@pytest.mark.slow  # 21 s: keeps the default suite near 5 minutes (CI runs it)
 def test_live_dashboard_during_a_sweep(tmp_path):
     """Written when the sweep starts and as jobs start and end: a page read mid-sweep shows the partial
     sweep and reloads itself; the page at the end does not."""
@@ -149,6 +150,7 @@ def test_live_updates_wait_for_a_vectorised_group_and_never_touch_an_ended_sweep
     assert "<b>running</b>: 8 finished, 0 running, 0 failed, 0 waiting" in (copy / "dashboard.html").read_text()
 
 
+@pytest.mark.slow  # 14 s: keeps the default suite near 5 minutes (CI runs it)
 def test_unreadable_job_folders_are_listed_and_the_rest_shown(sweep, tmp_path):
     copy = tmp_path / "sweep"
     shutil.copytree(sweep, copy)

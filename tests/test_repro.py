@@ -49,6 +49,7 @@ def runs(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow  # 23 s: keeps the default suite near 5 minutes (CI runs it)
 def test_reproducible_mode_gives_the_same_numbers_whatever_code_paths_the_cpu_would_pick(runs):
     _, this, s = runs["reproducible=true", "this"]
     _, other, s_other = runs["reproducible=true", "other"]
@@ -63,6 +64,7 @@ def test_reproducible_mode_gives_the_same_numbers_whatever_code_paths_the_cpu_wo
     assert f_other["pins"]["ATEN_CPU_CAPABILITY"] == "default" and not f["deterministic"]
 
 
+@pytest.mark.slow  # 8 s: keeps the default suite near 5 minutes (CI runs it)
 def test_reproduce_script_says_bit_identical_or_where_the_numbers_part(runs, tmp_path):
     folder = runs["reproducible=true", "other"][0]
     again = run_cmd([ROOT / "scripts/reproduce.py", folder, f"out={tmp_path / 'again'}"])

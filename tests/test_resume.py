@@ -72,6 +72,7 @@ def uninterrupted(tmp_path_factory):
     return run_dir
 
 
+@pytest.mark.slow  # 17 s: keeps the default suite near 5 min (CI runs it); Ctrl-C's test stays
 def test_sigterm_saves_and_resume_ends_with_the_same_losses(uninterrupted, tmp_path):
     sig = signal.SIGTERM
     run_dir = tmp_path / "run"
@@ -195,6 +196,7 @@ def check_wandb_continues(run_dir, stopped, steps):
     return first, resumed
 
 
+@pytest.mark.slow  # 16 s: keeps the default suite near 5 minutes (CI runs it)
 def test_resume_continues_the_same_wandb_run(uninterrupted, interrupted_with_wandb, tmp_path):
     saved, stopped = interrupted_with_wandb
     run_dir = tmp_path / "run"
@@ -258,11 +260,11 @@ def test_ctrl_c_saves_and_says_how_to_resume(interrupted):
 
 @pytest.mark.parametrize("args, message", [
     (["resume={tmp}/nowhere"], "no such run folder"),
-    (["resume={tmp}"], "holds no saved training state"),
-    (["resume={truncated}"], "not a readable nplm checkpoint"),
-    (["resume={finished}"], "finished already"),
+    pytest.param(["resume={tmp}"], "holds no saved training state", marks=pytest.mark.slow),
+    pytest.param(["resume={truncated}"], "not a readable nplm checkpoint", marks=pytest.mark.slow),
+    pytest.param(["resume={finished}"], "finished already", marks=pytest.mark.slow),
     (["resume={interrupted}", "model.n_embd=8"], "model.n_embd cannot be changed"),
-    (["-m", "resume={interrupted}"], "to resume a sweep"),
+    pytest.param(["-m", "resume={interrupted}"], "to resume a sweep", marks=pytest.mark.slow),
 ])
 def test_bad_resume_is_one_line_and_exit_2(uninterrupted, interrupted, tmp_path, args, message):
     run_dir = interrupted[0]

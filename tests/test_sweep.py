@@ -68,6 +68,7 @@ def test_named_sweep_runs_without_m_and_writes_report(tmp_path):
     assert not re.search(r'(src|href)="(https?:)?//', html.replace(get_plotlyjs(), ""))  # self-contained
 
 
+@pytest.mark.slow  # 9 s, like the diverging job's test: keeps the default suite near 5 min (CI runs it)
 def test_failed_job_does_not_stop_the_sweep_and_is_reported(tmp_path):
     sweep = tmp_path / "s"
     proc = run_cmd([ROOT / "train.py", "-m", *QUICK, "optim.lr=0.01,-1,0.02", f"hydra.sweep.dir={sweep}"],
@@ -96,6 +97,7 @@ def test_diverging_job_stops_at_once_is_recorded_and_the_sweep_goes_on(tmp_path)
     assert list(board["status"]) == ["finished", "diverged"]
 
 
+@pytest.mark.slow  # 18 s: keeps the default suite near 5 minutes (CI runs it)
 def test_resume_skips_finished_jobs(tmp_path):
     sweep = tmp_path / "s"
     args = [ROOT / "train.py", "-m", *QUICK, "seed=1,2,3", f"hydra.sweep.dir={sweep}"]

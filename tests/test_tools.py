@@ -66,8 +66,8 @@ def test_lr_find_sweeps_lrs_exponentially_and_stops_when_the_loss_blows_up(tmp_p
 
 @pytest.mark.parametrize("overrides, message", [
     (["mode=lr_finder"], "mode='lr_finder' is not known"),
-    (["model=ngram", "mode=lr_find"], "mode=lr_find trains a neural model"),
-    (["mode=lr_find", "lr_find.min_lr=1", "lr_find.max_lr=0.1"], "min_lr < max_lr"),
+    pytest.param(["model=ngram", "mode=lr_find"], "mode=lr_find trains a neural model", marks=pytest.mark.slow),
+    pytest.param(["mode=lr_find", "lr_find.min_lr=1", "lr_find.max_lr=0.1"], "min_lr < max_lr", marks=pytest.mark.slow),
 ])
 def test_bad_tool_settings_are_one_line_errors(tmp_path, overrides, message):
     proc = train(tmp_path / "bad", *overrides, check=False)

@@ -60,6 +60,7 @@ def test_wandb_that_cannot_start_does_not_stop_training(tmp_path):
     assert json.loads((tmp_path / "r" / "summary.json").read_text())["status"] == "finished"
 
 
+@pytest.mark.slow  # 9 s: keeps the default suite near 5 minutes (CI runs it)
 def test_failed_job_finishes_its_wandb_run_and_the_next_job_gets_its_own(tmp_path):
     sweep = tmp_path / "sweep"
     # job 0 fails inside training (its W&B run has started): a folder where its training state goes

@@ -84,11 +84,11 @@ def test_sample_script(tiny_run):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["n=3"], "usage"),
+    pytest.param(["n=3"], "usage", marks=pytest.mark.slow),
     (["{run}", "colour=red"], "unknown argument 'colour=red'"),
-    (["{run}", "n=many"], "n='many' must be int"),
+    pytest.param(["{run}", "n=many"], "n='many' must be int", marks=pytest.mark.slow),
     (["{missing}"], "no checkpoint at"),
-    (["{junk}"], "not a readable nplm checkpoint"),
+    pytest.param(["{junk}"], "not a readable nplm checkpoint", marks=pytest.mark.slow),
 ])
 def test_sample_script_bad_input(tiny_run, tmp_path, args, message):
     junk = tmp_path / "junk.pt"
@@ -163,6 +163,7 @@ def test_lecture_experiment_matches_the_plain_lecture_loop_bit_for_bit(tmp_path)
     assert s["val_loss"] == pytest.approx(ref["val_loss"], abs=1e-6)
 
 
+@pytest.mark.slow  # 8 s, like early stopping's test: keeps the default suite near 5 min (CI runs it)
 def test_keep_best_reports_the_best_evaluated_weights(tmp_path):
     # the learning rate jumps 10x for the last 30 steps: the last evaluation is worse than the one at
     # step 90 on any CPU (val 3.27-3.33 against 2.59-2.61 with each CPU code path, seeds 1337, 1, 2)
@@ -254,6 +255,7 @@ def test_mostly_zero_tables_are_saved_as_their_rows(tmp_path):
     assert back["step"] == 3
 
 
+@pytest.mark.slow  # 12 s: keeps the default suite near 5 minutes (CI runs it)
 def test_epochs_set_the_steps_from_the_training_split_and_a_rerun_matches_them(tmp_path):
     """train.epochs instead of train.steps: ceil(epochs x training examples / batch_size) steps, an
     evaluation every epoch with train.eval_interval=0, the epochs in the summary; the saved config holds

@@ -83,6 +83,7 @@ def assert_lands_where_alone_lands(twin, alone):
     assert val(twin) == pytest.approx(val(alone), rel=1e-2)
 
 
+@pytest.mark.slow  # 28 s: keeps the default suite near 5 minutes (CI runs it)
 def test_vectorised_sweep_records_each_run_and_matches_training_it_alone(tmp_path, alone):
     """A real 2 x 2 multirun with +launcher=vectorized: one stacked model of four runs, each with its
     own folder, metrics, W&B run, checkpoint and summary; a run trained alone on the plain path lands

@@ -70,6 +70,7 @@ def test_shakespeare_preset_trains_with_perplexity_and_its_run_can_be_used(tmp_p
     assert run_cmd([ROOT / "scripts/sample.py", run_dir, "n=3", "seed=1"]).returncode == 0
 
 
+@pytest.mark.slow  # 9 s: keeps the default suite near 5 minutes (CI runs it)
 def test_kneser_ney_at_word_level(tmp_path):
     """The count baseline on the same tokens and splits, at any order over any vocabulary: a 6-gram
     over 100,000 word types (11,022 ** 5 alone would overflow a 64-bit base-V key) is a proper
