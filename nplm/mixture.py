@@ -101,11 +101,6 @@ def best_weight(lp_nn: torch.Tensor, lp_ng: torch.Tensor) -> float:
     return (lo + hi) / 2
 
 
-def fit_weight(nplm: NPLM, ngram: NGram, X: torch.Tensor, Y: torch.Tensor, chunk: int = 4096) -> float:
-    """The network's weight in [0, 1] that maximises the mixture's likelihood of (X, Y)."""
-    return best_weight(*part_log_probs(nplm, ngram, X, Y, chunk))
-
-
 def fit_mixture(model: NPLM, order: int, X: dict[str, torch.Tensor], Y: dict[str, torch.Tensor],
                 chunk: int) -> tuple[Mixture, dict]:
     """model.mix_order: the trained network mixed with a Kneser-Ney `order`-gram built from the training

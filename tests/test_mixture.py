@@ -8,7 +8,7 @@ from conftest import ROOT, run_cmd, train
 from nplm.checkpoint import load_model
 from nplm.data import load_dataset
 from nplm.evaluate import split_loss
-from nplm.mixture import Mixture, fit_weight
+from nplm.mixture import Mixture, best_weight, part_log_probs
 from nplm.ngram import NGram
 
 
@@ -28,12 +28,12 @@ def test_weight_maximises_the_val_likelihood():
             return self.inner(idx)[0], None
 
     net = AsNetwork(bigram)
-    w = fit_weight(net, trigram, Xd, Yd)
+    w = best_weight(*part_log_probs(net, trigram, Xd, Yd))
     loss = lambda v: split_loss(Mixture(net, trigram, v), Xd, Yd)  # noqa: E731
     grid = {v: loss(v) for v in (0.0, 0.1, 0.3, 1.0)}
     assert w < 0.01  # the trigram already holds the bigram (interpolated): next to no share for it
     assert loss(w) <= min(grid.values()) + 1e-9
-    w = fit_weight(AsNetwork(trigram), bigram, Xd, Yd)  # and the other way round
+    w = best_weight(*part_log_probs(AsNetwork(trigram), bigram, Xd, Yd))  # and the other way round
     assert w > 0.99
 
 
@@ -53,7 +53,7 @@ def test_weight_of_a_real_network_is_the_likelihood_maximum():
         loss.backward()
         opt.step()
     trigram = NGram(3, 27, 3).fit(X, Y)
-    w = fit_weight(net, trigram, Xd, Yd)
+    w = best_weight(*part_log_probs(net, trigram, Xd, Yd))
     mixed = lambda v: split_loss(Mixture(net, trigram, v), Xd, Yd)  # noqa: E731
     assert 0.05 < w < 0.95
     assert mixed(w) < min(mixed(0.0), mixed(1.0)) - 0.005  # the parts err differently: mixing helps
