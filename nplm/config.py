@@ -68,6 +68,10 @@ class ModelConfig:
     norm: str = "none"  # nplm: none | batchnorm (running statistics for evaluation) | layernorm, before tanh
     dropout: float = 0.0  # nplm: dropout after each tanh, while training
     direct: bool = False  # nplm: the paper's direct connections from the embeddings to the output
+    softmax_cutoffs: list[int] = field(default_factory=list)  # nplm: an adaptive softmax (Grave et al. 2017) for
+    # a large vocabulary: token ids below the first cutoff (at word level the most frequent words) are scored
+    # directly, each further range through a projection softmax_div times smaller; [] = the full softmax
+    softmax_div: float = 4.0  # nplm, with softmax_cutoffs: each cluster's projection is this much smaller
     maxent_order: int = 0  # nplm: hashed n-gram direct connections (Mikolov et al. 2011's RNNME): the last
     # 1 .. maxent_order tokens each add a learned vector of logits, trained with the network; 0 = off
     maxent_buckets: int = 131072  # nplm: rows per n-gram order (orders with fewer contexts get one row each)
@@ -247,6 +251,13 @@ def _validate_model(m: ModelConfig, o: OptimConfig) -> None:
                f"optim.momentum={o.momentum} does not work with model.maxent_order: its n-gram weights are updated "
                "only where used (sparse), and momentum would move all of them every step; use optim.name=adamw "
                "or optim.momentum=0")
+        cut = list(m.softmax_cutoffs)
+        _check(all(a < b for a, b in zip([0] + cut, cut)),
+               f"model.softmax_cutoffs={cut} must be token ids in increasing order, each at least 1")
+        _check(not cut or m.softmax_div >= 1, f"model.softmax_div={m.softmax_div} must be at least 1")
+        _check(not cut or not (m.direct or m.maxent_order),
+               "model.softmax_cutoffs do not combine with model.direct or model.maxent_order (they add a logit "
+               "for every token, which the adaptive softmax never computes whole); leave one of them out")
         _check(m.mix_order == 0 or 1 <= m.mix_order <= min(10, m.block_size + 1),
                f"model.mix_order={m.mix_order} must be 0 (off) or an n-gram order from 1 to "
                f"{min(10, m.block_size + 1)} (at most model.block_size + 1)")

@@ -19,7 +19,7 @@ On a GPU the same STEPS_PER_CALL steps are captured as a CUDA graph instead (Gra
 replay launches all their kernels, where the plain path launches them one by one from Python.
 
 Covered (everything else takes the plain path, which says why): one tanh hidden layer, no norm,
-no dropout, no direct connections of either kind, SGD without momentum or weight decay, no gradient
+no dropout, no direct connections of either kind, the full softmax, SGD without momentum or weight decay, no gradient
 clipping, no weight averaging. `train.fast=auto` (default) takes it when covered and, on the CPU,
 the run is long enough to pay for building the package, whether or not it is cached (so that the
 same config always takes the same path and gives the same losses); on a GPU whenever covered (a
@@ -64,6 +64,7 @@ def unsupported(cfg: Config, device: torch.device, compiled: bool = True) -> str
         (m.norm != "none", f"model.norm={m.norm}"),
         (m.dropout > 0, f"model.dropout={m.dropout}"),
         (m.direct, "model.direct=true"),
+        (bool(m.softmax_cutoffs), f"model.softmax_cutoffs={list(m.softmax_cutoffs)}"),
         (m.maxent_order != 0, f"model.maxent_order={m.maxent_order}"),
         (o.name != "sgd", f"optim.name={o.name}"),
         (o.momentum != 0, f"optim.momentum={o.momentum}"),

@@ -3,6 +3,8 @@
 idx (B, block_size) -> C[idx] (B, block_size, n_embd) -> concat x (B, block_size*n_embd)
 -> n_layer x [ @ W + b -> norm (optional) -> tanh -> dropout (optional) ]  (B, n_hidden)
 -> @ W_out + b_out (+ x @ W_direct, the paper's direct connections)
+   (softmax_cutoffs: an adaptive softmax in place of W_out: log-probabilities, and while training only
+   the loss, computed from the clusters of the minibatch's targets)
 (+ maxent[row of the last k tokens] for k = 1 .. maxent_order, hashed n-gram direct connections)
 = logits (B, vocab_size).
 
@@ -92,7 +94,18 @@ class NPLM(nn.Module):
         norm = {"none": lambda n: nn.Identity(), "batchnorm": nn.BatchNorm1d, "layernorm": nn.LayerNorm}[cfg.norm]
         self.norms = nn.ModuleList(norm(cfg.n_hidden) for _ in self.hidden)
         self.dropout = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
-        self.out = Linear(widths[-1], vocab_size)
+        cut = list(cfg.softmax_cutoffs)
+        if cut and cut[-1] >= vocab_size:
+            raise ConfigError(f"model.softmax_cutoffs={cut} must all be below vocab_size {vocab_size:,} (token ids "
+                              "below each cutoff form a cluster; the last cluster runs to the vocabulary's end)")
+        if cut and widths[-1] // cfg.softmax_div ** len(cut) < 1:
+            raise ConfigError(f"model.softmax_div={cfg.softmax_div:g} leaves the last of {len(cut)} clusters no units "
+                              f"(the output reads {widths[-1]}): lower it or give fewer model.softmax_cutoffs")
+        self.out = None if cut else Linear(widths[-1], vocab_size)
+        # Grave et al. (2017): the head scores the tokens below cutoffs[0] and one entry per further cluster;
+        # cluster i's tokens through a projection to n_hidden / softmax_div ** (i + 1) units
+        self.adaptive = nn.AdaptiveLogSoftmaxWithLoss(widths[-1], vocab_size, cut, cfg.softmax_div, head_bias=True) \
+            if cut else None
         self.direct = nn.Parameter(torch.zeros(fan_in, vocab_size)) if cfg.direct else None
         self.maxent = MaxEnt(cfg.maxent_order, cfg.maxent_buckets, vocab_size) if cfg.maxent_order else None
 
@@ -104,6 +117,9 @@ class NPLM(nn.Module):
         scaled: hidden W by tanh gain / sqrt(fan_in) so tanh does not saturate; small biases; the
         output layer x0.01 and b_out = 0 so the initial logits are near uniform and the first loss
         is near ln(vocab_size). Norm layers start as identity; direct connections (both kinds) start at zero.
+        An adaptive softmax's head and clusters' outputs are drawn as the output layer (scaled: the head's
+        entry for each cluster starts at log(its size), so that every token starts near 1 / vocab_size),
+        its projections as a hidden layer without the tanh gain.
         """
         lecture = scheme == "lecture"
         self.C.copy_(torch.randn(self.C.shape, generator=generator))
@@ -111,15 +127,34 @@ class NPLM(nn.Module):
             gain = 1.0 if lecture else TANH_GAIN / math.sqrt(layer.weight.shape[0])
             layer.weight.copy_(torch.randn(layer.weight.shape, generator=generator) * gain)  # x * 1.0 is exact
             layer.bias.copy_(torch.randn(layer.bias.shape, generator=generator) * (1.0 if lecture else 0.01))
-        self.out.weight.copy_(torch.randn(self.out.weight.shape, generator=generator) * (1.0 if lecture else 0.01))
-        self.out.bias.copy_(torch.randn(self.out.bias.shape, generator=generator) * (1.0 if lecture else 0.0))
+        if self.adaptive is None:
+            self.out.weight.copy_(torch.randn(self.out.weight.shape, generator=generator) * (1.0 if lecture else 0.01))
+            self.out.bias.copy_(torch.randn(self.out.bias.shape, generator=generator) * (1.0 if lecture else 0.0))
+            return
+        head = self.adaptive.head
+        head.weight.copy_(torch.randn(head.weight.shape, generator=generator) * (1.0 if lecture else 0.01))
+        head.bias.copy_(torch.randn(head.bias.shape, generator=generator) * (1.0 if lecture else 0.0))
+        if not lecture:  # each cluster's entry at log(its size): every token starts near 1 / vocab_size
+            edges = self.adaptive.cutoffs  # [cutoffs..., vocab_size]
+            head.bias[edges[0]:] = torch.tensor([math.log(b - a) for a, b in zip(edges, edges[1:])])
+        for proj, out in self.adaptive.tail:  # nn.Linear: weight (fan_out, fan_in)
+            gain = 1.0 if lecture else 1 / math.sqrt(proj.weight.shape[1])
+            proj.weight.copy_(torch.randn(proj.weight.shape, generator=generator) * gain)
+            out.weight.copy_(torch.randn(out.weight.shape, generator=generator) * (1.0 if lecture else 0.01))
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
-        """idx (B, block_size) int64 -> logits (B, vocab_size), and the mean cross-entropy if targets."""
+        """idx (B, block_size) int64 -> logits (B, vocab_size), and the mean cross-entropy if targets.
+        With an adaptive softmax the logits are log-probabilities, and while training with targets they
+        are None: the loss alone is computed, from the targets' clusters (what makes it fast)."""
         x = self.C[idx].view(idx.shape[0], -1)  # (B, block_size * n_embd)
         h = x
         for layer, norm in zip(self.hidden, self.norms):
             h = self.dropout(torch.tanh(norm(layer(h))))  # (B, n_hidden)
+        if self.adaptive is not None:
+            if targets is not None and self.training:
+                return None, self.adaptive(h, targets).loss
+            logp = self.adaptive.log_prob(h)  # (B, vocab_size), every cluster
+            return logp, None if targets is None else F.nll_loss(logp, targets)
         logits = self.out(h)  # (B, vocab_size)
         if self.direct is not None:
             logits = logits + x @ self.direct

@@ -33,13 +33,25 @@ def step_macs(cfg: Config, vocab_size: int) -> float:
     if m.type != "nplm":
         return 0.0
     inputs = m.block_size * m.n_embd
-    if m.n_hidden:
-        per_example = inputs * m.n_hidden + (m.n_layer - 1) * m.n_hidden ** 2 + m.n_hidden * vocab_size
-    else:
-        per_example = inputs * vocab_size
+    last = m.n_hidden or inputs
+    per_example = (inputs * m.n_hidden + (m.n_layer - 1) * m.n_hidden ** 2 if m.n_hidden else 0) + output_macs(
+        last, vocab_size, list(m.softmax_cutoffs), m.softmax_div)
     if m.direct and m.n_hidden:
         per_example += inputs * vocab_size
     return float(cfg.train.batch_size * per_example)
+
+
+def output_macs(width: int, vocab_size: int, cutoffs: list[int], div: float) -> float:
+    """Multiply-adds of the output layer for one example: width x vocab_size, or with an adaptive softmax
+    its head and every cluster (as evaluation computes them; training, only the targets' clusters)."""
+    if not cutoffs:
+        return width * vocab_size
+    edges = list(cutoffs) + [vocab_size]
+    macs = width * (cutoffs[0] + len(cutoffs))
+    for i in range(len(cutoffs)):
+        units = max(1, int(width // div ** (i + 1)))
+        macs += width * units + units * (edges[i + 1] - edges[i])
+    return macs
 
 
 def choose(cfg: Config, vocab_size: int, runs: int = 1) -> tuple[int, str]:

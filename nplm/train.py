@@ -146,6 +146,8 @@ def build(cfg: Config, vocab_size: int, X: dict, Y: dict, device: torch.device,
     hidden = f"{m.n_layer} x n_hidden {m.n_hidden}" if m.n_hidden else "no hidden layer"
     maxent = (f", hashed n-gram direct connections of orders 1-{m.maxent_order} "
               f"({model.maxent.weight.numel():,} of the parameters)" if model.maxent is not None else "")
+    if m.softmax_cutoffs:
+        maxent += f", adaptive softmax (cutoffs {list(m.softmax_cutoffs)}, softmax_div {m.softmax_div:g})"
     log.info("model: n_embd %d, block_size %d, %s, norm %s, dropout %g%s%s, init %s, "
              "%d parameters; %s lr %g (%s); device %s, %d CPU thread(s) (%s)", m.n_embd, m.block_size,
              hidden, m.norm, m.dropout, ", direct connections" if m.direct else "", maxent, m.init,

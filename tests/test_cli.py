@@ -40,9 +40,9 @@ def test_help_lists_every_key_with_its_meaning_choices_and_default():
 
 @pytest.mark.slow  # 39 s: keeps the default suite shorter (CI runs it)
 def test_refused_commands_leave_nothing(tmp_path):
-    """Refused after Hydra starts (the data, a batch larger than the data, every job of a sweep):
-    one line, exit 2, and no run folder, sweep folder or W&B run; a sweep where only some jobs are
-    refused runs the others and lists the refused one."""
+    """Refused after Hydra starts (the data, a batch larger than the data, every job of a sweep, a swept
+    value of the wrong type): one line, exit 2, and no run folder, sweep folder or W&B run; a sweep where
+    only some jobs are refused runs the others and lists the refused one."""
     runs, sweeps = tmp_path / "outputs" / "runs", tmp_path / "outputs" / "sweeps"
     common = [*TINY, "wandb.mode=offline", f"hydra.run.dir={runs}/${{now:%H-%M-%S-%f}}",
               f"hydra.sweep.dir={sweeps}/${{now:%H-%M-%S-%f}}"]
@@ -51,12 +51,15 @@ def test_refused_commands_leave_nothing(tmp_path):
         "data": [ROOT / "train.py", *common, f"data.path={tmp_path / 'nope.txt'}"],
         "sweep": [ROOT / "train.py", "-m", *common, "model.n_embd=0,-1"],
         "key": [ROOT / "train.py", "-m", *common, "model.n_embdd=1,2"],
+        "type": [ROOT / "train.py", "-m", *common, "model.n_embd=4,abc"],
     })
     assert_one_line_error(procs["batch"], "train.batch_size=10000000 is larger than the 182625 training examples")
     assert_one_line_error(procs["data"], "does not exist")
     assert_one_line_error(procs["sweep"], "every job of the sweep was refused: model.n_embd=0 must be at least 1; "
                                           "model.n_embd=-1 must be at least 1")
     assert_one_line_error(procs["key"], "Key 'n_embdd' not in 'ModelConfig'")
+    assert_one_line_error(procs["type"], "Value 'abc' of type 'str' could not be converted to Integer")
+    assert "sweep folder" not in procs["type"].stdout + procs["type"].stderr  # no folder to resume is announced
     assert not list(runs.glob("*")) and not list(sweeps.glob("*"))
     partly = run_cmd([ROOT / "train.py", "-m", *common, "wandb.mode=disabled", "model.n_embd=0,4"], check=False)
     assert partly.returncode == 1 and "a job of the sweep failed" in partly.stderr
@@ -122,6 +125,10 @@ def test_the_default_thread_count_follows_the_model_size(tmp_path):
                                                                                "as on every machine")
     assert threads.choose(to_config(compose_cfg(["experiment=best", "train.threads=3", "reproducible=false"])),
                           27) == (3, "train.threads")
+    # an adaptive softmax's output: its head, then each cluster through its projection (as evaluated)
+    assert threads.output_macs(256, 7740, [], 4.0) == 256 * 7740
+    assert threads.output_macs(256, 7740, [2000, 4000], 2.0) == 256 * 2002 + (256 * 128 + 128 * 2000) + (
+        256 * 64 + 64 * 3740)
 
 
 def test_the_speed_watch_warns_once_when_training_slows_far_below_its_best():

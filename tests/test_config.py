@@ -212,6 +212,8 @@ def test_hydra_full_error_is_the_debug_flag(tmp_path):
     ("model.maxent_order=6", "or an order from 1 to model.block_size"),
     ("model.maxent_buckets=0", "model.maxent_buckets=0 must be at least 1"),
     ("optim.maxent_lr_scale=0", "optim.maxent_lr_scale=0.0 must be positive"),
+    ("model.softmax_cutoffs=[20,10]", "must be token ids in increasing order"),
+    ("model.softmax_cutoffs=[0,10]", "each at least 1"),
 ])
 def test_out_of_range_values(override, message):
     with pytest.raises(ConfigError, match=message.replace(".", r"\.").replace("(", r"\(")):
@@ -221,6 +223,12 @@ def test_out_of_range_values(override, message):
 def test_maxent_refuses_momentum():
     with pytest.raises(ConfigError, match="optim.momentum=0.9 does not work with model.maxent_order"):
         to_config(compose_cfg(["model.maxent_order=3", "optim.name=sgd", "optim.momentum=0.9"]))
+
+
+def test_adaptive_softmax_refuses_logits_added_over_the_vocabulary():
+    for extra in ("model.direct=true", "model.maxent_order=2"):
+        with pytest.raises(ConfigError, match="model.softmax_cutoffs do not combine with model.direct or"):
+            to_config(compose_cfg(["model.softmax_cutoffs=[10]", extra]))
 
 
 def test_token_counts_come_together():

@@ -54,9 +54,9 @@ def test_scaled_init_starts_near_uniform():
     assert model(idx, y)[1].item() > 10
 
 
-def deep(**kw):
+def deep(vocab_size=27, **kw):
     base = dict(type="nplm", n_embd=8, block_size=3, n_hidden=32, init="scaled", n_layer=2)
-    return NPLM(ModelConfig(**{**base, **kw}), 27)
+    return NPLM(ModelConfig(**{**base, **kw}), vocab_size)
 
 
 def test_depth_and_norms_shapes():
@@ -96,6 +96,34 @@ def test_direct_connections_start_at_zero_and_learn():
     assert torch.equal(with_direct(x)[0], without(x)[0])
     with_direct(x, y)[1].backward()
     assert with_direct.direct.grad.abs().sum() > 0
+
+
+def test_adaptive_softmax_scores_every_token_and_trains_on_the_targets_clusters():
+    """softmax_cutoffs: log-probabilities over the whole vocabulary in eval (they sum to 1), near uniform
+    at the start; while training the loss alone, equal to the eval loss on the same weights."""
+    model, V = deep(200, softmax_cutoffs=[10, 50], softmax_div=2.0), 200
+    model.init_weights("scaled", torch.Generator().manual_seed(0))
+    x, y = torch.randint(0, V, (4096, 3)), torch.randint(0, V, (4096,))
+    model.eval()
+    logp, loss = model(x, y)
+    assert logp.shape == (4096, V) and torch.allclose(logp.exp().sum(1), torch.ones(4096), atol=1e-5)
+    assert torch.equal(loss, F.nll_loss(logp, y)) and abs(loss.item() - math.log(V)) < 0.05
+    model.train()  # no dropout in deep(): the same function, computed only where the targets are
+    none, train_loss = model(x, y)
+    assert none is None and torch.allclose(train_loss, loss, atol=1e-5)
+    train_loss.backward()
+    assert all(p.grad is not None for p in model.adaptive.parameters())
+
+
+def test_adaptive_softmax_refuses_cutoffs_past_the_vocabulary():
+    import pytest
+
+    from nplm.config import ConfigError
+    with pytest.raises(ConfigError, match=r"model.softmax_cutoffs=\[10, 300\] must all be below vocab_size 200"):
+        NPLM(ModelConfig(type="nplm", n_embd=8, block_size=3, n_hidden=32, softmax_cutoffs=[10, 300]), 200)
+    with pytest.raises(ConfigError, match="model.softmax_div=8 leaves the last of 2 clusters no units"):
+        NPLM(ModelConfig(type="nplm", n_embd=8, block_size=3, n_hidden=32, softmax_cutoffs=[10, 50],
+                         softmax_div=8.0), 200)
 
 
 def test_weight_decay_only_on_weight_matrices_unless_asked():

@@ -168,6 +168,26 @@ def test_bengio2003_preset_trains_the_papers_recipe_with_its_trigram_mixture(tmp
     assert s["val_loss"] < min(s["nplm_val_loss"], s["ngram_val_loss"])  # the mixture beats both parts
 
 
+def test_adaptive_softmax_run_evaluates_samples_and_mixes_like_a_full_one(tmp_path):
+    """model.softmax_cutoffs end to end on 3,000 lines of Shakespeare: trained on its targets' clusters,
+    evaluated over the whole vocabulary (the run's val loss is what scripts/evaluate.py gets from the
+    checkpoint), sampled, and mixed with a Kneser-Ney trigram."""
+    corpus = tmp_path / "shakespeare_3000.txt"
+    lines = (ROOT / "nplm/assets/tinyshakespeare.txt").read_text().splitlines()[:3000]
+    corpus.write_text("\n".join(lines) + "\n")
+    run_dir = tmp_path / "r"
+    proc = train(run_dir, "data=shakespeare", f"data.path={corpus}", "train.steps=400", "train.eval_interval=200",
+                 "model.softmax_cutoffs=[100,500]", "model.softmax_div=2", "model.mix_order=3", "wandb.mode=disabled")
+    s = json.loads((run_dir / "summary.json").read_text())
+    assert s["status"] == "finished" and "adaptive softmax (cutoffs [100, 500], softmax_div 2)" in proc.stdout
+    assert s["nplm_val_loss"] < math.log(s["vocab_size"])  # learnt something
+    assert 0 <= s["mix_weight"] < 1 and s["val_loss"] <= min(s["nplm_val_loss"], s["ngram_val_loss"]) + 1e-9
+    # the network alone, from the mixture's per-example log-probabilities and from split_loss over the checkpoint
+    out = run_cmd([ROOT / "scripts/evaluate.py", run_dir, "split=val"]).stdout
+    assert f"{s['val_loss']:.4f}" in out and f"{s['nplm_val_loss']:.4f}" in out
+    assert run_cmd([ROOT / "scripts/sample.py", run_dir, "n=3", "seed=1"]).returncode == 0
+
+
 KJV = ROOT.parent / "shared" / "data" / "kjv.txt"  # beside the clone in CI and on these machines
 
 

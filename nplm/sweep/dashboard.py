@@ -247,7 +247,8 @@ def _add_references(fig: dict, refs, subplots: int, log: bool = False) -> None:
 
 
 def _labels(board: pd.DataFrame, swept: list[str]) -> dict[str, str]:
-    """Each job's name in legends and hovers, by its path: rank, its swept values (short keys)."""
+    """Each job's name in legends and hovers, by its path: its rank, its swept values (short keys) and its
+    job number ("rank 1: n_embd=8 (job 3)"; Hydra's "#3" is the job number, so the rank does not use #)."""
     if board.empty:
         return {}
     short = {c: c.split(".")[-1] for c in swept}
@@ -258,7 +259,7 @@ def _labels(board: pd.DataFrame, swept: list[str]) -> dict[str, str]:
     for rank, row in board.iterrows():
         values = ", ".join(f"{short[c]}={_fmt(row[c])}" for c in swept) or f"job {row['job']}"
         where = f"{row['sweep']}/{row['job']}" if many else f"job {row['job']}"
-        labels[str(row["path"])] = f"#{rank} {values}" + (f" ({where})" if swept else (f" ({row['sweep']})" if many else ""))
+        labels[str(row["path"])] = f"rank {rank}: {values}" + (f" ({where})" if swept else (f" ({row['sweep']})" if many else ""))
     return labels
 
 

@@ -75,6 +75,8 @@ class SweepCallback(Callback):
         state = {"swept": swept, "command": sys.argv, "started": time.time(), "jobs": planned_jobs(config)}
         (_sweep_dir / "sweep.json").write_text(json.dumps(state, indent=2) + "\n")
         _write_live(_sweep_dir)
+        if not jobs_compose(config):  # the sweeper refuses it next, with the error (and the folder goes)
+            return
         resume = " ".join(a for a in sys.argv if not a.startswith("hydra.sweep.dir="))
         log.info("sweep folder: %s (if interrupted, resume with: python %s hydra.sweep.dir=%s)",
                  _sweep_dir, resume, _sweep_dir)
@@ -91,20 +93,39 @@ class SweepCallback(Callback):
 def planned_jobs(config: DictConfig) -> int | None:
     """How many jobs the sweep launches: Optuna's trials, or the basic sweeper's grid (its params and the
     command's sweep overrides, combined as it combines them); None for other sweepers."""
-    sweeper = config.hydra.sweeper
-    target = str(sweeper.get("_target_", ""))
+    if "optuna" in str(config.hydra.sweeper.get("_target_", "")).lower():
+        return int(config.hydra.sweeper.n_trials)
     try:
-        if "optuna" in target.lower():
-            return int(sweeper.n_trials)
-        if target.endswith("BasicSweeper"):
-            from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-            from hydra.core.override_parser.overrides_parser import OverridesParser
-            params = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
-            overrides = OverridesParser.create().parse_overrides(params + list(config.hydra.overrides.task))
-            return sum(len(batch) for batch in BasicSweeper.split_arguments(overrides, None))
+        batches = grid(config)
     except Exception:  # noqa: BLE001 - the count is for the dashboard only; Hydra reports a bad sweep itself
         return None
-    return None
+    return None if batches is None else sum(len(batch) for batch in batches)
+
+
+def grid(config: DictConfig) -> list[list[list[str]]] | None:
+    """The basic sweeper's batches of jobs' overrides, as it will launch them; None for other sweepers."""
+    sweeper = config.hydra.sweeper
+    if not str(sweeper.get("_target_", "")).endswith("BasicSweeper"):
+        return None
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    params = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
+    overrides = OverridesParser.create().parse_overrides(params + list(config.hydra.overrides.task))
+    return BasicSweeper.split_arguments(overrides, sweeper.get("max_batch_size"))
+
+
+def jobs_compose(config: DictConfig) -> bool:
+    """Whether each job's config of a basic sweep composes (False: a value of the wrong type, which the
+    sweeper then refuses); True for other sweepers, which check their own."""
+    from hydra.core.global_hydra import GlobalHydra
+    loader = GlobalHydra.instance().config_loader()
+    try:
+        for batch in grid(config) or []:
+            for overrides in batch:
+                loader.load_sweep_config(config, list(overrides))
+    except Exception:  # noqa: BLE001 - the sweeper raises the same error, which the command reports
+        return False
+    return True
 
 
 def _write_live(sweep_dir: Path) -> None:
