@@ -33,6 +33,8 @@ def split_loss(model: torch.nn.Module, X: torch.Tensor, Y: torch.Tensor, chunk: 
         x, y = X[i:i + chunk].to(device), Y[i:i + chunk].to(device)
         if hasattr(model, "target_log_prob"):  # count models and mixtures: the target's probability only
             total -= model.target_log_prob(x, y).sum().to(device)
+        elif getattr(model, "adaptive", None) is not None:  # an adaptive softmax: the targets' clusters only
+            total -= model.adaptive_log_prob(x, y).sum().double()
         else:
             logits, _ = model(x)
             total += F.cross_entropy(logits, y, reduction="sum").double()

@@ -62,6 +62,8 @@ class Mixture(nn.Module):
 def _network_log_prob(nplm: NPLM, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """log P_net(target | context) of each row, float64 on the CPU: the target's logit less the
     log-sum-exp, without a (B, vocab_size) float64 copy of the logits."""
+    if getattr(nplm, "adaptive", None) is not None:  # only the targets' clusters
+        return nplm.adaptive_log_prob(idx, targets).double().cpu()
     logits = nplm(idx)[0]
     return (logits.gather(1, targets[:, None]).squeeze(1) - logits.logsumexp(-1)).double().cpu()
 

@@ -146,10 +146,7 @@ class NPLM(nn.Module):
         """idx (B, block_size) int64 -> logits (B, vocab_size), and the mean cross-entropy if targets.
         With an adaptive softmax the logits are log-probabilities, and while training with targets they
         are None: the loss alone is computed, from the targets' clusters (what makes it fast)."""
-        x = self.C[idx].view(idx.shape[0], -1)  # (B, block_size * n_embd)
-        h = x
-        for layer, norm in zip(self.hidden, self.norms):
-            h = self.dropout(torch.tanh(norm(layer(h))))  # (B, n_hidden)
+        x, h = self._features(idx)
         if self.adaptive is not None:
             if targets is not None and self.training:
                 return None, self.adaptive(h, targets).loss
@@ -162,6 +159,19 @@ class NPLM(nn.Module):
             logits = logits + self.maxent(idx)
         loss = None if targets is None else F.cross_entropy(logits, targets)
         return logits, loss
+
+    def _features(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The concatenated features x (B, block_size * n_embd) and what the output reads, h."""
+        x = self.C[idx].view(idx.shape[0], -1)
+        h = x
+        for layer, norm in zip(self.hidden, self.norms):
+            h = self.dropout(torch.tanh(norm(layer(h))))  # (B, n_hidden)
+        return x, h
+
+    def adaptive_log_prob(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """With an adaptive softmax: log P(target | context) of each row (B,), computing only the clusters
+        the targets fall in (evaluation's fast path; the same numbers as the logits', within rounding)."""
+        return self.adaptive(self._features(idx)[1], targets).output
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

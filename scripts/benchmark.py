@@ -24,7 +24,8 @@ prints each figure's ratio to that earlier run, so a regression shows as a numbe
 - memory:  peak RSS of the lecture run vs the reference loop.
 - words:   words/s of word-level training (batch 128) and chunked evaluation: `data=shakespeare`
            (5,989 tokens) and a synthetic Zipf corpus with a 16,000-word vocabulary, where the
-           output layer dominates; on the GPU too when there is one.
+           output layer dominates, each with the full softmax and with an adaptive one
+           (model.softmax_cutoffs), alternating, and their ratio; on the GPU too when there is one.
 - repro:   what reproducible mode (the default, nplm/repro.py) costs: steps/s with reproducible=true
            and reproducible=false, alternating, for the default run, the lecture on the plain path
            and the lecture on the compiled path (--repro-steps steps), and whether the losses differ.
@@ -237,25 +238,33 @@ def zipf_corpus(path: Path, vocab: int = 16_000, tokens: int = 200_000, seed: in
 
 
 def bench_words(repeats: int) -> dict:
+    """Word-level words/s, each corpus with the full softmax and with an adaptive one (alternating)."""
     import torch
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
-        corpora = {"shakespeare": ["data=shakespeare"],
-                   "zipf16k": ["data=shakespeare", f"data.path={zipf_corpus(Path(tmp) / 'zipf.txt')}",
-                               "data.min_count=1", "data.max_vocab=16000", "data.lowercase=false",
-                               "model.n_embd=60"]}
-        for name, overrides in corpora.items():
+        corpora = {"shakespeare": (["data=shakespeare"], "[1000,3000]"),
+                   "zipf16k": (["data=shakespeare", f"data.path={zipf_corpus(Path(tmp) / 'zipf.txt')}",
+                                "data.min_count=1", "data.max_vocab=16000", "data.lowercase=false",
+                                "model.n_embd=60"], "[2000,6000]")}
+        for name, (overrides, cutoffs) in corpora.items():
             for device in devices:
-                train, evaluate, vocab = [], [], None
+                figs, vocab = {"full": ([], []), "adaptive": ([], [])}, None
                 for _ in range(repeats):
-                    s, _, _ = runner(*overrides, f"device={device}", "train.steps=300", "train.eval_interval=300",
-                                     "train.num_samples=0")
-                    train.append(s["train_tokens_per_s"])
-                    evaluate.append(s["eval_tokens_per_s"])
-                    vocab = s["vocab_size"]
-                out[f"{name} {device}"] = {"vocab_size": vocab, "train_words_per_s": statistics.median(train),
-                                           "eval_words_per_s": statistics.median(evaluate), "batch_size": 128}
+                    for variant, extra in (("full", []), ("adaptive", [f"model.softmax_cutoffs={cutoffs}"])):
+                        s, _, _ = runner(*overrides, *extra, f"device={device}", "train.steps=300",
+                                         "train.eval_interval=300", "train.num_samples=0")
+                        figs[variant][0].append(s["train_tokens_per_s"])
+                        figs[variant][1].append(s["eval_tokens_per_s"])
+                        vocab = s["vocab_size"]
+                full, adaptive = ({"train": statistics.median(t), "eval": statistics.median(e)}
+                                  for t, e in figs.values())
+                out[f"{name} {device}"] = {
+                    "vocab_size": vocab, "batch_size": 128, "train_words_per_s": full["train"],
+                    "eval_words_per_s": full["eval"], "softmax_cutoffs": cutoffs,
+                    "adaptive_train_words_per_s": adaptive["train"], "adaptive_eval_words_per_s": adaptive["eval"],
+                    "adaptive_train_ratio": adaptive["train"] / full["train"],
+                    "adaptive_eval_ratio": adaptive["eval"] / full["eval"]}
     return out
 
 
@@ -322,6 +331,10 @@ def table(results: dict) -> str:
     for name, r in results.get("words", {}).items():
         rows.append((f"word level, {name} ({r['vocab_size']:,} words): train / eval words/s", "",
                      f"{r['train_words_per_s']:,.0f} / {r['eval_words_per_s']:,.0f}", "", "practical"))
+        if "adaptive_train_words_per_s" in r:
+            rows.append((f"  adaptive softmax (model.softmax_cutoffs={r['softmax_cutoffs']}): train / eval words/s",
+                         "", f"{r['adaptive_train_words_per_s']:,.0f} / {r['adaptive_eval_words_per_s']:,.0f}",
+                         f"{r['adaptive_train_ratio']:.2f}x / {r['adaptive_eval_ratio']:.2f}x", "faster than full"))
     head = ("figure", "reference loop", "runner", "ratio", "target")
     widths = [max(len(str(row[i])) for row in [head, *rows]) for i in range(5)]
     fmt = lambda row: "| " + " | ".join(str(c).ljust(w) for c, w in zip(row, widths)) + " |"  # noqa: E731

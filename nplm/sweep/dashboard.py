@@ -259,7 +259,8 @@ def _labels(board: pd.DataFrame, swept: list[str]) -> dict[str, str]:
     for rank, row in board.iterrows():
         values = ", ".join(f"{short[c]}={_fmt(row[c])}" for c in swept) or f"job {row['job']}"
         where = f"{row['sweep']}/{row['job']}" if many else f"job {row['job']}"
-        labels[str(row["path"])] = f"rank {rank}: {values}" + (f" ({where})" if swept else (f" ({row['sweep']})" if many else ""))
+        suffix = f" ({where})" if swept else (f" ({row['sweep']})" if many else "")
+        labels[str(row["path"])] = f"rank {rank}: {values}{suffix}"
     return labels
 
 
