@@ -71,7 +71,8 @@ class ModelConfig:
     softmax_cutoffs: list[int] = field(default_factory=list)  # nplm: an adaptive softmax (Grave et al. 2017) for
     # a large vocabulary: token ids below the first cutoff (at word level the most frequent words) are scored
     # directly, each further range through a projection softmax_div times smaller; [] = the full softmax
-    softmax_div: float = 4.0  # nplm, with softmax_cutoffs: each cluster's projection is this much smaller
+    softmax_div: float = 4.0  # nplm, with softmax_cutoffs: cluster i (1, 2, ...) reads a projection of the last
+    # layer to n_hidden / softmax_div ** i units
     maxent_order: int = 0  # nplm: hashed n-gram direct connections (Mikolov et al. 2011's RNNME): the last
     # 1 .. maxent_order tokens each add a learned vector of logits, trained with the network; 0 = off
     maxent_buckets: int = 131072  # nplm: rows per n-gram order (orders with fewer contexts get one row each)

@@ -19,8 +19,8 @@ On a GPU the same STEPS_PER_CALL steps are captured as a CUDA graph instead (Gra
 replay launches all their kernels, where the plain path launches them one by one from Python.
 
 Covered (everything else takes the plain path, which says why): one tanh hidden layer, no norm,
-no dropout, no direct connections of either kind, the full softmax, SGD without momentum or weight decay, no gradient
-clipping, no weight averaging. `train.fast=auto` (default) takes it when covered and, on the CPU,
+no dropout, no direct connections of either kind, the full softmax, SGD without momentum or weight
+decay, no gradient clipping, no weight averaging. `train.fast=auto` (default) takes it when covered and, on the CPU,
 the run is long enough to pay for building the package, whether or not it is cached (so that the
 same config always takes the same path and gives the same losses); on a GPU whenever covered (a
 graph is captured in milliseconds); `on` whenever covered, `off` never.

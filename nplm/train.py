@@ -144,13 +144,13 @@ def build(cfg: Config, vocab_size: int, X: dict, Y: dict, device: torch.device,
         if resume.rng.get("cuda") is not None:
             torch.cuda.set_rng_state_all(resume.rng["cuda"])
     hidden = f"{m.n_layer} x n_hidden {m.n_hidden}" if m.n_hidden else "no hidden layer"
-    maxent = (f", hashed n-gram direct connections of orders 1-{m.maxent_order} "
+    extras = (f", hashed n-gram direct connections of orders 1-{m.maxent_order} "
               f"({model.maxent.weight.numel():,} of the parameters)" if model.maxent is not None else "")
     if m.softmax_cutoffs:
-        maxent += f", adaptive softmax (cutoffs {list(m.softmax_cutoffs)}, softmax_div {m.softmax_div:g})"
+        extras += f", adaptive softmax (cutoffs {list(m.softmax_cutoffs)}, softmax_div {m.softmax_div:g})"
     log.info("model: n_embd %d, block_size %d, %s, norm %s, dropout %g%s%s, init %s, "
              "%d parameters; %s lr %g (%s); device %s, %d CPU thread(s) (%s)", m.n_embd, m.block_size,
-             hidden, m.norm, m.dropout, ", direct connections" if m.direct else "", maxent, m.init,
+             hidden, m.norm, m.dropout, ", direct connections" if m.direct else "", extras, m.init,
              model.num_params(), cfg.optim.name, cfg.optim.lr, cfg.optim.schedule, device,
              torch.get_num_threads(), threads.choose(cfg, vocab_size)[1])
     return Setup(cfg, model, optimizer, g, X, Y, limit)
