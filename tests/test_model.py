@@ -1,6 +1,7 @@
 """The model: shapes, the lecture's exact initial draws, and a sane initial loss."""
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -100,7 +101,8 @@ def test_direct_connections_start_at_zero_and_learn():
 
 def test_adaptive_softmax_scores_every_token_and_trains_on_the_targets_clusters():
     """softmax_cutoffs: log-probabilities over the whole vocabulary in eval (they sum to 1), near uniform
-    at the start; while training the loss alone, equal to the eval loss on the same weights."""
+    at the start; while training the loss alone, equal to the eval loss on the same weights; and the
+    targets' log-probabilities alone (evaluation's path) equal to those of the whole vocabulary."""
     model, V = deep(200, softmax_cutoffs=[10, 50], softmax_div=2.0), 200
     model.init_weights("scaled", torch.Generator().manual_seed(0))
     x, y = torch.randint(0, V, (4096, 3)), torch.randint(0, V, (4096,))
@@ -108,6 +110,7 @@ def test_adaptive_softmax_scores_every_token_and_trains_on_the_targets_clusters(
     logp, loss = model(x, y)
     assert logp.shape == (4096, V) and torch.allclose(logp.exp().sum(1), torch.ones(4096), atol=1e-5)
     assert torch.equal(loss, F.nll_loss(logp, y)) and abs(loss.item() - math.log(V)) < 0.05
+    assert torch.allclose(model.adaptive_log_prob(x, y), logp.gather(1, y[:, None]).squeeze(1), atol=1e-5)
     model.train()  # no dropout in deep(): the same function, computed only where the targets are
     none, train_loss = model(x, y)
     assert none is None and torch.allclose(train_loss, loss, atol=1e-5)
@@ -116,8 +119,6 @@ def test_adaptive_softmax_scores_every_token_and_trains_on_the_targets_clusters(
 
 
 def test_adaptive_softmax_refuses_cutoffs_past_the_vocabulary():
-    import pytest
-
     from nplm.config import ConfigError
     with pytest.raises(ConfigError, match=r"model.softmax_cutoffs=\[10, 300\] must all be below vocab_size 200"):
         NPLM(ModelConfig(type="nplm", n_embd=8, block_size=3, n_hidden=32, softmax_cutoffs=[10, 300]), 200)

@@ -169,9 +169,9 @@ def test_bengio2003_preset_trains_the_papers_recipe_with_its_trigram_mixture(tmp
 
 
 def test_adaptive_softmax_run_evaluates_samples_and_mixes_like_a_full_one(tmp_path):
-    """model.softmax_cutoffs end to end on 3,000 lines of Shakespeare: trained on its targets' clusters,
-    evaluated over the whole vocabulary (the run's val loss is what scripts/evaluate.py gets from the
-    checkpoint), sampled, and mixed with a Kneser-Ney trigram."""
+    """model.softmax_cutoffs end to end on 3,000 lines of Shakespeare: trained and evaluated on its
+    targets' clusters (the run's val losses are what scripts/evaluate.py gets from the checkpoint),
+    sampled over the whole vocabulary, and mixed with a Kneser-Ney trigram."""
     corpus = tmp_path / "shakespeare_3000.txt"
     lines = (ROOT / "nplm/assets/tinyshakespeare.txt").read_text().splitlines()[:3000]
     corpus.write_text("\n".join(lines) + "\n")
