@@ -52,6 +52,8 @@ def test_refused_commands_leave_nothing(tmp_path):
         "sweep": [ROOT / "train.py", "-m", *common, "model.n_embd=0,-1"],
         "key": [ROOT / "train.py", "-m", *common, "model.n_embdd=1,2"],
         "type": [ROOT / "train.py", "-m", *common, "model.n_embd=4,abc"],
+        # the wrong value in a grid with a group's choices: checked without composing every job
+        "type_grid": [ROOT / "train.py", "-m", *common, "model=ngram,nplm", "optim.lr=0.1,abc"],
     })
     assert_one_line_error(procs["batch"], "train.batch_size=10000000 is larger than the 182625 training examples")
     assert_one_line_error(procs["data"], "does not exist")
@@ -59,7 +61,9 @@ def test_refused_commands_leave_nothing(tmp_path):
                                           "model.n_embd=-1 must be at least 1")
     assert_one_line_error(procs["key"], "Key 'n_embdd' not in 'ModelConfig'")
     assert_one_line_error(procs["type"], "Value 'abc' of type 'str' could not be converted to Integer")
-    assert "sweep folder" not in procs["type"].stdout + procs["type"].stderr  # no folder to resume is announced
+    assert_one_line_error(procs["type_grid"], "Value 'abc' of type 'str' could not be converted to Float")
+    for case in ("type", "type_grid"):  # no folder to resume is announced
+        assert "sweep folder" not in procs[case].stdout + procs[case].stderr
     assert not list(runs.glob("*")) and not list(sweeps.glob("*"))
     partly = run_cmd([ROOT / "train.py", "-m", *common, "wandb.mode=disabled", "model.n_embd=0,4"], check=False)
     assert partly.returncode == 1 and "a job of the sweep failed" in partly.stderr

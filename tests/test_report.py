@@ -37,6 +37,7 @@ def test_sweep_report_lists_every_job_sorted_with_plots_and_is_rewritten_by_the_
     proc = run_cmd([ROOT / "train.py", "-m", *QUICK, "model.n_embd=2,4", "optim.lr=0.01,0.03",
                     f"hydra.sweep.dir={sweep}"], check=False)
     assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert f"sweep folder: {sweep} (if interrupted, resume with: python " in proc.stdout + proc.stderr
     summaries = {j: json.loads((sweep / j / "summary.json").read_text()) for j in "0123"}
     assert [summaries[j]["status"] for j in "0123"] == ["finished", "finished", "finished", "failed"]
     finished = sorted((s["val_loss"], j) for j, s in summaries.items() if s["status"] == "finished")

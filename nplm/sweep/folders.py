@@ -72,10 +72,15 @@ class SweepCallback(Callback):
         _sweep_dir.mkdir(parents=True, exist_ok=True)
         params = config.hydra.sweeper.get("params")
         swept = swept_keys(list(config.hydra.overrides.task), dict(params) if params else None)
-        state = {"swept": swept, "command": sys.argv, "started": time.time(), "jobs": planned_jobs(config)}
+        try:
+            batches = grid(config)
+        except Exception:  # noqa: BLE001 - a sweep Hydra cannot parse: its sweeper reports it next
+            batches = False
+        state = {"swept": swept, "command": sys.argv, "started": time.time(),
+                 "jobs": planned_jobs(config, batches)}
         (_sweep_dir / "sweep.json").write_text(json.dumps(state, indent=2) + "\n")
         _write_live(_sweep_dir)
-        if not jobs_compose(config):  # the sweeper refuses it next, with the error (and the folder goes)
+        if batches is False or not jobs_compose(config, batches):  # the sweeper refuses it next (and the folder goes)
             return
         resume = " ".join(a for a in sys.argv if not a.startswith("hydra.sweep.dir="))
         log.info("sweep folder: %s (if interrupted, resume with: python %s hydra.sweep.dir=%s)",
@@ -90,20 +95,17 @@ class SweepCallback(Callback):
             _write_live(Path(config.hydra.sweep.dir))
 
 
-def planned_jobs(config: DictConfig) -> int | None:
-    """How many jobs the sweep launches: Optuna's trials, or the basic sweeper's grid (its params and the
-    command's sweep overrides, combined as it combines them); None for other sweepers."""
+def planned_jobs(config: DictConfig, batches) -> int | None:
+    """How many jobs the sweep launches: Optuna's trials, or the basic sweeper's grid (`batches`, from
+    `grid`; False where it could not be parsed); None for other sweepers."""
     if "optuna" in str(config.hydra.sweeper.get("_target_", "")).lower():
         return int(config.hydra.sweeper.n_trials)
-    try:
-        batches = grid(config)
-    except Exception:  # noqa: BLE001 - the count is for the dashboard only; Hydra reports a bad sweep itself
-        return None
-    return None if batches is None else sum(len(batch) for batch in batches)
+    return sum(len(batch) for batch in batches) if batches else None
 
 
 def grid(config: DictConfig) -> list[list[list[str]]] | None:
-    """The basic sweeper's batches of jobs' overrides, as it will launch them; None for other sweepers."""
+    """The basic sweeper's batches of jobs' overrides (its params and the command's sweep overrides,
+    combined as it combines them), as it will launch them; None for other sweepers."""
     sweeper = config.hydra.sweeper
     if not str(sweeper.get("_target_", "")).endswith("BasicSweeper"):
         return None
@@ -114,15 +116,40 @@ def grid(config: DictConfig) -> list[list[list[str]]] | None:
     return BasicSweeper.split_arguments(overrides, sweeper.get("max_batch_size"))
 
 
-def jobs_compose(config: DictConfig) -> bool:
-    """Whether each job's config of a basic sweep composes (False: a value of the wrong type, which the
-    sweeper then refuses); True for other sweepers, which check their own."""
+def jobs_compose(config: DictConfig, batches: list[list[list[str]]] | None) -> bool:
+    """Whether every swept value composes into a job's config (False: a value of the wrong type, which
+    the sweeper then refuses); True for other sweepers (`batches` None), which check their own.
+
+    A whole composition reads every config file again (about 0.15 s), so one is made per set of config
+    group choices (and `+`/`~` overrides); the other jobs' values are applied to that job's config as
+    Hydra applies them (checked against the schema), each value once. A value refused only in
+    combination with another is left to the sweeper, which composes every job before launching it."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
     from hydra.core.global_hydra import GlobalHydra
-    loader = GlobalHydra.instance().config_loader()
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    loader, parser = GlobalHydra.instance().config_loader(), OverridesParser.create()
+    groups = set(config.hydra.runtime.choices)  # the config groups (model, data, hydra/launcher, ...)
+
+    def changes_more(o) -> bool:  # a group's choice (model=ngram), or an added or removed key
+        return (o.is_add() or o.is_force_add() or o.is_delete() or o.package is not None
+                or o.key_or_group in groups)
+
+    composed: dict[tuple[str, ...], DictConfig] = {}  # those overrides -> a job's config
+    tried: set[str] = set()
     try:
-        for batch in grid(config) or []:
+        for batch in batches or []:
             for overrides in batch:
-                loader.load_sweep_config(config, list(overrides))
+                if tried.issuperset(overrides):
+                    continue
+                parsed = parser.parse_overrides(list(overrides))
+                choices = tuple(o.input_line for o in parsed if changes_more(o))
+                if choices in composed:
+                    values = [o for o in parsed if o.input_line not in tried and o.input_line not in choices]
+                    ConfigLoaderImpl._apply_overrides_to_config(values, composed[choices])
+                else:
+                    composed[choices] = loader.load_sweep_config(config, list(overrides))
+                    groups.update(composed[choices].hydra.runtime.choices)
+                tried.update(overrides)
     except Exception:  # noqa: BLE001 - the sweeper raises the same error, which the command reports
         return False
     return True
