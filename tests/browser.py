@@ -20,6 +20,12 @@ const __error = console.error;
 console.error = (...a) => { window.__errors.push(a.map(String).join(" ")); __error(...a); };
 window.addEventListener("error", e => window.__errors.push("error: " + (e.message || (e.target && (e.target.src || e.target.href)))), true);
 window.addEventListener("unhandledrejection", e => window.__errors.push("rejection: " + e.reason));
+// a parcoords trace's lines as [its value on the last axis, the colour its number picks on the colour scale]
+const parcoordsLines = t => t.line.color.map((v, i) => {
+  const f = (v - (t.line.cmin || 0)) / ((t.line.cmax || 1) - (t.line.cmin || 0));
+  const stop = Array.isArray(t.line.colorscale) ? t.line.colorscale.find(s => Math.abs(s[0] - f) < 1e-9) : null;
+  return [t.dimensions[t.dimensions.length - 1].values[i], stop ? stop[1] : null];
+});
 window.addEventListener("load", () => setTimeout(() => {
   const plots = {};
   document.querySelectorAll(".plotly-graph-div").forEach(d => {
@@ -27,7 +33,9 @@ window.addEventListener("load", () => setTimeout(() => {
     plots[d.id] = {
       traces: (d.data || []).map(t => ({name: t.name, type: t.type, xaxis: t.xaxis || "x", legendgroup: t.legendgroup,
                                         points: (t.x || []).length,
-                                        dims: t.dimensions ? t.dimensions.map(x => [x.label, x.values.length]) : null})),
+                                        dims: t.dimensions ? t.dimensions.map(x => [x.label, x.values.length]) : null,
+                                        colour: t.line && typeof t.line.color === "string" ? t.line.color : null,
+                                        lines: t.type === "parcoords" ? parcoordsLines(t) : null})),
       axes: Object.fromEntries(Object.keys(layout).filter(k => /^[xy]axis[0-9]*$/.test(k)).map(k => [k, layout[k].type])),
       shapes: ((d.layout || {}).shapes || []).map(s => s.y0),
       drawn: d.querySelectorAll("g.trace, canvas").length};

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from html.parser import HTMLParser
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -69,6 +70,11 @@ def test_finished_sweep_dashboard_in_chromium(sweep, tmp_path):
     (parallel,) = plots["parallel-plot"]["traces"]
     assert parallel["type"] == "parcoords"
     assert parallel["dims"] == [["model.n_embd", 8], ["optim.lr (log)", 8], ["seed", 8], ["val loss", 8]]
+    # each run has one colour: its line across the axes is the colour of its curves
+    curve_colour = {t["legendgroup"]: t["colour"] for t in curves if t["xaxis"] == "x"}
+    job_of = {json.loads((Path(j) / "summary.json").read_text())["val_loss"]: j for j in jobs}
+    assert len(job_of) == 8 and all(colour for colour in curve_colour.values())
+    assert sorted(map(tuple, parallel["lines"])) == sorted((loss, curve_colour[j]) for loss, j in job_of.items())
     assert [t["type"] for t in plots["importance-plot"]["traces"]] == ["bar"]
 
     # the leaderboard sorts by a header's click, both ways, failed or empty cells last

@@ -73,9 +73,10 @@ def dashboard_html(df: pd.DataFrame, board: pd.DataFrame, swept: list[str], fold
     sections = []  # (anchor, title, html)
     if not df.empty:
         if swept and len(done) > 1:
-            sections.append(("parallel", "Parallel coordinates", _div(_parallel(done, swept, refs), "parallel")
+            sections.append(("parallel", "Parallel coordinates", _div(_parallel(done, swept, refs, board), "parallel")
                              + _note("Drag along an axis to select a range of it; the lines left are the runs "
-                                     "inside every selection. Colour: val loss.")))
+                                     "inside every selection. Colour: rank by val loss, each run's colour "
+                                     "in the curves below too.")))
         curves = _curves(df, board, labels, refs)
         if curves is not None:
             sections.append(("curves", "Every run's curves", _div(curves, "curves") + _note(
@@ -103,7 +104,8 @@ def dashboard_html(df: pd.DataFrame, board: pd.DataFrame, swept: list[str], fold
     nav = " ".join(f'<a href="#{a}">{html.escape(t)}</a>' for a, t, _ in sections)
     sections_html = [f'\n<h2 id="{a}">{html.escape(t)}</h2>\n{h}' for a, t, h in sections]
     refresh = f'<meta http-equiv="refresh" content="{REFRESH_S}">' if state.get("live") else ""
-    title = (f"nplm sweep {folders[0].parent.name}/{folders[0].name}" if len(folders) == 1 and state
+    where = folders[0].name if folders[0].parent.name == "sweeps" else f"{folders[0].parent.name}/{folders[0].name}"
+    title = (f"nplm sweep {where}" if len(folders) == 1 and state
              else f"nplm: {len(df)} runs compared" if len(df) != 1 else f"nplm run {folders[0].name}")
     head = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">{refresh}<title>{html.escape(title)}</title>
@@ -383,8 +385,10 @@ def _json(v):
     return v.item() if hasattr(v, "item") else v
 
 
-def _parallel(done: pd.DataFrame, swept: list[str], refs) -> dict:
-    """One line per finished run across an axis per swept key and one for val loss."""
+def _parallel(done: pd.DataFrame, swept: list[str], refs, board: pd.DataFrame) -> dict:
+    """One line per finished run across an axis per swept key and one for val loss, each in its colour
+    in the other views (by rank: a parcoords line takes a number on a colour scale, so the scale is
+    made of the runs' colours, one stop per run)."""
     dims = []
     for col in swept:
         kind = axis_kind(done[col], col)
@@ -406,9 +410,20 @@ def _parallel(done: pd.DataFrame, swept: list[str], refs) -> dict:
     ticks += [(y, label) for y, label, _ in refs if lo <= y <= hi]  # the lecture's bar, the count baseline
     dims.append(dict(label="val loss", values=loss.tolist(), tickvals=[t for t, _ in ticks],
                      ticktext=[t for _, t in ticks]))
+    colours = _colours(board)
+    paths = done["path"].astype(str).tolist()
+    ranked = sorted(range(len(paths)), key=lambda i: loss.iloc[i])
+    position = {i: k for k, i in enumerate(ranked)}
+    last = max(len(ranked) - 1, 1)
+    scale = [[k / last, colours[paths[i]]] for k, i in enumerate(ranked)]
+    if len(scale) == 1:
+        scale.append([1.0, scale[0][1]])
+    ends = [(0, f"best {loss.iloc[ranked[0]]:.4f}"), (len(ranked) - 1, f"worst {loss.iloc[ranked[-1]]:.4f}")]
     return {"data": [dict(type="parcoords", dimensions=dims,
-                          line=dict(color=loss.tolist(), colorscale="Viridis", showscale=True,
-                                    colorbar=dict(title=dict(text="val loss"))))],
+                          line=dict(color=[position[i] for i in range(len(paths))], colorscale=scale, cmin=0,
+                                    cmax=last, showscale=True,
+                                    colorbar=dict(title=dict(text="rank"), tickvals=[v for v, _ in ends],
+                                                  ticktext=[t for _, t in ends])))],
             "layout": dict(height=430, margin=dict(t=60, b=30, l=80, r=40))}
 
 
