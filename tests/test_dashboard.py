@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 
 from browser import render
 from conftest import CONF, ROOT, TINY, compose_cfg, run_cmd, train
-from nplm.sweep.dashboard import importance
+from nplm.sweep.dashboard import _parallel, importance
 from nplm.sweep.jobs import _groups_selected, rerun_command
 from nplm.sweep.pngs import axis_kind
 from nplm.sweep.report import write_live
@@ -231,3 +231,12 @@ def test_axes_and_importance():
     assert table.loc["optim.lr", "share"] == pytest.approx(1.0) and table.loc["seed", "share"] == pytest.approx(0.0)
     assert table.loc["optim.lr", "rank_corr"] == pytest.approx(-1.0)
     assert list(table.index) == ["optim.lr", "seed"]
+
+
+def test_parallel_val_loss_axis_labels_do_not_overlap_a_reference():
+    """The val-loss axis: evenly spaced ticks, and the lecture's 2.17 in place of a tick drawn on it."""
+    done = pd.DataFrame({"path": ["a", "b", "c"], "model.n_embd": [2, 4, 8], "val_loss": [2.169, 2.3, 2.6]})
+    (trace,) = _parallel(done, ["model.n_embd"], [(2.17, "lecture 2.17", {})], done)["data"]
+    axis = trace["dimensions"][-1]
+    assert "lecture 2.17" in axis["ticktext"] and "2.169" not in axis["ticktext"]
+    assert sorted(axis["ticktext"]) == sorted(["lecture 2.17", "2.277", "2.385", "2.492", "2.600"])

@@ -406,8 +406,9 @@ def _parallel(done: pd.DataFrame, swept: list[str], refs, board: pd.DataFrame) -
             dims.append(dict(label=col, values=done[col].astype(float).tolist()))
     loss = done["val_loss"].astype(float)
     lo, hi = float(loss.min()), float(loss.max())
+    marks = [(y, label) for y, label, _ in refs if lo <= y <= hi]  # the lecture's bar, the count baseline
     ticks = [(v, f"{v:.3f}") for v in np.linspace(lo, hi, 5)] if hi > lo else [(lo, f"{lo:.4f}")]
-    ticks += [(y, label) for y, label, _ in refs if lo <= y <= hi]  # the lecture's bar, the count baseline
+    ticks = [t for t in ticks if all(abs(t[0] - y) > 0.06 * (hi - lo) for y, _ in marks)] + marks  # no overlaps
     dims.append(dict(label="val loss", values=loss.tolist(), tickvals=[t for t, _ in ticks],
                      ticktext=[t for _, t in ticks]))
     colours = _colours(board)
