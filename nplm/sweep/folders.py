@@ -144,7 +144,7 @@ def jobs_compose(config: DictConfig, batches: list[list[list[str]]] | None) -> b
                 parsed = parser.parse_overrides(list(overrides))
                 choices = tuple(o.input_line for o in parsed if changes_more(o))
                 if choices in composed:
-                    values = [o for o in parsed if o.input_line not in tried and o.input_line not in choices]
+                    values = [o for o in parsed if o.input_line not in tried]  # choices: tried when composed
                     ConfigLoaderImpl._apply_overrides_to_config(values, composed[choices])
                 else:
                     composed[choices] = loader.load_sweep_config(config, list(overrides))
