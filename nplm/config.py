@@ -67,6 +67,8 @@ class ModelConfig:
     n_layer: int = 1  # nplm: hidden layers, each n_hidden wide
     norm: str = "none"  # nplm: none | batchnorm (running statistics for evaluation) | layernorm, before tanh
     dropout: float = 0.0  # nplm: dropout after each tanh, while training
+    word_dropout: float = 0.0  # nplm: while training, zero each context token's whole feature vector with this
+    # probability (the rest scaled by 1 / (1 - p)), so that no prediction leans on one word of its context
     direct: bool = False  # nplm: the paper's direct connections from the embeddings to the output
     softmax_cutoffs: list[int] = field(default_factory=list)  # nplm: an adaptive softmax (Grave et al. 2017) for
     # a large vocabulary: token ids below the first cutoff (at word level the most frequent words) are scored
@@ -244,6 +246,7 @@ def _validate_model(m: ModelConfig, o: OptimConfig) -> None:
         _check(m.n_hidden >= 0, f"model.n_hidden={m.n_hidden} must be 0 (no hidden layer) or more")
         _check_choice(m.norm, NORMS, "model.norm")
         _check(0 <= m.dropout < 1, f"model.dropout={m.dropout} must be in [0, 1)")
+        _check(0 <= m.word_dropout < 1, f"model.word_dropout={m.word_dropout} must be in [0, 1)")
         _check(0 <= m.maxent_order <= m.block_size,
                f"model.maxent_order={m.maxent_order} must be 0 (off) or an order from 1 to model.block_size "
                f"({m.block_size}): each order reads that many tokens of the context")

@@ -63,6 +63,7 @@ def unsupported(cfg: Config, device: torch.device, compiled: bool = True) -> str
                                             "(it covers one hidden layer)"),
         (m.norm != "none", f"model.norm={m.norm}"),
         (m.dropout > 0, f"model.dropout={m.dropout}"),
+        (m.word_dropout > 0, f"model.word_dropout={m.word_dropout}"),
         (m.direct, "model.direct=true"),
         (bool(m.softmax_cutoffs), f"model.softmax_cutoffs={list(m.softmax_cutoffs)}"),
         (m.maxent_order != 0, f"model.maxent_order={m.maxent_order}"),

@@ -1,6 +1,6 @@
 """Model: Bengio et al.'s NPLM (2003) as in makemore part 2, with the lecture's parameter layout.
 
-idx (B, block_size) -> C[idx] (B, block_size, n_embd) -> concat x (B, block_size*n_embd)
+idx (B, block_size) -> C[idx] (B, block_size, n_embd) (-> word dropout, optional) -> concat x (B, block_size*n_embd)
 -> n_layer x [ @ W + b -> norm (optional) -> tanh -> dropout (optional) ]  (B, n_hidden)
 -> @ W_out + b_out (+ x @ W_direct, the paper's direct connections)
    (softmax_cutoffs: an adaptive softmax in place of W_out: log-probabilities, and while training only
@@ -94,6 +94,7 @@ class NPLM(nn.Module):
         norm = {"none": lambda n: nn.Identity(), "batchnorm": nn.BatchNorm1d, "layernorm": nn.LayerNorm}[cfg.norm]
         self.norms = nn.ModuleList(norm(cfg.n_hidden) for _ in self.hidden)
         self.dropout = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
+        self.word_dropout = cfg.word_dropout
         cut = list(cfg.softmax_cutoffs)
         if cut and cut[-1] >= vocab_size:
             raise ConfigError(f"model.softmax_cutoffs={cut} must all be below vocab_size {vocab_size:,} (token ids "
@@ -162,7 +163,10 @@ class NPLM(nn.Module):
 
     def _features(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The concatenated features x (B, block_size * n_embd) and what the output reads, h."""
-        x = self.C[idx].view(idx.shape[0], -1)
+        emb = self.C[idx]  # (B, block_size, n_embd)
+        if self.training and self.word_dropout > 0:  # one draw per context token: its whole feature vector
+            emb = emb * F.dropout(emb.new_ones(emb.shape[:2] + (1,)), self.word_dropout)
+        x = emb.reshape(idx.shape[0], -1)
         h = x
         for layer, norm in zip(self.hidden, self.norms):
             h = self.dropout(torch.tanh(norm(layer(h))))  # (B, n_hidden)

@@ -89,6 +89,21 @@ def test_dropout_only_while_training():
     assert not torch.equal(model(x)[0], model(x)[0])
 
 
+def test_word_dropout_drops_whole_context_tokens_only_while_training():
+    model = deep(word_dropout=0.5)
+    model.init_weights("scaled", torch.Generator().manual_seed(0))
+    x = torch.randint(0, 27, (256, 3))
+    model.eval()
+    assert torch.equal(model(x)[0], model(x)[0]) and torch.equal(model._features(x)[0], model.C[x].view(256, -1))
+    model.train()
+    torch.manual_seed(0)
+    feats = model._features(x)[0].view(256, 3, -1)
+    kept = feats.abs().sum(-1) > 0  # (B, block_size): a token's vector is either all zero or all kept
+    assert torch.equal(feats[~kept], torch.zeros_like(feats[~kept]))
+    assert torch.allclose(feats[kept], 2 * model.C[x][kept])  # the kept ones scaled by 1 / (1 - p)
+    assert 0.4 < 1 - kept.float().mean() < 0.6
+
+
 def test_direct_connections_start_at_zero_and_learn():
     with_direct, without = deep(direct=True), deep()
     for m in (with_direct, without):
