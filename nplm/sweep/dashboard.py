@@ -69,15 +69,15 @@ def dashboard_html(df: pd.DataFrame, board: pd.DataFrame, swept: list[str], fold
     words = not df.empty and word_level(df)
     refs = _references(words, baseline)
     done = df[(df["status"] == "finished") & df["val_loss"].notna()] if not df.empty else df
-    labels = _labels(board, swept)
+    labels, colours = _labels(board, swept), _colours(board)  # each run's label and colour, the same in every view
     sections = []  # (anchor, title, html)
     if not df.empty:
         if swept and len(done) > 1:
-            sections.append(("parallel", "Parallel coordinates", _div(_parallel(done, swept, refs, board), "parallel")
+            sections.append(("parallel", "Parallel coordinates", _div(_parallel(done, swept, refs, colours), "parallel")
                              + _note("Drag along an axis to select a range of it; the lines left are the runs "
                                      "inside every selection. Colour: rank by val loss, each run's colour "
                                      "in the curves below too.")))
-        curves = _curves(df, board, labels, refs)
+        curves = _curves(df, board, labels, colours, refs)
         if curves is not None:
             sections.append(("curves", "Every run's curves", _div(curves, "curves") + _note(
                 "Click a run in the legend to hide it (both its curves), double-click to show it alone; drag "
@@ -85,7 +85,7 @@ def dashboard_html(df: pd.DataFrame, board: pd.DataFrame, swept: list[str], fold
                 f"{MAX_POINTS} points show the means of {MAX_POINTS} equal runs of them.")))
         if swept and not done.empty:
             sections.append(("values", "Val loss against each swept value",
-                             _div(_against(done, board, swept, labels, refs), "values")))
+                             _div(_against(done, swept, labels, colours, refs), "values")))
         if [c for c in swept if c != "seed"] and len(done) >= 3:
             sections.append(("importance", "Which hyperparameters matter",
                              _div(_importance(done, swept), "importance") + _importance_note(swept)))
@@ -308,11 +308,10 @@ def _thin(steps, losses) -> tuple[list, list]:
     return steps.tolist(), losses.tolist()
 
 
-def _curves(df: pd.DataFrame, board: pd.DataFrame, labels: dict, refs) -> dict | None:
+def _curves(df: pd.DataFrame, board: pd.DataFrame, labels: dict, colours: dict, refs) -> dict | None:
     """Val loss (left) and the training minibatch loss (right) of every run with metrics, one legend
     entry per run that shows or hides both of its curves. None if no run has metrics yet."""
     fig = _subplots(1, 2, ("val loss (whole val split)", "train loss (minibatch)"), 560, horizontal_spacing=0.07)
-    colours = _colours(board)
     status = dict(zip(df["path"].astype(str), df["status"]))
     for path in board["path"].astype(str):
         curves = _read_curves(Path(path) / "metrics.csv")
@@ -339,7 +338,7 @@ def _curves(df: pd.DataFrame, board: pd.DataFrame, labels: dict, refs) -> dict |
     return fig
 
 
-def _against(done: pd.DataFrame, board: pd.DataFrame, swept: list[str], labels: dict, refs) -> dict:
+def _against(done: pd.DataFrame, swept: list[str], labels: dict, colours: dict, refs) -> dict:
     """Val loss against each swept key: one subplot per key, one trace per run (a legend entry shows or
     hides the run in every subplot), and the mean at each value: a line over numbers, a bar at each
     category (seeds and choices are not a scale). Log axes for log-spaced values."""
@@ -347,7 +346,6 @@ def _against(done: pd.DataFrame, board: pd.DataFrame, swept: list[str], labels: 
     nrows = math.ceil(len(swept) / ncols)
     fig = _subplots(nrows, ncols, swept, 330 * nrows + 40, horizontal_spacing=0.08,
                     vertical_spacing=0.22 / nrows if nrows > 1 else 0.1)
-    colours = _colours(board)
     done = done.sort_values("val_loss", kind="stable")  # the legend in rank order
     for i, col in enumerate(swept):
         n = i + 1
@@ -385,7 +383,7 @@ def _json(v):
     return v.item() if hasattr(v, "item") else v
 
 
-def _parallel(done: pd.DataFrame, swept: list[str], refs, board: pd.DataFrame) -> dict:
+def _parallel(done: pd.DataFrame, swept: list[str], refs, colours: dict) -> dict:
     """One line per finished run across an axis per swept key and one for val loss, each in its colour
     in the other views (by rank: a parcoords line takes a number on a colour scale, so the scale is
     made of the runs' colours, one stop per run)."""
@@ -411,7 +409,6 @@ def _parallel(done: pd.DataFrame, swept: list[str], refs, board: pd.DataFrame) -
     ticks = [t for t in ticks if all(abs(t[0] - y) > 0.06 * (hi - lo) for y, _ in marks)] + marks  # no overlaps
     dims.append(dict(label="val loss", values=loss.tolist(), tickvals=[t for t, _ in ticks],
                      ticktext=[t for _, t in ticks]))
-    colours = _colours(board)
     paths = done["path"].astype(str).tolist()
     ranked = sorted(range(len(paths)), key=lambda i: loss.iloc[i])
     position = {i: k for k, i in enumerate(ranked)}
