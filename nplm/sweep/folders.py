@@ -75,12 +75,14 @@ class SweepCallback(Callback):
         try:
             batches = grid(config)
         except Exception:  # noqa: BLE001 - a sweep Hydra cannot parse: its sweeper reports it next
-            batches = False
+            batches, refused = None, True
+        else:
+            refused = not jobs_compose(config, batches)  # a value of the wrong type: the sweeper refuses it next
         state = {"swept": swept, "command": sys.argv, "started": time.time(),
                  "jobs": planned_jobs(config, batches)}
         (_sweep_dir / "sweep.json").write_text(json.dumps(state, indent=2) + "\n")
         _write_live(_sweep_dir)
-        if batches is False or not jobs_compose(config, batches):  # the sweeper refuses it next (and the folder goes)
+        if refused:  # the sweeper reports it next, and the folder goes: no "resume with" for it
             return
         resume = " ".join(a for a in sys.argv if not a.startswith("hydra.sweep.dir="))
         log.info("sweep folder: %s (if interrupted, resume with: python %s hydra.sweep.dir=%s)",
@@ -97,7 +99,7 @@ class SweepCallback(Callback):
 
 def planned_jobs(config: DictConfig, batches) -> int | None:
     """How many jobs the sweep launches: Optuna's trials, or the basic sweeper's grid (`batches`, from
-    `grid`; False where it could not be parsed); None for other sweepers."""
+    `grid`); None for other sweepers, or a grid that could not be parsed."""
     if "optuna" in str(config.hydra.sweeper.get("_target_", "")).lower():
         return int(config.hydra.sweeper.n_trials)
     return sum(len(batch) for batch in batches) if batches else None
