@@ -275,7 +275,9 @@ def _fmt(v) -> str:
 def _colours(board: pd.DataFrame) -> dict[str, str]:
     """A colour per job by rank (dark: best; grey: no val loss), the same in every view."""
     from plotly.colors import sample_colorscale
-    ranked = board[board["val_loss"].notna()]["path"].astype(str).tolist() if not board.empty else []
+    if board.empty:  # a sweep that has just started: no jobs yet
+        return {}
+    ranked = board[board["val_loss"].notna()]["path"].astype(str).tolist()
     scale = sample_colorscale("Viridis", np.linspace(0, 0.85, len(ranked)).tolist()) if ranked else []
     colours = dict(zip(ranked, scale))
     for p in board["path"].astype(str):
