@@ -41,6 +41,7 @@ def config_error_line(e: Exception) -> str:
              if ln.strip() and not ln.startswith((" ", "\t")) and "HYDRA_FULL_ERROR" not in ln
              and not ln.startswith("To append to your config")]
     message = "; ".join(ln.rstrip(".") for ln in lines) or type(e).__name__
+    message = re.sub(r"^Error merging override (\S+); ", r"cannot apply \1: ", message)  # not "error: Error ..."
     if "NoViableAlt" in message or "mismatched input" in message:  # Hydra's override grammar refused an argument
         arg = next((a for a in sys.argv[1:] if a in message), None)
         if arg is not None and "~" in arg.partition("=")[2]:

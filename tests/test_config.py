@@ -168,7 +168,7 @@ def test_unknown_keys_and_wrong_types_fail_at_composition(override):
     pytest.param(["+model.n_embed=10"], "unknown key 'model.n_embed': the config has no such key",
                  marks=pytest.mark.slow),
     pytest.param(["+foo=1"], "unknown key 'foo'", marks=pytest.mark.slow),
-    (["model.n_embd=ten"], "model.n_embd=ten; Value 'ten' of type 'str' could not be converted to Integer; "
+    (["model.n_embd=ten"], "cannot apply model.n_embd=ten: Value 'ten' of type 'str' could not be converted to Integer; "
                            "give it a whole number (python train.py --help lists each key's type)"),
     pytest.param(["train.keep_best=maybe"], "Value 'maybe' is not a valid bool (type str); give it true or false",
                  marks=pytest.mark.slow),
