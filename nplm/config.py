@@ -68,7 +68,8 @@ class ModelConfig:
     norm: str = "none"  # nplm: none | batchnorm (running statistics for evaluation) | layernorm, before tanh
     dropout: float = 0.0  # nplm: dropout after each tanh, while training
     word_dropout: float = 0.0  # nplm: while training, zero each context token's whole feature vector with this
-    # probability (the rest scaled by 1 / (1 - p)), so that no prediction leans on one word of its context
+    # probability p in [0, 1) (the rest scaled by 1 / (1 - p)), so that no prediction leans on one word of its
+    # context; 0 = off
     direct: bool = False  # nplm: the paper's direct connections from the embeddings to the output
     softmax_cutoffs: list[int] = field(default_factory=list)  # nplm: an adaptive softmax (Grave et al. 2017) for
     # a large vocabulary: token ids below the first cutoff (at word level the most frequent words) are scored
