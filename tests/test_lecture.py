@@ -1,5 +1,7 @@
 """The full lecture recipe (200k steps): `slow`, run in CI. `experiment=lecture` takes the compiled
-fast path (~25 s), `train.fast=off` the plain one that equals the lecture's loop (~2 minutes)."""
+fast path (~25 s), `train.fast=off` the plain one that equals the lecture's loop (~2 minutes).
+Within 0.015: 200,000 chaotic SGD steps amplify the last bits, which differ between CPUs even with the
+code paths pinned (plain path, val: 2.1655 on an AMD EPYC, 2.1751 on an Intel Xeon with AVX-512)."""
 import json
 
 import pytest
@@ -8,7 +10,7 @@ from conftest import ROOT, run_cmd
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("path, within", [("plain", 0.005), ("compiled", 0.01)])
+@pytest.mark.parametrize("path, within", [("plain", 0.015), ("compiled", 0.015)])
 def test_lecture_reproduction(tmp_path, path, within):
     run_cmd([ROOT / "train.py", "experiment=lecture", "device=cpu", f"hydra.run.dir={tmp_path}",
              f"train.fast={'off' if path == 'plain' else 'auto'}"], timeout=900)
