@@ -109,7 +109,8 @@ def check(reproducible: bool) -> str:
                 f"libraries agree; here {on}")
     if reproducible:
         return (f"reproducible: numeric code paths pinned ({', '.join(f'{k}={v}' for k, v in expected().items())}), "
-                f"one thread, deterministic algorithms: the same numbers on every run on this CPU with this torch (on other CPUs: docs/reproducibility.md); "
+                f"one thread, deterministic algorithms: the same numbers on every run on this CPU with this torch "
+                f"(on other CPUs: docs/reproducibility.md); "
                 f"here {on}")
     return f"reproducible=false: kernels and threads as this CPU picks them ({on}); another CPU may differ a little"
 
