@@ -1,7 +1,8 @@
 """The full lecture recipe (200k steps): `slow`, run in CI. `experiment=lecture` takes the compiled
 fast path (~25 s), `train.fast=off` the plain one that equals the lecture's loop (~2 minutes).
-Within 0.015: 200,000 chaotic SGD steps amplify the last bits, which differ between CPUs even with the
-code paths pinned (plain path, val: 2.1655 on an AMD EPYC, 2.1751 on an Intel Xeon with AVX-512)."""
+The plain path within 0.015: 200,000 chaotic SGD steps amplify the last bits, which differ between CPUs
+even with the code paths pinned (val: 2.1655 on an AMD EPYC, 2.1751 on an Intel Xeon with AVX-512); the
+compiled path landed within 0.01 on both (Xeon: train 2.1273, val 2.1687)."""
 import json
 
 import pytest
@@ -10,7 +11,7 @@ from conftest import ROOT, run_cmd
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("path, within", [("plain", 0.015), ("compiled", 0.015)])
+@pytest.mark.parametrize("path, within", [("plain", 0.015), ("compiled", 0.01)])
 def test_lecture_reproduction(tmp_path, path, within):
     run_cmd([ROOT / "train.py", "experiment=lecture", "device=cpu", f"hydra.run.dir={tmp_path}",
              f"train.fast={'off' if path == 'plain' else 'auto'}"], timeout=900)
