@@ -47,7 +47,7 @@ EXPERIMENT_SETTINGS = {
         "train.epochs": 6, "train.batch_size": 128, "train.eval_interval": 0, "train.log_interval": 500,
         "train.keep_best": True, "train.ema": 0.999},
     "words_large": {
-        "model.n_embd": 96, "model.block_size": 7, "model.n_hidden": 256, "model.dropout": 0.45, "model.init": "scaled",
+        "model.n_embd": 96, "model.block_size": 9, "model.n_hidden": 256, "model.dropout": 0.45, "model.init": "scaled",
         "model.word_dropout": 0.1, "model.mix_order": 5, "model.softmax_cutoffs": [1000, 3000], "model.softmax_div": 4.0,
         "optim.name": "adamw", "optim.lr": 0.003, "optim.weight_decay": 0.1, "optim.schedule": "cosine",
         "optim.warmup_steps": 200, "optim.min_lr": 0.00001,
