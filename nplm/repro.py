@@ -1,21 +1,25 @@
-"""Reproducible mode: the same config gives the same numbers on any x86-64 machine with AVX2.
+"""Reproducible mode: the same config gives the same numbers on any x86-64 CPU, Intel or AMD.
 
 Which kernels torch, MKL and oneDNN run is decided at run time from the CPU: AVX-512 on one
 machine, AVX2 on another, each summing in its own order, so the same run ends a little apart (the
 lecture's recipe: val 2.1643 on an AMD EPYC, 2.1702 on an Intel Xeon). `reproducible=true` (the
-default) pins those choices to code paths every x86-64 CPU with AVX2 has, before torch is imported
-(they are read once, when the libraries load):
+default) pins those choices, before torch is imported (they are read once, when the libraries
+load), to the plain code paths that every x86-64 CPU runs alike:
 
-    ATEN_CPU_CAPABILITY=avx2        torch's own vectorised kernels
-    MKL_CBWR=AVX2                   MKL's conditional numerical reproducibility (matrix products)
-    ONEDNN_MAX_CPU_ISA=AVX2         oneDNN's kernels
-    TORCHINDUCTOR_CPP_MARCH=x86-64-v3   the compiled fast path's C++ (instead of -march=native)
+    ATEN_CPU_CAPABILITY=default     torch's own kernels, without AVX2 or AVX-512
+    MKL_CBWR=COMPATIBLE             MKL's matrix products: the one branch MKL runs alike on Intel and AMD
+    ONEDNN_MAX_CPU_ISA=SSE41        oneDNN's kernels
+    TORCHINDUCTOR_CPP_MARCH=x86-64  the compiled fast path's C++ (instead of -march=native)
 
 and, once torch is loaded, one thread (a sum split among threads depends on their number) and
 torch's deterministic algorithms (Inductor's too, for the compiled path's build). The pins and the
-CPU are recorded in each run's summary and said in its log. A CPU without AVX2 gets the plain
-kernels (`default`), the same on every such CPU. Scripts that use a saved run (sample, evaluate,
-reproduce) set the pins of its mode the same way.
+CPU are recorded in each run's summary and said in its log. Scripts that use a saved run (sample,
+evaluate, reproduce) set the pins of its mode the same way.
+
+Why not the faster AVX2 paths (the pins until 2026-12-01): MKL honours MKL_CBWR=AVX2 on Intel CPUs
+only; on an AMD CPU it falls back to its automatic choice, so an Intel Xeon and an AMD EPYC ended the
+lecture at val 2.1751 and 2.1643 with the same pins. With these pins both end at 2.1687
+(docs/reproducibility.md); they cost up to 2.8x in speed (scripts/benchmark.py --only repro).
 
 `reproducible=false` must be given on the command line: it decides how torch is loaded, before
 the config is composed. This module imports neither torch nor the config.
@@ -26,10 +30,8 @@ import os
 import platform
 from pathlib import Path
 
-CAPABLE = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2",
-           "TORCHINDUCTOR_CPP_MARCH": "x86-64-v3"}
-PLAIN = {"ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE", "ONEDNN_MAX_CPU_ISA": "SSE41",
-         "TORCHINDUCTOR_CPP_MARCH": "x86-64"}  # a CPU without AVX2
+PINS = {"ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE", "ONEDNN_MAX_CPU_ISA": "SSE41",
+        "TORCHINDUCTOR_CPP_MARCH": "x86-64"}
 
 
 def cpu() -> dict:
@@ -79,15 +81,15 @@ def pin(on: bool) -> None:
 
 
 def expected() -> dict[str, str]:
-    """The pins for this CPU: AVX2's code paths where it has AVX2, the plain ones on other x86-64 CPUs."""
+    """The pins for this CPU: the plain code paths on any x86-64 CPU; none elsewhere."""
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return {}
-    return dict(CAPABLE if "avx2" in cpu()["isa"] else PLAIN)
+    return dict(PINS)
 
 
 def in_effect() -> dict[str, str | None]:
     """The environment's value of each pinned setting (None: unset, the library chooses)."""
-    return {k: os.environ.get(k) for k in CAPABLE}
+    return {k: os.environ.get(k) for k in PINS}
 
 
 def check(reproducible: bool) -> str:
@@ -109,9 +111,8 @@ def check(reproducible: bool) -> str:
                 f"libraries agree; here {on}")
     if reproducible:
         return (f"reproducible: numeric code paths pinned ({', '.join(f'{k}={v}' for k, v in expected().items())}), "
-                f"one thread, deterministic algorithms: the same numbers on every run on this CPU with this torch "
-                f"(on other CPUs: docs/reproducibility.md); "
-                f"here {on}")
+                f"one thread, deterministic algorithms: the same numbers on any x86-64 CPU with this torch "
+                f"(docs/reproducibility.md); here {on}")
     return f"reproducible=false: kernels and threads as this CPU picks them ({on}); another CPU may differ a little"
 
 

@@ -26,9 +26,11 @@ prints each figure's ratio to that earlier run, so a regression shows as a numbe
            (5,989 tokens) and a synthetic Zipf corpus with a 16,000-word vocabulary, where the
            output layer dominates, each with the full softmax and with an adaptive one
            (model.softmax_cutoffs), alternating, and their ratio; on the GPU too when there is one.
-- repro:   what reproducible mode (the default, nplm/repro.py) costs: steps/s with reproducible=true
-           and reproducible=false, alternating, for the default run, the lecture on the plain path
-           and the lecture on the compiled path (--repro-steps steps), and whether the losses differ.
+- repro:   what reproducible mode (the default, nplm/repro.py) costs: steps/s with reproducible=true,
+           with reproducible=false and with the AVX2 code paths on one thread (the pins before
+           2026-12-01, which repeat on one CPU but not from Intel to AMD), alternating, for the default
+           run, the lecture on the plain path and the lecture on the compiled path (--repro-steps
+           steps), and whether the losses differ.
 - gpu:     where there is a CUDA GPU (else skipped, and said so): the steps and sweep figures
            with device=cuda: the reference loop on the GPU vs the runner's CUDA graph (and its plain
            path), and 16 reference loops vs one vectorised sweep whose stacked steps are a CUDA graph.
@@ -86,10 +88,10 @@ def reference(runs: list[dict]) -> tuple[dict, int]:
     return json.loads(out.strip().splitlines()[-1]) | {"process_wall_s": wall}, rss
 
 
-def runner(*overrides: str) -> tuple[dict, float, int]:
+def runner(*overrides: str, env: dict | None = None) -> tuple[dict, float, int]:
     with tempfile.TemporaryDirectory() as tmp:
         wall, rss, _ = timed([sys.executable, "train.py", *overrides, f"hydra.run.dir={tmp}/run",
-                              f"hydra.sweep.dir={tmp}/sweep"])
+                              f"hydra.sweep.dir={tmp}/sweep"], env)
         summary = Path(tmp, "run", "summary.json")
         jobs = [json.loads(p.read_text()) for p in Path(tmp, "sweep").glob("*/summary.json")]  # a multirun's
         return (json.loads(summary.read_text()) if summary.exists() else {"jobs": jobs}), wall, rss
@@ -192,27 +194,37 @@ def bench_load(repeats: int) -> dict:
     return out
 
 
+# The pins before 2026-12-01: the same numbers on every run on one CPU, but not from Intel to AMD (MKL
+# runs its AVX2 branch on Intel CPUs only), forced from outside with reproducible=false on one thread.
+AVX2_PATHS = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2",
+              "TORCHINDUCTOR_CPP_MARCH": "x86-64-v3"}
+
+
 def bench_repro(repeats: int, steps: int) -> dict:
-    """steps/s with reproducible=true vs false, alternating, and the val loss of each."""
+    """steps/s with reproducible=true, reproducible=false, and the AVX2 code paths on one thread,
+    alternating, and the val loss of each."""
     lecture = ["experiment=lecture", f"train.steps={steps}", f"optim.decay_steps=[{steps // 2}]",
                f"train.eval_interval={steps}", "train.num_samples=0"]
     cases = {"default run": ["train.steps=2000", "train.num_samples=0"],
              "lecture, plain path": [*lecture, "train.fast=off"],
              "lecture, compiled path": [*lecture, "train.fast=on"]}
-    for mode in ("true", "false"):  # the compiled packages of both modes built (and cached) first
-        runner(*lecture, "train.fast=on", "train.steps=100", f"reproducible={mode}")
+    modes = {"on": (["reproducible=true"], None), "off": (["reproducible=false"], None),
+             "avx2": (["reproducible=false", "train.threads=1"], AVX2_PATHS)}
+    for args, env in modes.values():  # the compiled packages of each mode built (and cached) first
+        runner(*lecture, "train.fast=on", "train.steps=100", *args, env=env)
     out = {}
     for name, run in cases.items():
-        rates, losses = {"true": [], "false": []}, {}
+        rates, losses = {m: [] for m in modes}, {}
         for _ in range(repeats):
-            for mode in ("true", "false"):
-                s = runner(*run, f"reproducible={mode}")[0]
+            for mode, (args, env) in modes.items():
+                s = runner(*run, *args, env=env)[0]
                 rates[mode].append(s["steps_per_s"])
                 losses[mode] = s["val_loss"]
-        on, off = statistics.median(rates["true"]), statistics.median(rates["false"])
-        out[name] = {"on": on, "off": off, "ratio": on / off, "val_loss_on": losses["true"],
-                     "val_loss_off": losses["false"], "all": rates}
-    out["target"] = ">= 0.9x (small enough to be on by default)"
+        on, off, avx2 = (statistics.median(rates[m]) for m in modes)
+        out[name] = {"on": on, "off": off, "ratio": on / off, "avx2": avx2, "avx2_ratio": on / avx2,
+                     "val_loss_on": losses["on"], "val_loss_off": losses["off"], "val_loss_avx2": losses["avx2"],
+                     "all": rates}
+    out["target"] = "what the same numbers on any x86-64 CPU cost"
     return out
 
 
@@ -322,6 +334,9 @@ def table(results: dict) -> str:
         rows.append(("  val loss off vs on", f"{r['val_loss_off']:.6f}", f"{r['val_loss_on']:.6f}",
                      "equal" if r["val_loss_off"] == r["val_loss_on"] else
                      f"{r['val_loss_on'] - r['val_loss_off']:+.2g}", ""))
+        if "avx2" in r:  # JSON written before 2026-12-01 lacks it
+            rows.append(("  AVX2 paths on one thread (the pins before 2026-12-01) vs on", f"{r['avx2']:,.0f}",
+                         f"{r['on']:,.0f}", f"{r['avx2_ratio']:.2f}x", "same numbers on one CPU only"))
     if "memory" in results:
         r = results["memory"]
         rows.append((f"peak RSS MB, lecture recipe {r['steps']:,} steps", f"{r['reference_peak_rss_mb']:.0f}",
