@@ -127,6 +127,10 @@ def main(argv: list[str]) -> None:
             ROOT / "outputs" / "reproduced" / f"{run_dir.resolve().name}-{time.strftime('%Y-%m-%d_%H-%M-%S')}"
         if other.exists() and any(other.iterdir()):
             fail(f"{other} is not empty; give a new folder with out=...")
+        pins, now = summary.get("pins"), repro.expected()
+        if summary.get("config", {}).get("reproducible", True) and pins and now and pins != now:
+            print(f"note: {run_dir} ran with other pins than this version's reproducible mode ({pins} against "
+                  f"{now}; docs/reproducibility.md): its numbers will not come back to the last digit")
         retrain(summary, other, opts["wandb"].lower() in ("true", "1", "yes"))
     same, lines = differences(run_dir, other)
     if same:

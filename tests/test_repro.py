@@ -8,6 +8,7 @@ give the same numbers was measured, not simulated (docs/reproducibility.md)."""
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -71,6 +72,14 @@ def test_reproduce_script_says_bit_identical_or_where_the_numbers_part(runs, tmp
     again = run_cmd([ROOT / "scripts/reproduce.py", folder, f"out={tmp_path / 'again'}"])
     assert "bit-identical" in again.stdout and (tmp_path / "again" / "ckpt.pt").is_file()
     assert numbers((tmp_path / "again" / "metrics.csv").read_text()) == numbers((folder / "metrics.csv").read_text())
+    assert "note:" not in again.stdout
+    # a run made with the pins before 2026-12-01 is said to be one whose numbers will not come back
+    old = tmp_path / "old"
+    shutil.copytree(folder, old)
+    summary = json.loads((old / "summary.json").read_text())
+    (old / "summary.json").write_text(json.dumps(summary | {"pins": {**OTHER_CPU, "TORCHINDUCTOR_CPP_MARCH": "x86-64-v3"}}))
+    noted = run_cmd([ROOT / "scripts/reproduce.py", old, f"out={tmp_path / 'again2'}"], check=False)
+    assert noted.stdout.startswith(f"note: {old} ran with other pins than this version's reproducible mode")
     # two runs of one config on different code paths: the first step they part, the largest gaps, why
     free = runs["reproducible=false", "other"][0]
     proc = run_cmd([ROOT / "scripts/reproduce.py", runs["reproducible=false", "this"][0], f"against={free}"],
