@@ -169,7 +169,7 @@ class Config:
     seed: int = MISSING  # seeds the training generator: parameter init, then minibatch draws
     reproducible: bool = True  # the same numbers on any x86-64 CPU: plain code paths pinned, one thread
     # (nplm/repro.py); false, given on the command line, lets torch pick the CPU's fastest kernels and threads
-    # (up to 2.8x faster)
+    # (up to about 3x faster)
     resume: Optional[str] = None  # the folder of an interrupted run to continue (nplm/resume.py)
 
 

@@ -19,7 +19,7 @@ evaluate, reproduce) set the pins of its mode the same way.
 Why not the faster AVX2 paths (the pins until 2026-12-01): MKL honours MKL_CBWR=AVX2 on Intel CPUs
 only; on an AMD CPU it falls back to its automatic choice, so an Intel Xeon and an AMD EPYC ended the
 lecture at val 2.1751 and 2.1643 with the same pins. With these pins both end at 2.1687
-(docs/reproducibility.md); they cost up to 2.8x in speed (scripts/benchmark.py --only repro).
+(docs/reproducibility.md); they cost up to about 3x in speed (scripts/benchmark.py --only repro).
 
 `reproducible=false` must be given on the command line: it decides how torch is loaded, before
 the config is composed. This module imports neither torch nor the config.
