@@ -77,7 +77,8 @@ def test_reproduce_script_says_bit_identical_or_where_the_numbers_part(runs, tmp
     old = tmp_path / "old"
     shutil.copytree(folder, old)
     summary = json.loads((old / "summary.json").read_text())
-    (old / "summary.json").write_text(json.dumps(summary | {"pins": {**OTHER_CPU, "TORCHINDUCTOR_CPP_MARCH": "x86-64-v3"}}))
+    before = {**OTHER_CPU, "TORCHINDUCTOR_CPP_MARCH": "x86-64-v3"}
+    (old / "summary.json").write_text(json.dumps(summary | {"pins": before}))
     noted = run_cmd([ROOT / "scripts/reproduce.py", old, f"out={tmp_path / 'again2'}"], check=False)
     assert noted.stdout.startswith(f"note: {old} ran with other pins than this version's reproducible mode")
     # two runs of one config on different code paths: the first step they part, the largest gaps, why

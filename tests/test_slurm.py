@@ -18,8 +18,9 @@ pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
 SLURM = ["+launcher=slurm", "hydra.launcher.partition=debug", "hydra.launcher.cpus_per_task=1",
          "hydra.launcher.mem_gb=1", "train.threads=1", "wandb.mode=disabled"]
 QUICK = [*TINY, "train.steps=20", "train.eval_interval=10", "train.log_interval=10"]
-# long enough (~60 s on one core) to be still training when SLURM signals, at most 60 s into the job
-LONG = [*TINY, "train.steps=60000", "train.eval_interval=2000", "train.log_interval=2000", "train.num_samples=0",
+# long enough to be still training when SLURM signals, at most 60 s into the job: 60,000 steps took 40 s
+# on an idle Intel Xeon (2026-12-01), and the job then finished before its time limit; 150,000 take 95 s
+LONG = [*TINY, "train.steps=150000", "train.eval_interval=5000", "train.log_interval=5000", "train.num_samples=0",
         "seed=1", "wandb.mode=disabled"]
 
 
@@ -64,7 +65,7 @@ def summary(folder):
 def uninterrupted(tmp_path_factory):
     """The final val loss of the LONG run trained in one go, here."""
     run_dir = tmp_path_factory.mktemp("whole") / "run"
-    run_cmd([ROOT / "train.py", *LONG, f"hydra.run.dir={run_dir}"])
+    run_cmd([ROOT / "train.py", *LONG, f"hydra.run.dir={run_dir}"], timeout=600)
     return summary(run_dir)["val_loss"]
 
 
@@ -91,7 +92,7 @@ def test_job_requeued_mid_run_resumes_to_the_uninterrupted_loss(tmp_path, uninte
     (job_id,) = jobs()
     sh("scontrol", "requeue", job_id)  # what a pre-emption does: SIGTERM now, the job queued again
     start_when_requeued(job_id)
-    out, _ = proc.communicate(timeout=300)
+    out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out
     done = summary(sweep / "0")
     assert done["status"] == "finished" and len(done["resumed_at"]) == 1, done
