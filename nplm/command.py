@@ -12,7 +12,6 @@ import gc
 import logging
 import math
 import os
-import shutil
 import signal
 import sys
 from pathlib import Path
@@ -76,7 +75,7 @@ def job(cfg: DictConfig) -> float:
             folders.record_refusal(out_dir, e, overrides)
             raise  # Hydra records the failed job and goes on with the others
         if folders.is_new_folder(out_dir):  # a refused command leaves nothing behind
-            shutil.rmtree(out_dir, ignore_errors=True)
+            folders.remove_new(out_dir)
             fail(str(e))
         log.error("error: %s", e)  # in a folder that was there before (resume=): its train.log keeps it
         raise SystemExit(2) from None

@@ -72,6 +72,17 @@ def test_refused_commands_leave_nothing(tmp_path):
     assert jobs == {"failed", "finished"} and (sweep / "leaderboard.md").is_file()
 
 
+def test_a_refused_first_run_leaves_no_empty_outputs_folder(tmp_path):
+    """Hydra makes outputs/runs/ for the run's folder; a refusal removes the parents it made too, once
+    empty, and never a folder that was there before."""
+    outputs = tmp_path / "outputs"
+    cmd = [ROOT / "train.py", *TINY, "model.n_embd=-1", f"hydra.run.dir={outputs / 'runs' / 'r'}"]
+    assert run_cmd(cmd, check=False).returncode == 2 and not outputs.exists()
+    (outputs / "runs" / "earlier").mkdir(parents=True)
+    assert run_cmd(cmd, check=False).returncode == 2
+    assert [p.name for p in (outputs / "runs").iterdir()] == ["earlier"]
+
+
 @pytest.mark.slow  # 13 s: keeps the default suite near 5 minutes (CI runs it)
 def test_settings_that_cannot_help_warn_and_a_home_path_gets_a_hint(tmp_path):
     procs = run_all({

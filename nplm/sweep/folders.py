@@ -31,7 +31,8 @@ from nplm.tracking import save_summary
 
 log = logging.getLogger("nplm")
 _sweep_dir: Path | None = None  # set in the launching process when a multirun starts
-_new_dirs: set[Path] = set()  # the run or sweep folders this process made (they did not exist before)
+_new_dirs: dict[Path, Path] = {}  # the run or sweep folders this process made -> the highest of their
+# parents that did not exist either (outputs/ on a first run), which a refusal removes too when empty
 
 
 def swept_keys(task_overrides: list[str], sweeper_params: dict | None) -> list[str]:
@@ -60,15 +61,13 @@ class SweepCallback(Callback):
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         folder = Path(config.hydra.run.dir)  # ${now:...} resolves once: the folder Hydra makes next
-        if not folder.exists():
-            _new_dirs.add(folder.resolve())
+        _note_if_new(folder)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         global _sweep_dir
         cluster.quiet_sacct()  # +launcher=slurm on a cluster without accounting: one warning, not one a poll
         _sweep_dir = Path(config.hydra.sweep.dir)
-        if not _sweep_dir.exists():
-            _new_dirs.add(_sweep_dir.resolve())
+        _note_if_new(_sweep_dir)
         _sweep_dir.mkdir(parents=True, exist_ok=True)
         params = config.hydra.sweeper.get("params")
         swept = swept_keys(list(config.hydra.overrides.task), dict(params) if params else None)
@@ -183,16 +182,39 @@ def record_refusal(run_dir: Path, error: Exception, overrides: list[str]) -> Non
                                "overrides": overrides})
 
 
+def _note_if_new(folder: Path) -> None:
+    folder = folder.resolve()
+    if not folder.exists():
+        top = folder
+        while not top.parent.exists():
+            top = top.parent
+        _new_dirs[folder] = top
+
+
 def is_new_folder(folder: Path) -> bool:
     """Whether this process made `folder` (a single run's), so a refusal may remove it."""
     return Path(folder).resolve() in _new_dirs
+
+
+def remove_new(folder: Path) -> None:
+    """Remove a folder this process made, and those of its parents it made that are now empty (a
+    first refused run leaves no empty outputs/runs/); a parent another run has written to stays."""
+    folder = Path(folder).resolve()
+    shutil.rmtree(folder, ignore_errors=True)
+    top, parent = _new_dirs.get(folder, folder), folder.parent
+    while parent != top.parent and parent.is_relative_to(top):
+        try:
+            parent.rmdir()
+        except OSError:  # not empty, or gone
+            break
+        parent = parent.parent
 
 
 def remove_if_refused() -> str | None:
     """After a multirun that made its sweep folder: if no job started, or every job was refused
     (bad config or data, nothing trained), remove the folder and return the refusals' messages
     ('' if no job started); else None (the sweep has a report to write)."""
-    if _sweep_dir is None or _sweep_dir.resolve() not in _new_dirs or not _sweep_dir.is_dir():
+    if _sweep_dir is None or not is_new_folder(_sweep_dir) or not _sweep_dir.is_dir():
         return None
     from nplm.sweep.jobs import job_dirs  # pandas: imported only where a sweep needs it
     errors = []
@@ -204,7 +226,7 @@ def remove_if_refused() -> str | None:
         if not summary.get("refused"):
             return None
         errors.append(summary["error"].split(": ", 1)[-1])
-    shutil.rmtree(_sweep_dir, ignore_errors=True)
+    remove_new(_sweep_dir)
     return "; ".join(dict.fromkeys(errors))
 
 
