@@ -202,7 +202,7 @@ def remove_new(folder: Path) -> None:
     folder = Path(folder).resolve()
     shutil.rmtree(folder, ignore_errors=True)
     top, parent = _new_dirs.get(folder, folder), folder.parent
-    while parent != top.parent and parent.is_relative_to(top):
+    while parent.is_relative_to(top):
         try:
             parent.rmdir()
         except OSError:  # not empty, or gone
