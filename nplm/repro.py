@@ -32,6 +32,10 @@ from pathlib import Path
 
 PINS = {"ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE", "ONEDNN_MAX_CPU_ISA": "SSE41",
         "TORCHINDUCTOR_CPP_MARCH": "x86-64"}
+# The pins until 2026-12-01: the same numbers on every run on one CPU, not from Intel to AMD. Kept to be
+# forced from outside, as another CPU would pick them (scripts/benchmark.py's cost, tests/test_repro.py).
+AVX2_PATHS = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2",
+              "TORCHINDUCTOR_CPP_MARCH": "x86-64-v3"}
 
 
 def cpu() -> dict:

@@ -194,12 +194,6 @@ def bench_load(repeats: int) -> dict:
     return out
 
 
-# The pins before 2026-12-01: the same numbers on every run on one CPU, but not from Intel to AMD (MKL
-# runs its AVX2 branch on Intel CPUs only), forced from outside with reproducible=false on one thread.
-AVX2_PATHS = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2",
-              "TORCHINDUCTOR_CPP_MARCH": "x86-64-v3"}
-
-
 def bench_repro(repeats: int, steps: int) -> dict:
     """steps/s with reproducible=true, reproducible=false, and the AVX2 code paths on one thread,
     alternating, and the val loss of each."""
@@ -209,7 +203,7 @@ def bench_repro(repeats: int, steps: int) -> dict:
              "lecture, plain path": [*lecture, "train.fast=off"],
              "lecture, compiled path": [*lecture, "train.fast=on"]}
     modes = {"on": (["reproducible=true"], None), "off": (["reproducible=false"], None),
-             "avx2": (["reproducible=false", "train.threads=1"], AVX2_PATHS)}
+             "avx2": (["reproducible=false", "train.threads=1"], repro.AVX2_PATHS)}  # the old pins, by hand
     for args, env in modes.values():  # the compiled packages of each mode built (and cached) first
         runner(*lecture, "train.fast=on", "train.steps=100", *args, env=env)
     out = {}

@@ -20,7 +20,7 @@ from nplm import repro
 RUN = ["train.steps=200", "train.eval_interval=100", "train.log_interval=50", "train.num_samples=2",
        "wandb.mode=disabled"]
 THIS_CPU = {k: v for k, v in repro.PINS.items() if k != "TORCHINDUCTOR_CPP_MARCH"}
-OTHER_CPU = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+OTHER_CPU = {k: v for k, v in repro.AVX2_PATHS.items() if k != "TORCHINDUCTOR_CPP_MARCH"}
 
 pytestmark = pytest.mark.skipif(not repro.expected() or "avx2" not in repro.cpu()["isa"],
                                 reason="simulating another CPU needs an x86-64 CPU with AVX2")
@@ -77,8 +77,7 @@ def test_reproduce_script_says_bit_identical_or_where_the_numbers_part(runs, tmp
     old = tmp_path / "old"
     shutil.copytree(folder, old)
     summary = json.loads((old / "summary.json").read_text())
-    before = {**OTHER_CPU, "TORCHINDUCTOR_CPP_MARCH": "x86-64-v3"}
-    (old / "summary.json").write_text(json.dumps(summary | {"pins": before}))
+    (old / "summary.json").write_text(json.dumps(summary | {"pins": repro.AVX2_PATHS}))
     noted = run_cmd([ROOT / "scripts/reproduce.py", old, f"out={tmp_path / 'again2'}"], check=False)
     assert noted.stdout.startswith(f"note: {old} ran with other pins than this version's reproducible mode")
     # two runs of one config on different code paths: the first step they part, the largest gaps, why
