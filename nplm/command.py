@@ -27,7 +27,7 @@ from hydra_plugins.nplm_launcher import register as register_launcher  # nplm/sw
 
 from nplm.checkpoint import STATE_NAME
 from nplm.cli import USER_ERRORS, config_error_line, fail
-from nplm.config import register_schema, to_config
+from nplm.config import command_line_wins, register_schema, to_config
 from nplm.preflight import with_epochs
 from nplm.resume import Interrupted, check_resumable, claim, continue_from, finished_val_loss, resume_dir
 from nplm.sweep import folders, vector
@@ -48,6 +48,8 @@ def job(cfg: DictConfig) -> float:
     multirun, overrides = hc.mode == RunMode.MULTIRUN, list(hc.overrides.task)
     try:
         with claim(out_dir):
+            for note in command_line_wins(cfg, overrides):
+                log.info("%s", note)
             config = with_epochs(to_config(cfg))
             done = None if config.resume else finished_val_loss(out_dir, config)
             if done is not None:
@@ -154,7 +156,9 @@ def print_help(argv: list[str]) -> None:
     overrides = [a for a in argv if a not in ("-h", "--help", "-m", "--multirun") and not a.startswith("hydra.")]
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         try:
-            cfg = to_config(compose(config_name="config", overrides=overrides))
+            cfg = compose(config_name="config", overrides=overrides)
+            command_line_wins(cfg, overrides)
+            cfg = to_config(cfg)
         except USER_ERRORS as e:
             fail(f"{e} (the other arguments given with --help must make a valid config)")
     print(help_text(cfg), end="")

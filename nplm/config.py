@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 
 from nplm.data import asset_path
 
@@ -251,7 +251,8 @@ def _validate_model(m: ModelConfig, o: OptimConfig) -> None:
         _check(0 <= m.word_dropout < 1, f"model.word_dropout={m.word_dropout} must be in [0, 1)")
         _check(0 <= m.maxent_order <= m.block_size,
                f"model.maxent_order={m.maxent_order} must be 0 (off) or an order from 1 to model.block_size "
-               f"({m.block_size}): each order reads that many tokens of the context")
+               f"({m.block_size}): each order reads that many tokens of the context; add "
+               f"model.maxent_order={max(0, m.block_size)} (or model.maxent_order=0: off)")
         _check(m.maxent_buckets >= 1, f"model.maxent_buckets={m.maxent_buckets} must be at least 1")
         _check(not (m.maxent_order and o.name == "sgd" and o.momentum),
                f"optim.momentum={o.momentum} does not work with model.maxent_order: its n-gram weights are updated "
@@ -266,7 +267,8 @@ def _validate_model(m: ModelConfig, o: OptimConfig) -> None:
                "for every token, which the adaptive softmax never computes whole); leave one of them out")
         _check(m.mix_order == 0 or 1 <= m.mix_order <= min(10, m.block_size + 1),
                f"model.mix_order={m.mix_order} must be 0 (off) or an n-gram order from 1 to "
-               f"{min(10, m.block_size + 1)} (at most model.block_size + 1)")
+               f"{min(10, m.block_size + 1)} (at most model.block_size + 1); add "
+               f"model.mix_order={min(10, m.block_size + 1)} (or model.mix_order=0: no mixture)")
 
 
 def _validate_training(m: ModelConfig, t: TrainConfig, o: OptimConfig) -> None:
@@ -373,6 +375,32 @@ def from_dict(saved: dict) -> Config:
     """A config saved as a plain dict (checkpoints, training states) as validated dataclasses; keys
     added to the schema since it was saved take their defaults (off), renamed ones their new names."""
     return validate(OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), upgrade(saved))))
+
+
+def given_keys(overrides: list[str] | tuple[str, ...]) -> set[str]:
+    """The dotted keys a list of Hydra overrides sets (`train.steps=50`, `+key=1`, `~key`)."""
+    return {o.split("=", 1)[0].lstrip("+~") for o in overrides}
+
+
+def command_line_wins(cfg: DictConfig, overrides: list[str] | tuple[str, ...]) -> list[str]:
+    """Make what a preset derives give way to what the command line sets, in place; returns a line
+    per change, for the log. A preset's train.epochs sets the length over train.steps, and its
+    train.eval_interval=0 means once an epoch; so `train.steps=N` given alone ends the preset's epochs,
+    and an evaluation once an epoch left without epochs becomes about ten evaluations a run."""
+    keys, t, notes = given_keys(overrides), cfg.train, []
+    if "train.steps" in keys and "train.epochs" in keys and t.epochs:
+        raise ConfigError(f"train.steps={t.steps} and train.epochs={t.epochs:g} both set the training length; "
+                          "give one of them")
+    with open_dict(cfg):
+        if "train.steps" in keys and t.epochs:
+            notes.append(f"train.steps={t.steps} from the command line: the preset's train.epochs={t.epochs:g} "
+                         "is not used")
+            t.epochs = 0.0
+        if not t.epochs and t.eval_interval == 0 and "train.eval_interval" not in keys:
+            t.eval_interval = max(1, t.steps // 10)
+            notes.append(f"the preset's train.eval_interval=0 (once an epoch) needs train.epochs: val is evaluated "
+                         f"every {t.eval_interval} steps instead (train.eval_interval={t.eval_interval})")
+    return notes
 
 
 def to_config(cfg: DictConfig) -> Config:

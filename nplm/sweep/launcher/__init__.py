@@ -25,7 +25,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from nplm.checkpoint import STATE_NAME
-from nplm.config import to_config
+from nplm.config import command_line_wins, to_config
 from nplm.preflight import with_epochs
 from nplm.resume import StopSignals, finished_val_loss
 from nplm.sweep import vector
@@ -127,6 +127,7 @@ class VectorizedLauncher(Launcher):
                 task = copy.deepcopy(sweep_config)  # what the task function gets: no hydra node
                 with read_write(task), open_dict(task):
                     del task["hydra"]
+                command_line_wins(task, list(OmegaConf.select(sweep_config, "hydra.overrides.task") or []))
                 cfg = with_epochs(to_config(task))
                 if (out_dir / STATE_NAME).is_file() or finished_val_loss(out_dir, cfg) is not None:
                     cfg = None  # resumes, or is skipped: its own job does that
