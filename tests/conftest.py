@@ -1,5 +1,6 @@
 """Shared fixtures: real Hydra composition, real subprocess runs of the real commands."""
 import atexit
+import json
 import os
 import shutil
 import subprocess
@@ -17,12 +18,15 @@ CONF = ROOT / "conf"
 # Tiny, fast settings for end-to-end runs: a real run of the real command in seconds.
 TINY = ["train.steps=60", "train.batch_size=32", "train.eval_interval=30", "train.log_interval=20",
         "model.n_embd=4", "model.n_hidden=16", "train.num_samples=5", "device=cpu", "train.threads=1"]
+# Shorter still, without W&B: for sweeps of several jobs.
+QUICK = [*TINY, "train.steps=20", "train.eval_interval=10", "train.log_interval=10", "wandb.mode=disabled"]
 
 # The tests do not depend on the user's environment or caches: W&B offline and silent whatever the
-# user's WANDB_* say, compiled packages in a cache of this session's own (nplm/fast.py reads
-# NPLM_CACHE when imported, after this file). The CPU code path (ATEN_CPU_CAPABILITY, MKL_CBWR) is
-# left as given: CI runs the suite a second time with another one forced.
-for _key in [k for k in os.environ if k.startswith("WANDB_")]:
+# user's WANDB_* or proxy settings say, compiled packages in a cache of this session's own
+# (nplm/fast.py reads NPLM_CACHE when imported, after this file). The CPU code path
+# (ATEN_CPU_CAPABILITY, MKL_CBWR) is left as given: CI runs the suite a second time with another one
+# forced.
+for _key in [k for k in os.environ if k.startswith("WANDB_") or k.lower().endswith("_proxy")]:
     del os.environ[_key]
 os.environ.update(WANDB_MODE="offline", WANDB_SILENT="true",
                   NPLM_CACHE=tempfile.mkdtemp(prefix="nplm-test-cache-"))
@@ -43,6 +47,11 @@ def run_cmd(args, cwd=ROOT, check=True, timeout=300):
     if check and proc.returncode != 0:
         raise AssertionError(f"{args} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def summary(run_dir) -> dict:
+    """A run's summary.json."""
+    return json.loads((Path(run_dir) / "summary.json").read_text())
 
 
 def train(run_dir, *overrides, check=True):

@@ -1,10 +1,9 @@
 """device=cuda where a GPU exists (skipped elsewhere): the same recipe trains and lands near the CPU run."""
-import json
 
 import pytest
 import torch
 
-from conftest import train
+from conftest import summary, train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU here")
 
@@ -12,7 +11,7 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA G
 def test_cuda_run_matches_cpu_closely(tmp_path):
     train(tmp_path / "cpu", "device=cpu")
     train(tmp_path / "gpu", "device=cuda")
-    cpu, gpu = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("cpu", "gpu"))
+    cpu, gpu = (summary(tmp_path / d) for d in ("cpu", "gpu"))
     assert gpu["device"].startswith("cuda")
     # same draws (the generator lives on the CPU), different kernels: equal up to float rounding
     assert gpu["val_loss"] == pytest.approx(cpu["val_loss"], abs=2e-3)
@@ -20,7 +19,7 @@ def test_cuda_run_matches_cpu_closely(tmp_path):
 
 def test_auto_picks_the_gpu(tmp_path):
     train(tmp_path / "r", "device=auto")
-    assert json.loads((tmp_path / "r" / "summary.json").read_text())["device"].startswith("cuda")
+    assert summary(tmp_path / "r")["device"].startswith("cuda")
 
 
 def test_interrupted_cuda_run_resumes(tmp_path):
@@ -50,7 +49,7 @@ def test_word_level_on_the_gpu_matches_cpu_closely(tmp_path):
            "train.num_samples=3", "wandb.mode=disabled"]
     train(tmp_path / "cpu", *run, "device=cpu")
     train(tmp_path / "gpu", *run, "device=cuda")
-    cpu, gpu = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("cpu", "gpu"))
+    cpu, gpu = (summary(tmp_path / d) for d in ("cpu", "gpu"))
     assert gpu["device"].startswith("cuda") and gpu["level"] == "word"
     assert gpu["val_ppl"] == pytest.approx(cpu["val_ppl"], rel=2e-3)
 
@@ -64,7 +63,7 @@ def test_vectorised_sweep_on_the_gpu(tmp_path):
         run_cmd([ROOT / "train.py", "-m", *LECTURE, "seed=1,2", "+launcher=vectorized", f"device={device}",
                  f"hydra.sweep.dir={tmp_path / device}"])
     for job in ("0", "1"):
-        cpu, gpu = (json.loads((tmp_path / d / job / "summary.json").read_text()) for d in ("cpu", "cuda"))
+        cpu, gpu = (summary(tmp_path / d / job) for d in ("cpu", "cuda"))
         assert gpu["path"] == "vectorized" and gpu["device"].startswith("cuda")
         assert "a CUDA graph of 20 steps per replay" in gpu["path_reason"]
         assert gpu["val_loss"] == pytest.approx(cpu["val_loss"], rel=5e-3)
@@ -86,7 +85,7 @@ def test_graph_steps_equal_the_same_steps_run_eagerly(runs):
     graphed, eager = weights(), weights()
     steps = GraphSteps(graphed, K, B, T, runs=runs)
     assert steps.graph is not None
-    assert all(torch.equal(a, b) for a, b in zip(graphed, eager))
+    assert all(torch.equal(a, b) for a, b in zip(graphed, eager, strict=True))
     g = torch.Generator().manual_seed(2)
     fn = stacked_sgd_steps if runs else sgd_steps
     for n, lr in ((K, 0.1), (K, 0.05), (7, 0.01), (K, 0.01)):
@@ -96,7 +95,7 @@ def test_graph_steps_equal_the_same_steps_run_eagerly(runs):
         with torch.no_grad():
             *eager, want = fn(*eager, X.cuda(), Y.cuda(), lrs.cuda())
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
-        for a, b in zip(graphed, eager):
+        for a, b in zip(graphed, eager, strict=True):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
@@ -114,7 +113,7 @@ def test_lecture_on_the_gpu_trains_through_a_cuda_graph(tmp_path):
     rows = {k: [(int(s), float(v)) for s, _, v in losses(tmp_path / k) if v] for k in ("graph", "plain", "cpu")}
     assert [s for s, _ in rows["graph"]] == [500, 1000, 1500, 2000]
     for other in ("plain", "cpu"):  # val losses 4.9 .. 3.3: chaotic early training amplifies rounding
-        for (_, a), (_, b) in zip(rows[other], rows["graph"]):
+        for (_, a), (_, b) in zip(rows[other], rows["graph"], strict=True):  # a missing row fails
             assert b == pytest.approx(a, rel=0.01)
 
 

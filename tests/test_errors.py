@@ -1,17 +1,24 @@
 """Bad input, through the real commands: every mistake gets one line saying what is wrong and how to
 fix it, exit code 2, no traceback, and no training. The commands run a few at a time in parallel
-(each is a separate process that stops within seconds); the longer lists are `slow` (run in CI),
-and tests/test_config.py and tests/test_data.py check the same messages in-process."""
-import json
+(each is a separate process that stops within seconds); the longer lists are `slow` (run in CI).
+The config mistakes are one table, each checked in-process too (the default suite), and
+tests/test_data.py checks the data messages in-process."""
 import os
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from unittest import mock
 
 import pytest
 import torch
+from hydra.errors import HydraException
+from omegaconf.errors import OmegaConfBaseException
 
-from conftest import ROOT, TINY
+from conftest import ROOT, TINY, compose_cfg, summary
+from nplm import repro
+from nplm.cli import USER_ERRORS, config_error_line
+from nplm.config import to_config
+from nplm.preflight import preflight, with_epochs
 
 
 def run_all(commands: dict) -> dict:
@@ -34,11 +41,13 @@ def assert_one_line_error(proc, message, where=None):
     if where is not None:  # no training happened: at most a record saying the run failed, and why
         assert not (where / "ckpt.pt").exists() and not (where / "last.pt").exists()
         if (where / "summary.json").exists():
-            summary = json.loads((where / "summary.json").read_text())
-            assert summary["status"] == "failed" and message in summary["error"]
+            record = summary(where)
+            assert record["status"] == "failed" and message in record["error"]
 
 
-CONFIG_ERRORS = {  # override -> what the one line must say
+# The config mistakes, one table: override(s) -> what the one line must say. Each is refused in-process
+# (the default suite) and by the real command (three in the default suite, every one in the slow one).
+CONFIG_ERRORS = {
     "model.n_embd=0": "model.n_embd=0 must be at least 1",
     "model.n_hidden=-3": "model.n_hidden=-3 must be 0 (no hidden layer) or more",
     "model.block_size=0": "model.block_size=0 must be at least 1",
@@ -57,15 +66,56 @@ CONFIG_ERRORS = {  # override -> what the one line must say
     "train.steps=many": "Value 'many' of type 'str' could not be converted to Integer",
     "model.maxent_order=5 model.maxent_buckets=999999999": "weights (rows x vocab_size 27), more than 50,000,000: "
                                                            "set model.maxent_buckets=370370 or less",
+    "model.maxent_order=6": "or an order from 1 to model.block_size",
+    "model.maxent_buckets=0": "model.maxent_buckets=0 must be at least 1",
+    "optim.maxent_lr_scale=0": "optim.maxent_lr_scale=0.0 must be positive",
+    "model.softmax_cutoffs=[20,10]": "must be token ids in increasing order",
+    "model.softmax_cutoffs=[0,10]": "each at least 1",
 }
+# one refused by composition, one by the schema's checks, one by the checks against the data
+COMMAND_IN_DEFAULT_SUITE = ["model.n_embed=10", "model.n_embd=0", "train.batch_size=1000000"]
 
 
-@pytest.mark.slow
-def test_config_mistakes(tmp_path):
+def refusal(override: str) -> str:
+    """The line train.py refuses `override` with (after TINY), found in-process as train.py finds it:
+    composing, the schema's checks (to_config), then the checks against the data (preflight, without
+    the process-wide settings it makes: the pins, tested through the command, and the thread count);
+    '' when nothing refuses it."""
+    with mock.patch.object(repro, "check", lambda reproducible: ""), mock.patch.object(repro, "settle"), \
+            mock.patch.object(torch, "set_num_threads"):
+        try:
+            preflight(with_epochs(to_config(compose_cfg([*TINY, *override.split()]))))
+        except USER_ERRORS as e:
+            return str(e)
+        except (HydraException, OmegaConfBaseException) as e:
+            return config_error_line(e)
+    return ""
+
+
+@pytest.mark.parametrize("override", CONFIG_ERRORS)
+def test_config_mistake_in_process(override):
+    assert CONFIG_ERRORS[override] in refusal(override)
+
+
+def check_config_mistakes_through_the_command(overrides, tmp_path):
+    """Exit 2, stdout empty, stderr the in-process line alone, and no run folder left."""
     runs = run_all({o: [ROOT / "train.py", *TINY, *o.split(), f"hydra.run.dir={tmp_path / str(i)}"]
-                    for i, o in enumerate(CONFIG_ERRORS)})
-    for i, (override, message) in enumerate(CONFIG_ERRORS.items()):
-        assert_one_line_error(runs[override], message, tmp_path / str(i))
+                    for i, o in enumerate(overrides)})
+    for override in overrides:
+        proc = runs[override]
+        assert_one_line_error(proc, CONFIG_ERRORS[override])
+        assert (proc.stdout, proc.stderr) == ("", f"error: {refusal(override)}\n"), override
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_config_mistakes_through_the_command(tmp_path):
+    check_config_mistakes_through_the_command(COMMAND_IN_DEFAULT_SUITE, tmp_path)
+
+
+@pytest.mark.slow  # ~60 s on 2 cores: the rest of the table through the command (CI runs it)
+def test_every_config_mistake_through_the_command(tmp_path):
+    check_config_mistakes_through_the_command([o for o in CONFIG_ERRORS if o not in COMMAND_IN_DEFAULT_SUITE],
+                                              tmp_path)
 
 
 @pytest.mark.slow
@@ -90,7 +140,8 @@ def test_data_mistakes(tmp_path):
     runs = run_all(commands)
     for name, (_, message) in files.items():
         assert_one_line_error(runs[name], message, tmp_path / name)
-    assert_one_line_error(runs["missing"], "does not exist", tmp_path / "missing")
+    assert_one_line_error(runs["missing"], "does not exist", tmp_path / "missing")  # tested here only
+    assert not (tmp_path / "missing").exists()  # a refused run leaves no folder
     assert_one_line_error(runs["folder"], "is a directory; point it at a text file", tmp_path / "folder")
 
 

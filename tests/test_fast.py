@@ -6,14 +6,14 @@ import signal
 import pytest
 import torch
 
-from conftest import ROOT, compose_cfg, run_cmd
+from conftest import ROOT, compose_cfg, run_cmd, summary
 from nplm.config import ConfigError, ModelConfig, to_config
 from nplm.data import load_dataset
 from nplm import fast
 from nplm.fast import MIN_STEPS, GraphSteps, choose, graph_steps, pad, sgd_steps, stacked_sgd_steps
 from nplm.model import NPLM
 from nplm.optim import SGD
-from test_resume import losses, summary, wait_for, logged_step
+from test_resume import logged_step, losses, wait_for
 
 LECTURE = ["experiment=lecture", "train.steps=2000", "optim.decay_steps=[1000]", "train.eval_interval=500",
            "train.log_interval=100", "train.num_samples=0", "wandb.mode=disabled"]
@@ -64,7 +64,7 @@ def test_hand_written_steps_equal_autograd():
     assert fast_losses.tolist() == pytest.approx(plain_losses, rel=1e-5)
     names = ["C", "hidden.0.weight", "hidden.0.bias", "out.weight", "out.bias"]
     assert [n for n, _ in model.named_parameters()] == names
-    for p, new in zip(model.parameters(), params):
+    for p, new in zip(model.parameters(), params, strict=True):
         torch.testing.assert_close(new, p, rtol=1e-5, atol=1e-5)
     # padded as the compiled steps run them (32 inputs, 32 outputs): the same steps, the pads untouched
     W1, W2, b2 = (t[0] for t in pad(fast.hidden[0].weight[None], fast.out.weight[None], fast.out.bias[None]))
@@ -72,7 +72,8 @@ def test_hand_written_steps_equal_autograd():
         *padded, padded_losses = sgd_steps(fast.C, W1, fast.hidden[0].bias, W2, b2, X[ix], Y[ix], torch.tensor(lrs))
     assert padded_losses.tolist() == pytest.approx(plain_losses, rel=1e-5)
     assert padded[1].shape == (32, 200) and padded[3].shape == (200, 32) and padded[4].shape == (32,)
-    for p, new in zip(model.parameters(), [padded[0], padded[1][:30], padded[2], padded[3][:, :27], padded[4][:27]]):
+    for p, new in zip(model.parameters(), [padded[0], padded[1][:30], padded[2], padded[3][:, :27], padded[4][:27]],
+                      strict=True):
         torch.testing.assert_close(new, p, rtol=1e-5, atol=1e-5)
     assert not padded[1][30:].any() and not padded[3][:, 27:].any() and (padded[4][27:] == -1e30).all()
 
@@ -120,7 +121,7 @@ def test_graph_steps_without_capture_are_the_step_functions():
     losses = steps(X, Y, torch.full((5,), 0.1))
     *new, want = sgd_steps(*weights, X, Y, torch.full((5,), 0.1))
     assert steps.graph is None and torch.equal(losses, want)
-    assert all(torch.equal(a, b) for a, b in zip(mine, new))
+    assert all(torch.equal(a, b) for a, b in zip(mine, new, strict=True))
 
 
 @pytest.mark.parametrize("runs", [0, 3])
@@ -149,7 +150,7 @@ def test_the_gpu_path_checks_its_steps_and_falls_back_when_they_are_wrong(runs, 
                 steps.fn = wrong
             return steps
         steps, why = graph_steps(cfg, tensors, 27, runs, "20 SGD steps per replay of a CUDA graph", make=make)
-        assert all(torch.equal(a, b) for a, b in zip(tensors, weights))
+        assert all(torch.equal(a, b) for a, b in zip(tensors, weights, strict=True))
         if bad:
             assert steps is None and why.startswith("the CUDA graph failed its check against eager steps: losses off by")
             assert len(caplog.records) == 1 and "differ from the same steps run eagerly" in caplog.text
@@ -194,7 +195,8 @@ def test_fast_run_lands_where_the_plain_run_lands(tmp_path):
                                    for how in ("built once for this shape, then cached", "loaded from the cache"))
     rows = {k: [(int(s), float(v)) for s, _, v in losses(tmp_path / k) if v] for k in ("plain", "fast")}
     assert [s for s, _ in rows["fast"]] == [500, 1000, 1500, 2000]
-    for (_, a), (_, b) in zip(rows["plain"], rows["fast"]):  # val losses 4.9 .. 3.3: chaotic early training
+    # val losses 4.9 .. 3.3: chaotic early training; strict: a missing row on either side fails
+    for (_, a), (_, b) in zip(rows["plain"], rows["fast"], strict=True):
         assert b == pytest.approx(a, rel=0.01)
     # the full 200k-step recipe lands within 0.01 of the lecture's numbers: tests/test_lecture.py (slow)
 

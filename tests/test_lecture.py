@@ -4,11 +4,10 @@ fast path (~45 s in reproducible mode), `train.fast=off` the plain one that equa
 train 2.1251 / val 2.1687 on an AMD EPYC and on an Intel Xeon with AVX-512 (docs/reproducibility.md).
 The two paths sum in different orders, so they end apart. 0.005 leaves room for another torch or C++
 compiler, not for another CPU."""
-import json
 
 import pytest
 
-from conftest import ROOT, run_cmd
+from conftest import ROOT, run_cmd, summary
 
 
 @pytest.mark.slow
@@ -16,7 +15,7 @@ from conftest import ROOT, run_cmd
 def test_lecture_reproduction(tmp_path, path, train, val):
     run_cmd([ROOT / "train.py", "experiment=lecture", "device=cpu", f"hydra.run.dir={tmp_path}",
              f"train.fast={'off' if path == 'plain' else 'auto'}"], timeout=900)
-    s = json.loads((tmp_path / "summary.json").read_text())
+    s = summary(tmp_path)
     assert s["path"] == path
     assert s["train_loss"] == pytest.approx(train, abs=0.005)
     assert s["val_loss"] == pytest.approx(val, abs=0.005)

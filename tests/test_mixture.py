@@ -1,14 +1,13 @@
 """The paper's mixture of the network with a Kneser-Ney n-gram (model.mix_order)."""
-import json
 
 import pytest
 import torch
 
-from conftest import ROOT, run_cmd, train
+from conftest import ROOT, run_cmd, summary, train
 from nplm.checkpoint import load_model
 from nplm.data import load_dataset
 from nplm.evaluate import split_loss
-from nplm.mixture import Mixture, best_weight, part_log_probs
+from nplm.mixture import Mixture, best_weight, fit_mixture, part_log_probs
 from nplm.ngram import NGram
 
 
@@ -52,9 +51,11 @@ def test_weight_of_a_real_network_is_the_likelihood_maximum():
         opt.zero_grad()
         loss.backward()
         opt.step()
-    trigram = NGram(3, 27, 3).fit(X, Y)
-    w = best_weight(*part_log_probs(net, trigram, Xd, Yd))
+    mixture, info = fit_mixture(net, 3, data.X, data.Y, 4096)  # what a run with model.mix_order=3 does
+    w, trigram = info["mix_weight"], mixture.ngram
+    assert mixture.weight.item() == w == best_weight(*part_log_probs(net, trigram, Xd, Yd))
     mixed = lambda v: split_loss(Mixture(net, trigram, v), Xd, Yd)  # noqa: E731
+    assert info["nplm_val_loss"] == pytest.approx(mixed(1.0)) and info["ngram_val_loss"] == pytest.approx(mixed(0.0))
     assert 0.05 < w < 0.95
     assert mixed(w) < min(mixed(0.0), mixed(1.0)) - 0.005  # the parts err differently: mixing helps
     assert mixed(w) <= min(mixed(w - 0.02), mixed(w + 0.02))
@@ -64,7 +65,7 @@ def test_weight_of_a_real_network_is_the_likelihood_maximum():
 def test_mixture_run_is_no_worse_than_either_part_and_is_what_gets_saved(tmp_path):
     run_dir = tmp_path / "mix"
     train(run_dir, "model.mix_order=4")
-    s = json.loads((run_dir / "summary.json").read_text())
+    s = summary(run_dir)
     assert s["mix_order"] == 4 and 0 <= s["mix_weight"] <= 1 and s["ngram_counts"] > 0
     assert s["val_loss"] <= min(s["nplm_val_loss"], s["ngram_val_loss"]) + 1e-6
     assert s["best_val_loss"] == s["val_loss"]

@@ -214,3 +214,18 @@ def test_maxent_gradient_is_sparse_and_its_table_neither_decayed_nor_averaged():
     opt.step()
     changed = (model.maxent.weight != before).any(1).nonzero().flatten().tolist()
     assert changed == sorted({2, 7, 27 + 2 * 27 + 1, 27 + 7 * 27 + 6})  # only the rows used
+
+
+@pytest.mark.parametrize("norm, invariant", [("layernorm", True), ("none", False)])
+def test_layernorm_makes_a_layer_blind_to_the_scale_of_its_input_weights(norm, invariant):
+    """model.norm=layernorm normalises each row of a hidden layer before tanh: scaling that layer's
+    weights and bias by 10 leaves the logits as they were; without a norm it changes them."""
+    model = deep(norm=norm)
+    model.init_weights("scaled", torch.Generator().manual_seed(0))
+    model.eval()
+    x = torch.randint(0, 27, (16, 3), generator=torch.Generator().manual_seed(1))
+    before = model(x)[0]
+    with torch.no_grad():
+        model.hidden[0].weight.mul_(10)
+        model.hidden[0].bias.mul_(10)
+    assert torch.allclose(model(x)[0], before, atol=1e-4) == invariant

@@ -1,11 +1,10 @@
 """The Kneser-Ney count baseline: a proper distribution, the reference numbers, and a real run."""
-import json
 import math
 
 import pytest
 import torch
 
-from conftest import ROOT, TINY, run_cmd, train
+from conftest import ROOT, TINY, run_cmd, summary, train
 from nplm.data import load_dataset
 from nplm.ngram import NGram
 
@@ -43,7 +42,7 @@ def test_val_loss_matches_reference(order, val, reference):
 def test_ngram_run_is_saved_sampleable_and_evaluable(tmp_path):
     run_dir = tmp_path / "r"
     train(run_dir, "model=ngram", "model.order=5")
-    s = json.loads((run_dir / "summary.json").read_text())
+    s = summary(run_dir)
     assert s["status"] == "finished" and s["val_loss"] == pytest.approx(1.9832, abs=1e-4)
     assert s["config"]["model"]["block_size"] == 4 and s["num_params"] == 73580
     assert len((run_dir / "samples.tsv").read_text().splitlines()) == 6
@@ -57,7 +56,7 @@ def test_ngram_orders_sweep(tmp_path):
     sweep = tmp_path / "s"
     run_cmd([ROOT / "train.py", "-m", *TINY, "model=ngram", "model.order=2,3", "wandb.mode=disabled",
              f"hydra.sweep.dir={sweep}"])
-    devs = [json.loads((sweep / j / "summary.json").read_text())["val_loss"] for j in "01"]
+    devs = [summary(sweep / j)["val_loss"] for j in "01"]
     assert devs[0] > devs[1]  # a trigram beats a bigram
     proc = train(tmp_path / "bad", "model=ngram", "model.block_size=3", check=False)
     assert proc.returncode == 2 and "model.block_size=3 is too short for model.order=5" in proc.stderr + proc.stdout

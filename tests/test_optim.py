@@ -151,3 +151,27 @@ def test_ema_equals_torch_averaged_model():
     fresh = EMA(model, 0.9)
     fresh.load_state_dict(ref)  # a checkpoint written with AveragedModel resumes
     assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), ref.values()))
+
+
+@pytest.mark.parametrize("name, decay_features, decayed", [
+    ("adamw", False, {"direct", "hidden.0.weight", "out.weight"}),
+    ("sgd", True, {"C", "direct", "hidden.0.weight", "out.weight"}),
+])
+def test_weight_decay_reaches_the_weight_matrices_through_make_optimizer(name, decay_features, decayed):
+    """optim.weight_decay on the weight matrices (and the features C with optim.decay_features), never on
+    the biases; a step with zero gradients moves exactly those, by the optimiser's own rule."""
+    g = torch.Generator().manual_seed(0)
+    model = NPLM(ModelConfig(type="nplm", n_embd=4, block_size=3, n_hidden=8, direct=True), 27)
+    model.init_weights("scaled", g)
+    with torch.no_grad():
+        model.direct.fill_(0.5)  # it starts at zero, where decay would not show
+    o = OptimConfig(name=name, lr=0.1, weight_decay=0.5, decay_features=decay_features, schedule="constant")
+    opt = make_optimizer(model, o)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    moved = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert moved == decayed
+    for n in decayed:  # AdamW: p (1 - lr wd), decoupled; SGD: p - lr (wd p), the same here with zero gradients
+        assert torch.allclose(dict(model.named_parameters())[n], before[n] * (1 - 0.1 * 0.5))

@@ -1,14 +1,12 @@
 """The sweep report for real: a small sweep over two keys, one job failing, then its report files as
 a reader gets them (leaderboard.md and .csv, the plots, dashboard.html), and scripts/report.py
 writing them again."""
-import json
 import struct
 
 import pandas as pd
 
-from conftest import ROOT, TINY, run_cmd
+from conftest import QUICK, ROOT, run_cmd, summary
 
-QUICK = [*TINY, "train.steps=20", "train.eval_interval=10", "train.log_interval=10", "wandb.mode=disabled"]
 REPORT = ["leaderboard.md", "leaderboard.csv", "dashboard.html", "heatmap.png", "val_vs_model_n_embd.png",
           "val_vs_optim_lr.png", "best_curves.png"]
 
@@ -38,7 +36,7 @@ def test_sweep_report_lists_every_job_sorted_with_plots_and_is_rewritten_by_the_
                     f"hydra.sweep.dir={sweep}"], check=False)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert f"sweep folder: {sweep} (if interrupted, resume with: python " in proc.stdout + proc.stderr
-    summaries = {j: json.loads((sweep / j / "summary.json").read_text()) for j in "0123"}
+    summaries = {j: summary(sweep / j) for j in "0123"}
     assert [summaries[j]["status"] for j in "0123"] == ["finished", "finished", "finished", "failed"]
     finished = sorted((s["val_loss"], j) for j, s in summaries.items() if s["status"] == "finished")
 

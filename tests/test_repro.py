@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, run_cmd
+from conftest import ROOT, run_cmd, summary
 from nplm import repro
 
 RUN = ["train.steps=200", "train.eval_interval=100", "train.log_interval=50", "train.num_samples=2",
@@ -22,7 +22,8 @@ RUN = ["train.steps=200", "train.eval_interval=100", "train.log_interval=50", "t
 THIS_CPU = {k: v for k, v in repro.PINS.items() if k != "TORCHINDUCTOR_CPP_MARCH"}
 OTHER_CPU = {k: v for k, v in repro.AVX2_PATHS.items() if k != "TORCHINDUCTOR_CPP_MARCH"}
 
-pytestmark = pytest.mark.skipif(not repro.expected() or "avx2" not in repro.cpu()["isa"],
+# only the tests that force another CPU's code paths (the `runs` fixture) need one; the rest run anywhere
+needs_avx2 = pytest.mark.skipif(not repro.expected() or "avx2" not in repro.cpu()["isa"],
                                 reason="simulating another CPU needs an x86-64 CPU with AVX2")
 
 
@@ -38,7 +39,7 @@ def train(run_dir, env, *overrides):
     proc = subprocess.run([sys.executable, ROOT / "train.py", *RUN, *overrides, f"hydra.run.dir={run_dir}"],
                           cwd=ROOT, capture_output=True, text=True, env=full, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    return numbers((run_dir / "metrics.csv").read_text()), json.loads((run_dir / "summary.json").read_text())
+    return numbers((run_dir / "metrics.csv").read_text()), summary(run_dir)
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +52,7 @@ def runs(tmp_path_factory):
     return out
 
 
+@needs_avx2
 @pytest.mark.slow  # 23 s: keeps the default suite near 5 minutes (CI runs it)
 def test_reproducible_mode_gives_the_same_numbers_whatever_code_paths_the_cpu_would_pick(runs):
     _, this, s = runs["reproducible=true", "this"]
@@ -66,6 +68,7 @@ def test_reproducible_mode_gives_the_same_numbers_whatever_code_paths_the_cpu_wo
     assert f_other["pins"]["ATEN_CPU_CAPABILITY"] == "avx2" and not f["deterministic"]
 
 
+@needs_avx2
 @pytest.mark.slow  # 8 s: keeps the default suite near 5 minutes (CI runs it)
 def test_reproduce_script_says_bit_identical_or_where_the_numbers_part(runs, tmp_path):
     folder = runs["reproducible=true", "other"][0]
@@ -76,10 +79,11 @@ def test_reproduce_script_says_bit_identical_or_where_the_numbers_part(runs, tmp
     # a run made with the pins before 2026-12-01 is said to be one whose numbers will not come back
     old = tmp_path / "old"
     shutil.copytree(folder, old)
-    summary = json.loads((old / "summary.json").read_text())
-    (old / "summary.json").write_text(json.dumps(summary | {"pins": repro.AVX2_PATHS}))
+    (old / "summary.json").write_text(json.dumps(summary(old) | {"pins": repro.AVX2_PATHS}))
     noted = run_cmd([ROOT / "scripts/reproduce.py", old, f"out={tmp_path / 'again2'}"], check=False)
     assert noted.stdout.startswith(f"note: {old} ran with other pins than this version's reproducible mode")
+    # only the record says other pins: its numbers were made with this version's, so they come back (exit 0)
+    assert noted.returncode == 0 and f"bit-identical: {tmp_path / 'again2'} has the same" in noted.stdout, noted.stdout
     # two runs of one config on different code paths: the first step they part, the largest gaps, why
     free = runs["reproducible=false", "other"][0]
     proc = run_cmd([ROOT / "scripts/reproduce.py", runs["reproducible=false", "this"][0], f"against={free}"],

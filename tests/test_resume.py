@@ -1,9 +1,10 @@
 """Interruption and resume for real: a training process is sent SIGTERM or SIGINT, or killed with
 SIGKILL (also in the middle of writing its checkpoint), then resumed with `train.py resume=<folder>`;
-it must end with exactly the losses of the same run left alone."""
+it must end with exactly the losses of the same run left alone. Each signal comes at a known step,
+whatever the machine's speed: the run is held at that step's progress line (tests/holds.py) until
+the signal comes."""
 import copy
 import csv
-import json
 import os
 import shutil
 import signal
@@ -14,7 +15,8 @@ import time
 import pytest
 import torch
 
-from conftest import ROOT, TINY, compose_cfg, run_cmd, train
+from conftest import ROOT, TINY, compose_cfg, run_cmd, summary, train
+from holds import release, start_held, wait_held
 from nplm.checkpoint import STATE_NAME
 from nplm.config import ConfigError, to_config
 from nplm.resume import claim, resume_config
@@ -39,14 +41,20 @@ def metrics(run_dir):
         return list(csv.DictReader(f))
 
 
-def summary(run_dir):
-    return json.loads((run_dir / "summary.json").read_text())
+def start(run_dir, *overrides, at=None):
+    """The RUN in run_dir; with `at`, held at the progress line of step `at` until a signal comes (or
+    gate(run_dir)/go-0 appears): wait for it with wait_held(proc, gate(run_dir))."""
+    args = [ROOT / "train.py", *TINY, *RUN, *overrides, f"hydra.run.dir={run_dir}"]
+    if at is not None:
+        return start_held(args, gate(run_dir), rf"^step +{at}/", stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True)
+    return subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "HYDRA_FULL_ERROR": "0"})
 
 
-def start(run_dir, *overrides):
-    return subprocess.Popen([sys.executable, ROOT / "train.py", *TINY, *RUN, *overrides, f"hydra.run.dir={run_dir}"],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "HYDRA_FULL_ERROR": "0"})
+def gate(run_dir):
+    """Where a run started with `at` says it is held (tests/holds.py)."""
+    return run_dir.parent / f"{run_dir.name}-gate"
 
 
 def wait_for(condition, proc, timeout=120):
@@ -76,17 +84,17 @@ def uninterrupted(tmp_path_factory):
 def test_sigterm_saves_and_resume_ends_with_the_same_losses(uninterrupted, tmp_path):
     sig = signal.SIGTERM
     run_dir = tmp_path / "run"
-    proc = start(run_dir)
-    wait_for(lambda: logged_step(run_dir) >= 120, proc)
+    proc = start(run_dir, at=120)  # not a step that evaluates: the signal's own save
+    wait_held(proc, gate(run_dir))
     proc.send_signal(sig)
-    out, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + sig, err
-    assert f"interrupted by {sig.name} at step" in err and f"python train.py resume={run_dir}" in err
+    assert f"interrupted by {sig.name} at step 120;" in err and f"python train.py resume={run_dir}" in err
     assert "Traceback" not in err
     s = summary(run_dir)
     assert s["status"] == "interrupted" and s["resume_command"] == f"python train.py resume={run_dir}"
     stopped = torch.load(run_dir / STATE_NAME, weights_only=True)["step"]
-    assert 120 <= stopped < 300
+    assert stopped == 120 and logged_step(run_dir) == 120  # the step it was in finished, then it saved
 
     # what does not change the results may change on resuming: threads, logging, samples
     proc = run_cmd([ROOT / "train.py", f"resume={run_dir}", "train.num_samples=3", "train.threads=1"])
@@ -108,14 +116,10 @@ def test_sigkill_during_a_checkpoint_write_loses_nothing_saved(uninterrupted, tm
     test reads from it; the test reads a part, kills the run, and leaves that part as the file."""
     run_dir = tmp_path / "run"
     tmp = run_dir / (STATE_NAME + ".tmp")
-    proc = start(run_dir)
-    while True:  # between two saves, make the temporary file a pipe
-        wait_for(lambda: (run_dir / STATE_NAME).exists() and not tmp.exists(), proc)
-        try:
-            os.mkfifo(tmp)
-            break
-        except FileExistsError:  # the next save began just now
-            continue
+    proc = start(run_dir, at=60)  # between the saves of steps 50 and 100, make the temporary file a pipe
+    wait_held(proc, gate(run_dir))
+    os.mkfifo(tmp)
+    release(gate(run_dir))
     saved = (run_dir / STATE_NAME).read_bytes()
     with open(tmp, "rb") as pipe:  # returns once the run opens it to write its next state
         part = pipe.read(4096)  # the run is now blocked in the middle of writing
@@ -134,22 +138,12 @@ def test_sigkill_during_a_checkpoint_write_loses_nothing_saved(uninterrupted, tm
 @pytest.mark.slow
 def test_sigkill_between_checkpoints_drops_the_rows_after_the_last_save(uninterrupted, tmp_path):
     run_dir = tmp_path / "run"
-    proc = start(run_dir)
-
-    def between_saves():  # stopped (SIGSTOP) where rows were logged after the last save, then killed
-        if logged_step(run_dir) < 180 or logged_step(run_dir) % 50 == 0:
-            return False
-        proc.send_signal(signal.SIGSTOP)
-        if logged_step(run_dir) % 50 != 0 and (run_dir / STATE_NAME).exists() \
-                and not (run_dir / (STATE_NAME + ".tmp")).exists():
-            return True
-        proc.send_signal(signal.SIGCONT)  # it reached the next evaluation meanwhile: wait on
-        return False
-    wait_for(between_saves, proc)
+    proc = start(run_dir, at=180)  # killed where rows were logged after the last save (step 150)
+    wait_held(proc, gate(run_dir))
     proc.kill()
     proc.communicate(timeout=60)
     saved = torch.load(run_dir / STATE_NAME, weights_only=True)["step"]
-    assert logged_step(run_dir) > saved  # rows logged after the last save: logged again on resume
+    assert saved == 150 and logged_step(run_dir) == 180  # rows 160-180: logged again on resume
     run_cmd([ROOT / "train.py", f"resume={run_dir}"])
     assert losses(run_dir) == losses(uninterrupted)
 
@@ -159,13 +153,13 @@ def interrupted_with_wandb(tmp_path_factory):
     """The run of `uninterrupted` with W&B offline, stopped with SIGTERM part-way (as the SIGTERM test
     stops it); (its folder, the step its state was saved at). Tests resume copies of the folder."""
     run_dir = tmp_path_factory.mktemp("resume") / "wandb"
-    proc = start(run_dir, "wandb.mode=offline")
-    wait_for(lambda: logged_step(run_dir) >= 120, proc)
+    proc = start(run_dir, "wandb.mode=offline", at=120)
+    wait_held(proc, gate(run_dir))
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM, err
     stopped = torch.load(run_dir / STATE_NAME, weights_only=True)["step"]
-    assert 120 <= stopped < 300 and summary(run_dir)["status"] == "interrupted"
+    assert stopped == 120 and summary(run_dir)["status"] == "interrupted"
     return run_dir, stopped
 
 
@@ -241,10 +235,10 @@ def test_resume_with_more_steps_continues_the_same_wandb_run_to_the_new_end(unin
 
 @pytest.fixture(scope="module")
 def interrupted(tmp_path_factory):
-    """A run stopped with Ctrl-C (SIGINT) after its first save, as a user would stop it."""
+    """A run stopped with Ctrl-C (SIGINT) at step 60, after its first save (step 50), as a user would stop it."""
     run_dir = tmp_path_factory.mktemp("resume") / "interrupted"
-    proc = start(run_dir)
-    wait_for(lambda: (run_dir / STATE_NAME).exists(), proc)
+    proc = start(run_dir, at=60)
+    wait_held(proc, gate(run_dir))
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     return run_dir, proc.returncode, err
@@ -253,7 +247,8 @@ def interrupted(tmp_path_factory):
 def test_ctrl_c_saves_and_says_how_to_resume(interrupted):
     run_dir, code, err = interrupted
     assert code == 130 and "Traceback" not in err
-    assert err.strip().splitlines()[-1].startswith("error: interrupted by SIGINT at step ")
+    assert err.strip().splitlines()[-1].startswith("error: interrupted by SIGINT at step 60; ")
+    assert torch.load(run_dir / STATE_NAME, weights_only=True)["step"] == 60
     assert err.strip().endswith(f"to go on: python train.py resume={run_dir}")
     assert summary(run_dir)["status"] == "interrupted"
 
@@ -309,14 +304,15 @@ def test_one_process_at_a_time_trains_in_a_folder(tmp_path):
 def test_interrupted_sweep_goes_on_with_its_own_command(tmp_path):
     sweep = tmp_path / "sweep"
     cmd = [ROOT / "train.py", "-m", "seed=1,2", *TINY, *RUN, f"hydra.sweep.dir={sweep}"]
-    proc = subprocess.Popen([sys.executable, *map(str, cmd)], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    wait_for(lambda: (sweep / "1" / STATE_NAME).exists(), proc)
+    # held in job 1 (the second step 60 of the sweep), after its first save
+    proc = start_held(cmd, tmp_path / "gate", (r"^step +60/", 2), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                      text=True)
+    wait_held(proc, tmp_path / "gate")
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and f"run the same command with hydra.sweep.dir={sweep}" in err
     assert summary(sweep / "0")["status"] == "finished" and summary(sweep / "1")["status"] == "interrupted"
     proc = run_cmd(cmd)
     assert "skipping job 0" in proc.stdout and "resuming at step" in proc.stdout
-    assert summary(sweep / "1")["status"] == "finished" and summary(sweep / "1")["resumed_at"]
+    assert summary(sweep / "1")["status"] == "finished" and summary(sweep / "1")["resumed_at"] == [60]
     assert (sweep / "leaderboard.csv").exists()

@@ -1,7 +1,6 @@
 """Sweeps on a real one-node SLURM cluster (tests/slurm_cluster.py) through `train.py +launcher=slurm`:
 a failing job reported with the others, a job requeued mid-run and a job stopped at its time limit
 resuming to the loss of the uninterrupted run, a cancelled sweep resumed by its own command."""
-import json
 import subprocess
 import sys
 import time
@@ -9,7 +8,8 @@ import time
 import pandas as pd
 import pytest
 
-from conftest import ROOT, TINY, run_cmd
+from conftest import ROOT, TINY, run_cmd, summary
+from holds import start_held, wait_held
 from slurm_cluster import sh, slurm  # noqa: F401 (the fixture)
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("slurm")]
@@ -18,10 +18,13 @@ pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
 SLURM = ["+launcher=slurm", "hydra.launcher.partition=debug", "hydra.launcher.cpus_per_task=1",
          "hydra.launcher.mem_gb=1", "train.threads=1", "wandb.mode=disabled"]
 QUICK = [*TINY, "train.steps=20", "train.eval_interval=10", "train.log_interval=10"]
-# long enough to be still training when SLURM signals, at most 60 s into the job: 60,000 steps took 40 s
-# on an idle Intel Xeon (2026-12-01), and the job then finished before its time limit; 150,000 take 95 s
-LONG = [*TINY, "train.steps=150000", "train.eval_interval=5000", "train.log_interval=5000", "train.num_samples=0",
+# A job that SLURM stops part-way: held at its first progress line (step 5000, before its first save)
+# until a signal comes (tests/holds.py), so it is still training when SLURM signals it however fast the
+# machine is (a 150,000-step job without the hold took 95 s on an idle Xeon, and a 60,000-step one
+# finished before its time limit). Resumed, it trains the other 15,000 steps.
+LONG = [*TINY, "train.steps=20000", "train.eval_interval=5000", "train.log_interval=5000", "train.num_samples=0",
         "seed=1", "wandb.mode=disabled"]
+HELD = r"^step +5000/20000 "  # the hold: only the first try of a job gets there (a resumed one starts at 5000)
 
 
 def sweep_cmd(sweep, *overrides):
@@ -57,10 +60,6 @@ def start_now(job_id: str) -> None:
                              f"{proc.stderr.strip()}")
 
 
-def summary(folder):
-    return json.loads((folder / "summary.json").read_text())
-
-
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     """The final val loss of the LONG run trained in one go, here."""
@@ -86,16 +85,16 @@ def test_sweep_with_a_failing_job_ends_with_the_report_and_one_sacct_warning(tmp
 
 def test_job_requeued_mid_run_resumes_to_the_uninterrupted_loss(tmp_path, uninterrupted):
     sweep = tmp_path / "s"
-    proc = subprocess.Popen(sweep_cmd(sweep, *LONG), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
-    wait_for(lambda: (sweep / "0" / "last.pt").is_file(), what="the first saved state")
+    proc = start_held(sweep_cmd(sweep, *LONG)[1:], tmp_path / "gate", HELD, stdout=subprocess.PIPE,
+                      stderr=subprocess.STDOUT, text=True)
+    wait_held(proc, tmp_path / "gate")  # the job is training (held at step 5000)
     (job_id,) = jobs()
     sh("scontrol", "requeue", job_id)  # what a pre-emption does: SIGTERM now, the job queued again
     start_when_requeued(job_id)
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out
     done = summary(sweep / "0")
-    assert done["status"] == "finished" and len(done["resumed_at"]) == 1, done
+    assert done["status"] == "finished" and done["resumed_at"] == [5000], done
     assert done["val_loss"] == uninterrupted
 
 
@@ -103,19 +102,21 @@ def test_job_at_its_time_limit_saves_is_requeued_and_resumes_to_the_uninterrupte
     """SLURM's minimum time limit, 1 minute: SLURM sends USR2 about signal_delay_s before it (up to
     ~30 s early, by its checking interval); nplm saves, submitit requeues (max_num_timeout)."""
     sweep = tmp_path / "s"
-    proc = subprocess.Popen(sweep_cmd(sweep, *LONG, "hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=10",
-                                      "hydra.launcher.max_num_timeout=10"),
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    wait_for(lambda: jobs(), what="the job")
+    proc = start_held(sweep_cmd(sweep, *LONG, "hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=10",
+                                "hydra.launcher.max_num_timeout=10")[1:], tmp_path / "gate", HELD,
+                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wait_held(proc, tmp_path / "gate")  # held at step 5000 until SLURM's signal, at most a minute away
     (job_id,) = jobs()
+    deadline = time.monotonic() + 600  # a bound only: the job ends in a few minutes
     while proc.poll() is None:  # requeued at each time limit (on a busy machine, more than once)
+        assert time.monotonic() < deadline, "the sweep did not end"
         if jobs().get(job_id) == "PENDING":
             start_now(job_id)
         time.sleep(1)
     out = proc.stdout.read()
     assert proc.returncode == 0, out
     done = summary(sweep / "0")
-    assert done["status"] == "finished" and done["resumed_at"], done
+    assert done["status"] == "finished" and done["resumed_at"][0] == 5000, done  # stopped where it was held
     log = (sweep / "0" / "train.log").read_text()
     assert "Caught signal SIGUSR2" in log and "resuming at step" in log
     assert done["val_loss"] == uninterrupted

@@ -5,12 +5,11 @@ import re
 import pandas as pd
 import pytest
 
-from conftest import CONF, ROOT, TINY, compose_cfg, run_cmd
+from conftest import CONF, QUICK, ROOT, TINY, compose_cfg, run_cmd, summary
 from nplm.config import to_config
 from nplm.sweep.folders import swept_keys
 from wandb_records import offline_runs, summarise
 
-QUICK = [*TINY, "train.steps=20", "train.eval_interval=10", "train.log_interval=10", "wandb.mode=disabled"]
 SWEEPS = sorted(p.stem for p in (CONF / "sweep").glob("*.yaml"))
 
 
@@ -55,7 +54,7 @@ def test_named_sweep_runs_without_m_and_writes_report(tmp_path):
     sweep = tmp_path / "seeds"
     proc = run_cmd([ROOT / "train.py", "+sweep=seeds", *QUICK, f"hydra.sweep.dir={sweep}"])
     assert "Launching 5 jobs" in proc.stdout + proc.stderr
-    seeds = [json.loads((sweep / str(j) / "summary.json").read_text())["seed"] for j in range(5)]
+    seeds = [summary(sweep / str(j))["seed"] for j in range(5)]
     assert seeds == [1, 2, 3, 4, 5]
     assert json.loads((sweep / "sweep.json").read_text())["swept"] == ["seed"]
     board = pd.read_csv(sweep / "leaderboard.csv")
@@ -87,8 +86,9 @@ def test_diverging_job_stops_at_once_is_recorded_and_the_sweep_goes_on(tmp_path)
     proc = run_cmd([ROOT / "train.py", "-m", *TINY, "train.steps=40", "optim.name=sgd", "optim.lr=3e38,0.01",
                     "wandb.mode=offline", f"hydra.sweep.dir={sweep}"], check=False)
     out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out  # a diverged job is a result, not a failure (docs/sweeps.md)
     assert "diverged: the training loss is" in out and "lower optim.lr" in out
-    bad, good = (json.loads((sweep / j / "summary.json").read_text()) for j in "01")
+    bad, good = (summary(sweep / j) for j in "01")
     assert bad["status"] == "diverged" and bad["diverged_step"] <= 5 and bad["val_loss"] is None
     assert good["status"] == "finished"
     (run,) = offline_runs(sweep / "0")
@@ -108,7 +108,7 @@ def test_resume_skips_finished_jobs(tmp_path):
     text = out.stdout + out.stderr
     assert "skipping job 0" in text and "skipping job 1" in text and "skipping job 2" not in text
     assert (sweep / "0" / "summary.json").read_text() == first["0"]  # untouched
-    again = json.loads((sweep / "2" / "summary.json").read_text())
+    again = summary(sweep / "2")
     assert again["status"] == "finished" and again["val_loss"] == json.loads(first["2"])["val_loss"]
 
 
@@ -119,21 +119,9 @@ def test_finished_run_of_another_config_is_never_overwritten(tmp_path):
     record = ["summary.json", "config.yaml", "metrics.csv", ".hydra/config.yaml", ".hydra/overrides.yaml"]
     before = [(sweep / "0" / name).read_text() for name in record]
     proc = run_cmd([ROOT / "train.py", "-m", *QUICK, "seed=9", f"hydra.sweep.dir={sweep}"], check=False)
-    assert proc.returncode != 0 and "never overwritten" in proc.stdout + proc.stderr
+    # that job fails (exit 1, docs/sweeps.md), saying why; the folder is left as it was
+    assert proc.returncode == 1 and "never overwritten" in proc.stderr.splitlines()[-1], proc.stdout + proc.stderr
     assert [(sweep / "0" / name).read_text() for name in record] == before
-
-
-@pytest.mark.slow
-def test_report_compares_several_sweeps(tmp_path):
-    for name, values in (("a", "model.n_embd=2,4"), ("b", "model.n_embd=6")):
-        run_cmd([ROOT / "train.py", "-m", *QUICK, values, f"hydra.sweep.dir={tmp_path / name}"])
-    out = tmp_path / "compare"
-    proc = run_cmd([ROOT / "scripts/report.py", tmp_path / "a", tmp_path / "b", "--out", out])
-    board = pd.read_csv(out / "leaderboard.csv")
-    assert sorted(board["sweep"]) == ["a", "a", "b"] and sorted(board["model.n_embd"]) == [2, 4, 6]
-    assert (out / "val_vs_model_n_embd.png").is_file() and "leaderboard" in proc.stdout
-    bad = run_cmd([ROOT / "scripts/report.py", tmp_path / "nope"], check=False)
-    assert bad.returncode == 2 and "does not exist" in bad.stderr
 
 
 def test_wandb_sweep_config_drives_train_py():
@@ -158,59 +146,48 @@ def test_wandb_sweep_config_drives_train_py():
 
 @pytest.mark.slow
 def test_optional_launchers_and_optuna(tmp_path):
-    """The presets with the optional plugins, where installed (pip install -e '.[parallel,slurm,optuna]')."""
-    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
-    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
-    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    """The presets with the optional plugins (pip install -e '.[parallel,slurm,optuna]', which [test] includes)."""
+    import importlib
+    for plugin in ("hydra_joblib_launcher", "hydra_optuna_sweeper", "hydra_submitit_launcher"):
+        importlib.import_module(f"hydra_plugins.{plugin}")  # [test] installs them: a broken install fails, not skips
     for preset in ("parallel", "local"):
         sweep = tmp_path / preset
         run_cmd([ROOT / "train.py", "-m", *QUICK, "seed=1,2", f"+launcher={preset}", f"hydra.sweep.dir={sweep}"])
-        summaries = [json.loads((sweep / j / "summary.json").read_text()) for j in "01"]
+        summaries = [summary(sweep / j) for j in "01"]
         assert [s["status"] for s in summaries] == ["finished", "finished"]
         assert all(s["threads"] == 1 for s in summaries)
         assert (sweep / "leaderboard.csv").is_file()
     sweep = tmp_path / "optuna"
     proc = run_cmd([ROOT / "train.py", "+sweep=optuna", "hydra.sweeper.n_trials=3", *QUICK, "optim.lr=3e38",
                     "optim.name=sgd", f"hydra.sweep.dir={sweep}"], check=False)
-    # optim.lr=3e38 makes every trial diverge: the sweep still ends, with inf, not NaN
-    assert "Best value: inf" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+    # optim.lr=3e38 makes every trial diverge: the sweep still ends, with inf, not NaN, and exit 0
+    assert proc.returncode == 0 and "Best value: inf" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
     assert set(pd.read_csv(sweep / "leaderboard.csv")["status"]) == {"diverged"}
-
-
-@pytest.mark.slow
-def test_dashboard_renders_in_headless_chromium(tmp_path):
-    """Where Chromium is installed (apt-get install chromium): the page renders, images and all."""
-    import shutil
-    import subprocess
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if not chromium:
-        pytest.skip("no chromium here")
-    sweep = tmp_path / "s"
-    run_cmd([ROOT / "train.py", "-m", *QUICK, "model.n_embd=2,4", "seed=1,2", f"hydra.sweep.dir={sweep}"])
-    shot = tmp_path / "shot.png"
-    subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                    f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,1600",
-                    f"--screenshot={shot}", (sweep / "dashboard.html").as_uri()],
-                   check=True, capture_output=True, timeout=120)
-    import matplotlib.image
-    pixels = matplotlib.image.imread(shot)
-    assert pixels.shape[:2] == (1600, 1200)
-    # a page of text alone is mostly white; the inlined plots add colour: many distinct pixel values
-    assert len({tuple(p) for p in pixels[::8, ::8, :3].reshape(-1, 3).round(2).tolist()}) > 200
 
 
 @pytest.mark.slow
 def test_fifty_jobs_in_one_process_all_recorded_memory_flat_wandb_finished(tmp_path):
     sweep = tmp_path / "s50"
+    # each job's model holds 16 MB (a hashed n-gram table of 4.1M weights; cheap to train and evaluate), so
+    # that a job that left its model behind would show in the process's memory
     run_cmd([ROOT / "train.py", "-m", "seed=range(50)", *TINY, "train.steps=20", "train.eval_interval=10",
-             "train.log_interval=10", "wandb.mode=offline", f"hydra.sweep.dir={sweep}"], timeout=600)
-    summaries = [json.loads((sweep / str(j) / "summary.json").read_text()) for j in range(50)]
+             "train.log_interval=10", "model.maxent_order=4", "wandb.mode=offline", f"hydra.sweep.dir={sweep}"],
+            timeout=600)
+    summaries = [summary(sweep / str(j)) for j in range(50)]
     assert [s["status"] for s in summaries] == ["finished"] * 50
     assert sorted(s["seed"] for s in summaries) == list(range(50))
-    assert summaries[49]["rss_mb"] - summaries[4]["rss_mb"] < 50, [s["rss_mb"] for s in summaries]
     for j in (0, 25, 49):
         (run,) = offline_runs(sweep / str(j))
         assert summarise(run)["exit_code"] == 0
     board = pd.read_csv(sweep / "leaderboard.csv")
     assert len(board) == 50 and (board["status"] == "finished").all()
+
+    # memory flat: the last 25 jobs (past the first ones' one-off imports and caches, which depend on the
+    # machine and the libraries) add less than two jobs' weights in all, where jobs that each kept their
+    # model would add 25 times it, more with its optimiser (on a 2-core Linux machine the 25 jobs added
+    # 5 MB; the weights are 16 MB)
+    weights_mb = summaries[0]["num_params"] * 4 / 2**20
+    rss = [s["rss_mb"] for s in summaries]
+    if rss[0] is None:  # nplm/tracking.py reads it from /proc (Linux)
+        pytest.skip("no resident memory recorded on this system")
+    assert rss[49] - rss[24] < 2 * weights_mb, (weights_mb, rss)

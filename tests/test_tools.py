@@ -1,12 +1,11 @@
 """The lecture's tools as run modes: the learning-rate finder and the overfit-one-batch check."""
 import csv
-import json
 import math
 
 import pytest
 import torch
 
-from conftest import train
+from conftest import summary, train
 from nplm.tools import batch_loss_floor, suggest_lr
 
 
@@ -30,7 +29,7 @@ def test_suggested_lr_is_half_a_decade_below_the_lowest_loss():
 def test_overfit_batch_reaches_the_floor_and_never_below(tmp_path):
     run_dir = tmp_path / "of"
     proc = train(run_dir, "mode=overfit_batch", "overfit_batch.steps=300", "optim.lr=0.03", "model.n_hidden=64")
-    s = json.loads((run_dir / "summary.json").read_text())
+    s = summary(run_dir)
     assert s["status"] == "finished" and s["mode"] == "overfit_batch" and s["val_loss"] is None
     assert s["overfit_passed"] is True
     assert s["overfit_floor"] - 1e-5 <= s["overfit_loss"] <= s["overfit_floor"] + 0.05  # a real floor
@@ -41,7 +40,7 @@ def test_overfit_batch_reaches_the_floor_and_never_below(tmp_path):
 def test_overfit_batch_fails_when_the_model_cannot_learn(tmp_path):
     run_dir = tmp_path / "of"
     train(run_dir, "mode=overfit_batch", "overfit_batch.steps=20", "optim.lr=0.00001")
-    s = json.loads((run_dir / "summary.json").read_text())
+    s = summary(run_dir)
     assert s["overfit_passed"] is False and s["overfit_loss"] > s["overfit_floor"] + 1
 
 
@@ -56,7 +55,7 @@ def test_lr_find_sweeps_lrs_exponentially_and_stops_when_the_loss_blows_up(tmp_p
     ratios = [b / a for a, b in zip(lrs, lrs[1:])]
     assert max(ratios) == pytest.approx(min(ratios)) and ratios[0] == pytest.approx(10 ** (6 / 399))
     assert 10 < len(rows) < 400  # SGD at lr 1000 blows up: the test stops early
-    s = json.loads((run_dir / "summary.json").read_text())
+    s = summary(run_dir)
     assert s["mode"] == "lr_find" and s["lr_find_steps"] == len(rows)
     lowest = min(rows, key=lambda r: r["smoothed"])["lr"]
     assert s["lowest_loss_lr"] == pytest.approx(lowest) and s["suggested_lr"] == pytest.approx(lowest / 10 ** 0.5)

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from conftest import ROOT, TINY, run_cmd, train
+from conftest import ROOT, TINY, run_cmd, summary, train
 from wandb_records import offline_runs, summarise
 
 
@@ -31,9 +31,9 @@ def test_offline_run_records_config_metrics_summary_media(tiny_run):
         assert row["steps_per_s"] == pytest.approx((row["_step"] - before["_step"]) / (row["elapsed"] - before["elapsed"]),
                                                    rel=1e-6)
 
-    summary = json.loads((tiny_run / "summary.json").read_text())
+    record = summary(tiny_run)
     for key in ("best_val_loss", "val_loss", "train_loss", "num_params", "wall_time_s"):
-        assert wb["summary"][key] == pytest.approx(summary[key])
+        assert wb["summary"][key] == pytest.approx(record[key])
     assert wb["summary"]["samples/_type"] == "table-file"
     media = {p.parent.name for p in (run / "files" / "media").rglob("*") if p.is_file()}
     assert {"table", "images"} <= media
@@ -44,7 +44,7 @@ def test_offline_run_records_config_metrics_summary_media(tiny_run):
 def test_disabled_mode_writes_no_wandb_folder(tmp_path):
     train(tmp_path / "r", "wandb.mode=disabled")
     assert not (tmp_path / "r" / "wandb").exists()
-    assert json.loads((tmp_path / "r" / "summary.json").read_text())["status"] == "finished"
+    assert summary(tmp_path / "r")["status"] == "finished"
 
 
 def test_wandb_that_cannot_start_does_not_stop_training(tmp_path):
@@ -57,7 +57,7 @@ def test_wandb_that_cannot_start_does_not_stop_training(tmp_path):
         os.environ.clear()
         os.environ.update(env_backup)
     assert "W&B could not start" in proc.stdout + proc.stderr
-    assert json.loads((tmp_path / "r" / "summary.json").read_text())["status"] == "finished"
+    assert summary(tmp_path / "r")["status"] == "finished"
 
 
 @pytest.mark.slow  # 9 s: keeps the default suite near 5 minutes (CI runs it)
@@ -69,7 +69,7 @@ def test_failed_job_finishes_its_wandb_run_and_the_next_job_gets_its_own(tmp_pat
     (sweep / "0" / "last.pt" / "keep").write_text("")
     proc = run_cmd([ROOT / "train.py", "-m", *TINY, "seed=1,2", f"hydra.sweep.dir={sweep}"], check=False)
     assert proc.returncode == 1  # the sweep reports the failed job at the end
-    failed, ok = (json.loads((sweep / j / "summary.json").read_text()) for j in ("0", "1"))
+    failed, ok = (summary(sweep / j) for j in ("0", "1"))
     assert failed["status"] == "failed" and "IsADirectoryError" in failed["error"]
     assert ok["status"] == "finished"
     (run0,), (run1,) = offline_runs(sweep / "0"), offline_runs(sweep / "1")
@@ -130,5 +130,5 @@ def test_wandb_that_cannot_write_its_folder_does_not_stop_training(tmp_path):
     (run_dir / "wandb").write_text("not a folder")
     proc = train(run_dir, "wandb.mode=offline")
     assert "W&B could not start" in proc.stdout + proc.stderr
-    assert json.loads((run_dir / "summary.json").read_text())["status"] == "finished"
+    assert summary(run_dir)["status"] == "finished"
     assert len((run_dir / "metrics.csv").read_text().splitlines()) > 1 and (run_dir / "ckpt.pt").is_file()

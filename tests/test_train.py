@@ -6,10 +6,11 @@ import math
 import pytest
 import torch
 
-from conftest import ROOT, TINY, compose_cfg, run_cmd, train
+from conftest import ROOT, TINY, compose_cfg, run_cmd, summary, train
 from nplm.checkpoint import load_model
 from nplm.config import to_config
 from nplm.data import load_data
+from nplm.evaluate import perplexity
 
 SUMMARY_KEYS = {"status", "train_loss", "val_loss", "best_val_loss", "best_val_step", "steps", "wall_time_s",
                 "steps_per_s", "num_params", "vocab_size", "seed", "device", "torch", "python", "git_commit",
@@ -31,7 +32,7 @@ def test_run_folder_holds_the_record(tiny_run):
     assert [int(r["step"]) for r in rows] == [20, 30, 40, 60]  # log every 20, evaluate every 30 and at the end
     assert [bool(r["val/loss"]) for r in rows] == [False, True, False, True]
 
-    s = json.loads((tiny_run / "summary.json").read_text())
+    s = summary(tiny_run)
     assert SUMMARY_KEYS <= set(s)
     assert s["status"] == "finished" and s["steps"] == 60 and s["vocab_size"] == 27 and s["device"] == "cpu"
     assert s["val_loss"] == pytest.approx(float(rows[-1]["val/loss"]))
@@ -50,7 +51,7 @@ def test_checkpoint_loads_safely_and_reproduces_val_loss(tiny_run):
     model, cfg, _ = load_model(tiny_run)
     assert cfg.model.n_embd == 4
     out = run_cmd(["scripts/evaluate.py", tiny_run, "split=val"]).stdout
-    val = json.loads((tiny_run / "summary.json").read_text())["val_loss"]
+    val = summary(tiny_run)["val_loss"]
     assert f"val loss {val:.4f}" in out
     assert json.loads((tiny_run / "eval_val.json").read_text())["loss"] == pytest.approx(val, abs=1e-6)
 
@@ -69,8 +70,8 @@ def test_checkpoint_from_before_later_options_still_loads(tiny_run, tmp_path):
 
 def test_test_split_only_when_asked(tiny_run):
     assert not (tiny_run / "eval_test.json").exists()
-    summary = json.loads((tiny_run / "summary.json").read_text())
-    assert not [k for k in summary if "test" in k]
+    record = summary(tiny_run)
+    assert not [k for k in record if "test" in k]
     assert "test" not in (tiny_run / "metrics.csv").read_text()
     out = run_cmd(["scripts/evaluate.py", tiny_run, "split=test"]).stdout
     assert out.startswith("test loss ") and "(22,866 examples, the weights of step 60)" in out
@@ -115,7 +116,7 @@ def test_multirun_one_folder_per_job(tmp_path):
                     "wandb.mode=disabled", f"hydra.sweep.dir={sweep}"])
     dims = []
     for job in ("0", "1"):
-        s = json.loads((sweep / job / "summary.json").read_text())
+        s = summary(sweep / job)
         dims.append(s["config"]["model"]["n_embd"])
     assert dims == [2, 6]
     assert "#0 : model.n_embd=2" in proc.stdout + proc.stderr
@@ -129,18 +130,13 @@ def test_cuda_without_gpu_is_a_clear_error(tmp_path):
     assert "device=cuda but torch sees no CUDA GPU here; use device=cpu" in proc.stdout + proc.stderr
 
 
-def test_missing_data_file_is_a_clear_error(tmp_path):
-    proc = train(tmp_path / "r", f"data.path={tmp_path / 'nope.txt'}", check=False)
-    assert proc.returncode == 2 and "does not exist" in proc.stdout + proc.stderr
-
-
 def test_own_corpus_path(tmp_path):
     corpus = tmp_path / "words.txt"
     corpus.write_text("\n".join(["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta",
                                  "iota", "kappa"] * 5))
     run_dir = tmp_path / "r"
     train(run_dir, f"data.path={corpus}", "train.batch_size=8", "wandb.mode=disabled")
-    s = json.loads((run_dir / "summary.json").read_text())
+    s = summary(run_dir)
     assert s["vocab_size"] == len(set("".join(["alphabetagammadeltaepsilonzetaetathetaiotakappa"]))) + 1
 
 
@@ -159,7 +155,7 @@ def test_lecture_experiment_matches_the_plain_lecture_loop_bit_for_bit(tmp_path)
         torch.set_num_threads(threads)
     for name, mine, theirs in zip(("C", "W1", "b1", "W2", "b2"), model.parameters(), ref["params"]):
         assert torch.equal(mine, theirs), name
-    s = json.loads((tmp_path / "summary.json").read_text())
+    s = summary(tmp_path)
     assert s["val_loss"] == pytest.approx(ref["val_loss"], abs=1e-6)
 
 
@@ -169,7 +165,7 @@ def test_keep_best_reports_the_best_evaluated_weights(tmp_path):
     # step 90 on any CPU (val 3.27-3.33 against 2.59-2.61 with each CPU code path, seeds 1337, 1, 2)
     train(tmp_path / "r", "wandb.mode=disabled", "train.keep_best=true", "optim.lr=0.02", "optim.schedule=step",
           "optim.decay_steps=[90]", "optim.decay_factor=10", "train.steps=120")  # evaluations at 30 .. 120
-    s = json.loads((tmp_path / "r" / "summary.json").read_text())
+    s = summary(tmp_path / "r")
     vals = [float(r["val/loss"]) for r in read_metrics(tmp_path / "r") if r["val/loss"]]
     assert vals[-1] > min(vals) + 0.2  # the premise: the last evaluation is not the best
     assert s["best_val_loss"] == min(vals)
@@ -189,7 +185,7 @@ def test_early_stopping_ends_patience_evaluations_after_the_best_with_its_weight
     evaluation's weights, and says so in its summary."""
     train(tmp_path / "r", "wandb.mode=disabled", "train.patience=2", "optim.lr=0.02", "optim.schedule=step",
           "optim.decay_steps=[90]", "optim.decay_factor=10", "train.steps=600")  # evaluations every 30 steps
-    s = json.loads((tmp_path / "r" / "summary.json").read_text())
+    s = summary(tmp_path / "r")
     rows = read_metrics(tmp_path / "r")
     vals = [(int(r["step"]), float(r["val/loss"])) for r in rows if r["val/loss"]]
     best_step, best = min(vals, key=lambda v: v[1])
@@ -199,7 +195,7 @@ def test_early_stopping_ends_patience_evaluations_after_the_best_with_its_weight
     assert torch.load(tmp_path / "r" / "ckpt.pt", weights_only=True)["weights_step"] == best_step
     out = run_cmd(["scripts/evaluate.py", tmp_path / "r", "split=val"]).stdout
     assert f"the weights of step {best_step} of {s['steps']}, train.patience" in out
-    assert json.loads((tmp_path / "r" / "summary.json").read_text())["status"] == "finished"
+    assert summary(tmp_path / "r")["status"] == "finished"
 
 
 @pytest.mark.slow  # ~10 s: keeps the default suite near its time (CI runs it)
@@ -214,7 +210,7 @@ def test_maxent_run_learns_its_table_and_reloads(tmp_path):
     assert cfg.model.maxent_order == 3 and table.shape == (27 + 500 + 500, 27)
     used = (table != 0).any(1)
     assert 27 < used.sum() < len(table) and used[:27].sum() > 20  # rows of contexts seen, not all of them
-    val = json.loads((run / "summary.json").read_text())["val_loss"]
+    val = summary(run)["val_loss"]
     assert f"val loss {val:.4f}" in run_cmd(["scripts/evaluate.py", run, "split=val"]).stdout
 
 
@@ -226,7 +222,7 @@ def test_ema_evaluates_and_keeps_the_averaged_weights_without_changing_training(
     plain, ema = read_metrics(tmp_path / "plain"), read_metrics(tmp_path / "ema")
     assert [r["train/loss"] for r in plain] == [r["train/loss"] for r in ema]  # the same training steps
     assert [r["val/loss"] for r in plain] != [r["val/loss"] for r in ema]  # evaluated: the average
-    s = json.loads((tmp_path / "ema" / "summary.json").read_text())
+    s = summary(tmp_path / "ema")
     assert s["val_loss"] == pytest.approx(float(ema[-1]["val/loss"]), abs=1e-9)  # and kept at the end
     model, _, _ = load_model(tmp_path / "ema")
     plain_model, _, _ = load_model(tmp_path / "plain")
@@ -235,7 +231,10 @@ def test_ema_evaluates_and_keeps_the_averaged_weights_without_changing_training(
 
 def test_fast_experiment_beats_the_lecture(tmp_path):
     run_cmd([ROOT / "train.py", "experiment=fast", "device=cpu", "wandb.mode=disabled", f"hydra.run.dir={tmp_path}"])
-    s = json.loads((tmp_path / "summary.json").read_text())
+    s = summary(tmp_path)
+    # the preset's promise (conf/experiment/fast.yaml): under the lecture's 2.17. It ends at 2.1369 (AMD
+    # EPYC, torch 2.13): reproducible mode, the default, gives the same numbers on any x86-64 CPU, and
+    # 300 AdamW steps do not amplify rounding anywhere near the 0.033 margin on other CPUs either
     assert s["steps"] == 300 and s["val_loss"] < 2.17
 
 
@@ -262,7 +261,7 @@ def test_epochs_set_the_steps_from_the_training_split_and_a_rerun_matches_them(t
     the steps, so the same command again finds the run finished instead of a different config."""
     args = ("wandb.mode=disabled", "train.epochs=0.5", "train.eval_interval=0", "train.batch_size=500")
     first = train(tmp_path / "r", *args)
-    s = json.loads((tmp_path / "r" / "summary.json").read_text())
+    s = summary(tmp_path / "r")
     cfg = to_config(compose_cfg(TINY))
     examples = len(load_data(cfg.data, cfg.model.block_size).Y["train"])
     per_epoch = -(-examples // 500)
@@ -274,3 +273,19 @@ def test_epochs_set_the_steps_from_the_training_split_and_a_rerun_matches_them(t
     refused = train(tmp_path / "x", "wandb.mode=disabled", "train.eval_interval=0", check=False)
     assert refused.returncode == 2 and "or 0 (once an epoch) with train.epochs" in refused.stdout + refused.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_perplexities_are_exp_of_the_losses_in_nats(tiny_run):
+    s = summary(tiny_run)
+    assert perplexity(math.log(27)) == pytest.approx(27) and perplexity(800) == math.inf
+    for split in ("train", "val", "best_val"):
+        assert s[f"{split}_ppl"] == pytest.approx(math.exp(s[f"{split}_loss"]), rel=1e-12)
+
+
+def test_a_single_run_that_diverges_exits_1_and_keeps_its_record(tmp_path):
+    """docs/usage.md: a run whose loss is no longer finite stops at once, exit 1, its record says why."""
+    proc = train(tmp_path / "r", "optim.name=sgd", "optim.lr=3e38", "wandb.mode=disabled", check=False)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    s = summary(tmp_path / "r")
+    assert s["status"] == "diverged" and s["diverged_step"] <= 5 and s["val_loss"] is None
+    assert "diverged" in proc.stdout and "lower optim.lr" in proc.stdout

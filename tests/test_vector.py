@@ -7,11 +7,11 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import ROOT, compose_cfg, run_cmd
+from conftest import ROOT, compose_cfg, run_cmd, summary
 from nplm.config import to_config
 from nplm.fast import pad, sgd_steps, stacked_sgd_steps
 from nplm.sweep.vector import group_key, plan
-from test_resume import losses, summary
+from test_resume import losses
 
 # lecture-size runs, short; lr sweeps with the lecture's schedule
 LECTURE = ["experiment=lecture", "train.steps=300", "optim.decay_steps=[200]", "train.eval_interval=100",
