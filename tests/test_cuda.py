@@ -23,21 +23,27 @@ def test_auto_picks_the_gpu(tmp_path):
 
 
 def test_interrupted_cuda_run_resumes(tmp_path):
-    """SIGTERM on the GPU, then resume=: the CUDA generator's state comes back too. The GPU's
-    scatter-adds (the embedding's gradient) are not bitwise deterministic, so: equal to rounding."""
-    from test_resume import RUN, losses, start, summary, wait_for
+    """SIGTERM on the GPU at step 120 (held there, tests/holds.py), then resume=: the CUDA generator's
+    state comes back too. The GPU's scatter-adds (the embedding's gradient) are not bitwise
+    deterministic, so: equal to rounding."""
+    from test_resume import RUN, gate, logged_step, losses, start, summary
     from conftest import ROOT, run_cmd
+    from holds import wait_held
+    from nplm.checkpoint import STATE_NAME
     import signal
     train(tmp_path / "whole", *RUN, "device=cuda")
     run_dir = tmp_path / "run"
-    proc = start(run_dir, "device=cuda")
-    wait_for(lambda: (run_dir / "last.pt").exists(), proc)
+    proc = start(run_dir, "device=cuda", at=120)  # not a step that evaluates: the signal's own save
+    wait_held(proc, gate(run_dir))
     proc.send_signal(signal.SIGTERM)
-    proc.communicate(timeout=60)
-    assert proc.returncode == 143 and summary(run_dir)["status"] == "interrupted"
-    run_cmd([ROOT / "train.py", f"resume={run_dir}"])
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and "interrupted by SIGTERM at step 120;" in err, err
+    assert summary(run_dir)["status"] == "interrupted"
+    assert torch.load(run_dir / STATE_NAME, weights_only=True)["step"] == 120 and logged_step(run_dir) == 120
+    out = run_cmd([ROOT / "train.py", f"resume={run_dir}"]).stdout
+    assert "resuming at step 120 of 300" in out
     s, whole = summary(run_dir), summary(tmp_path / "whole")
-    assert s["status"] == "finished" and s["resumed_at"] and s["device"].startswith("cuda")
+    assert s["status"] == "finished" and s["resumed_at"] == [120] and s["device"].startswith("cuda")
     assert [r[0] for r in losses(run_dir)] == [r[0] for r in losses(tmp_path / "whole")]
     assert s["val_loss"] == pytest.approx(whole["val_loss"], abs=2e-3)
 
@@ -126,7 +132,7 @@ def test_a_cuda_graph_run_resumes(tmp_path):
     run = ["device=cuda", "train.steps=100000", "optim.decay_steps=[50000]", "train.eval_interval=10000",
            "train.log_interval=1000"]
     whole = lecture_run(tmp_path / "whole", *run)
-    s = interrupted_lecture_run(tmp_path / "run", 30000, *run)
-    assert s["status"] == "finished" and s["resumed_at"] and s["path"] == "cuda_graph"
+    s = interrupted_lecture_run(tmp_path / "run", 30000, *run)  # held at step 30000: it stops there
+    assert s["status"] == "finished" and s["resumed_at"] == [30000] and s["path"] == "cuda_graph"
     assert [r[0] for r in losses(tmp_path / "run")] == [r[0] for r in losses(tmp_path / "whole")]
     assert s["val_loss"] == pytest.approx(whole["val_loss"], abs=0.02)  # chaotic at lr 0.1: rounding spreads

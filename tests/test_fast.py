@@ -2,18 +2,21 @@
 pays, deterministic, and resumable like the plain path."""
 import copy
 import signal
+import subprocess
 
 import pytest
 import torch
 
 from conftest import ROOT, compose_cfg, run_cmd, summary
+from holds import start_held, wait_held
+from nplm.checkpoint import STATE_NAME
 from nplm.config import ConfigError, ModelConfig, to_config
 from nplm.data import load_dataset
 from nplm import fast
 from nplm.fast import MIN_STEPS, GraphSteps, choose, graph_steps, pad, sgd_steps, stacked_sgd_steps
 from nplm.model import NPLM
 from nplm.optim import SGD
-from test_resume import logged_step, losses, wait_for
+from test_resume import gate, logged_step, losses
 
 LECTURE = ["experiment=lecture", "train.steps=2000", "optim.decay_steps=[1000]", "train.eval_interval=500",
            "train.log_interval=100", "train.num_samples=0", "wandb.mode=disabled"]
@@ -25,18 +28,24 @@ def lecture_run(run_dir, *overrides):
 
 
 def interrupted_lecture_run(run_dir, at_step, *overrides):
-    """lecture_run, sent SIGTERM once it has logged `at_step` (it saves and stops, recorded as
-    interrupted), then resumed to its end; returns its summary."""
-    import subprocess
-    import sys
-    proc = subprocess.Popen([sys.executable, ROOT / "train.py", *LECTURE, *overrides, f"hydra.run.dir={run_dir}"],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_for(lambda: logged_step(run_dir) >= at_step, proc)
+    """lecture_run, held at the progress line of step `at_step` (tests/holds.py) and sent SIGTERM there,
+    whatever the machine's speed: it saves that step and stops, recorded as interrupted; then resumed
+    to its end. Returns its summary."""
+    args = [ROOT / "train.py", *LECTURE, *overrides, f"hydra.run.dir={run_dir}"]
+    proc = start_held(args, gate(run_dir), rf"^step +{at_step}/", stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                      text=True)
+    wait_held(proc, gate(run_dir))
     proc.send_signal(signal.SIGTERM)
-    proc.communicate(timeout=60)
-    assert proc.returncode == 143 and summary(run_dir)["status"] == "interrupted"
-    run_cmd([ROOT / "train.py", f"resume={run_dir}"])
-    return summary(run_dir)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and f"interrupted by SIGTERM at step {at_step};" in err, err
+    assert summary(run_dir)["status"] == "interrupted"
+    assert torch.load(run_dir / STATE_NAME, weights_only=True)["step"] == at_step
+    assert logged_step(run_dir) == at_step  # the step it was held at finished, then it saved
+    out = run_cmd([ROOT / "train.py", f"resume={run_dir}"]).stdout
+    assert f"resuming at step {at_step} of " in out
+    s = summary(run_dir)
+    assert s["status"] == "finished" and s["resumed_at"] == [at_step]
+    return s
 
 
 def test_hand_written_steps_equal_autograd():

@@ -10,7 +10,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -55,14 +54,6 @@ def start(run_dir, *overrides, at=None):
 def gate(run_dir):
     """Where a run started with `at` says it is held (tests/holds.py)."""
     return run_dir.parent / f"{run_dir.name}-gate"
-
-
-def wait_for(condition, proc, timeout=120):
-    t0 = time.monotonic()
-    while not condition():
-        assert proc.poll() is None, f"the run ended before it could be interrupted: {proc.communicate()}"
-        assert time.monotonic() - t0 < timeout, "timed out waiting for the run"
-        time.sleep(0.001)
 
 
 def logged_step(run_dir):

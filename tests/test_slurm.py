@@ -7,9 +7,11 @@ import time
 
 import pandas as pd
 import pytest
+import torch
 
 from conftest import ROOT, TINY, run_cmd, summary
 from holds import start_held, wait_held
+from nplm.checkpoint import STATE_NAME
 from slurm_cluster import sh, slurm  # noqa: F401 (the fixture)
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("slurm")]
@@ -123,15 +125,21 @@ def test_job_at_its_time_limit_saves_is_requeued_and_resumes_to_the_uninterrupte
 
 
 def test_cancelled_sweep_resumes_with_its_own_command(tmp_path):
+    """Job 1 held at its progress line of step 2000 (tests/holds.py), after its save at step 1000, until
+    scancel's SIGTERM: it saves step 2000 and stops there, however fast the machine is."""
     sweep = tmp_path / "s"
     args = sweep_cmd(sweep, *TINY, "train.steps=200,20000", "train.eval_interval=1000", "train.log_interval=1000",
                      "train.num_samples=0")
-    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    wait_for(lambda: (sweep / "1" / "last.pt").is_file() and (sweep / "0" / "summary.json").is_file(),
-             what="job 0 to finish and job 1 to save")
+    proc = start_held(args[1:], tmp_path / "gate", r"^step +2000/20000 ", stdout=subprocess.PIPE,
+                      stderr=subprocess.STDOUT, text=True)
+    wait_held(proc, tmp_path / "gate")  # job 1 is training (held at step 2000)
+    (job1,) = [j for j in jobs() if j.endswith("_1")]
+    wait_for(lambda: list(jobs()) == [job1], what="job 0 to end")  # the 200 steps of job 0: not held
+    assert summary(sweep / "0")["status"] == "finished"
     sh("scancel", "--partition", "debug")  # the whole sweep: SIGTERM to the running job
     wait_for(lambda: not jobs(), what="the jobs to end")
     assert summary(sweep / "1")["status"] == "interrupted"
+    assert torch.load(sweep / "1" / STATE_NAME, weights_only=True)["step"] == 2000  # where it was held
     finished = (sweep / "0" / "summary.json").read_text()
     # without accounting submitit cannot tell that a job ended without a result: the launching
     # command waits; its user stops it (Ctrl-C)
@@ -139,7 +147,8 @@ def test_cancelled_sweep_resumes_with_its_own_command(tmp_path):
     proc.communicate(timeout=60)
     run_cmd(args[1:])
     assert (sweep / "0" / "summary.json").read_text() == finished  # skipped: not run again
-    assert "resuming at step" in (sweep / "1" / "train.log").read_text()
+    assert "resuming at step 2000 of 20000" in (sweep / "1" / "train.log").read_text()
+    assert summary(sweep / "1")["status"] == "finished" and summary(sweep / "1")["resumed_at"] == [2000]
     board = pd.read_csv(sweep / "leaderboard.csv")
     assert list(board["status"]) == ["finished", "finished"]
 
