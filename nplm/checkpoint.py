@@ -82,10 +82,18 @@ def save_atomic(state: dict, path: Path) -> None:
     """torch.save to a temporary file, flushed to disk, then renamed: whoever reads `path`, and a
     process killed mid-write, sees the old file or the new one, never half of one."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(_pack(state, {}), f)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(_pack(state, {}), f)
+            f.flush()
+            os.fsync(f.fileno())
+    except Exception as e:
+        tmp.unlink(missing_ok=True)
+        # a signal's exception (resume.Interrupted: a second Ctrl-C) raised inside torch's zip writer
+        # makes the writer's close fail too ("unexpected pos"); the signal is what happened
+        if getattr(e.__context__, "signum", None) is not None:
+            raise e.__context__ from None
+        raise
     os.replace(tmp, path)
 
 

@@ -105,6 +105,8 @@ def main(hydra_main: Callable[[], None]) -> None:
                         "resume the interrupted ones, run the rest and write the report")
         elif _run_dir is not None and (_run_dir / STATE_NAME).is_file():
             hint = f"its state is saved; to go on: python train.py resume={_run_dir}"
+        elif _run_dir is not None and _logged_rows(_run_dir):  # a second Ctrl-C stopped the save
+            hint = "nothing to resume: it stopped before its state was saved; run the command again to start afresh"
         else:
             hint = "nothing to resume: it stopped before training began"
         fail(f"{str(e) or 'interrupted'}; {hint}", code=128 + signum)
@@ -131,6 +133,15 @@ def main(hydra_main: Callable[[], None]) -> None:
         # the interpreter's last garbage collection walks every object torch made at import: ~0.45 s
         # at each exit for nothing (files are closed, atexit handlers such as logging's still run)
         gc.freeze()
+
+
+def _logged_rows(run_dir: Path) -> bool:
+    """Whether the run in run_dir logged a metrics row (it trained), beyond metrics.csv's header."""
+    try:
+        with open(run_dir / "metrics.csv") as f:
+            return len(f.readlines()) > 1
+    except OSError:
+        return False
 
 
 def redirect_resume() -> None:

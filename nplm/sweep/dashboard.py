@@ -173,6 +173,10 @@ def _status(state: dict, df: pd.DataFrame) -> str:
     ended = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(state["ended"])) if state.get("ended") else None
     text = f"<b>ended</b> {ended}" if ended else "<b>not running</b>"
     text += f": {_jobs(len(df))} ({html.escape(_count_text(df)) if not df.empty else 'none'})"
+    tools = state.get("tool_runs", 0)
+    if tools:
+        text += (f"; {tools} tool run{'s' * (tools != 1)} (mode=lr_find or overfit_batch), not ranked: "
+                 "their plots are in their folders")
     if never:
         text += f"; {never} never started: run the sweep's command again to run them"
     return f'<p class="status ended">{text}.</p>'

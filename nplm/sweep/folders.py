@@ -251,10 +251,14 @@ def write_report_if_sweep() -> None:
         if not job_dirs(_sweep_dir):
             return  # no job started (a bad override stopped the sweep first): nothing to report
         out = write_report([_sweep_dir], _sweep_dir)
-        status = load_jobs([_sweep_dir])["status"].value_counts().to_dict()
+        jobs = load_jobs([_sweep_dir])
+        status = jobs["status"].value_counts().to_dict() if not jobs.empty else {}
+        if jobs.attrs.get("tool_runs"):
+            status["tool runs"] = jobs.attrs["tool_runs"]
         total = sum(status.values())
+        board = f"leaderboard: {out / 'leaderboard.md'}; " if (out / "leaderboard.md").is_file() else ""
         print(f"sweep of {total} job{'s' * (total != 1)} ({', '.join(f'{n} {s}' for s, n in status.items())}); "
-              f"leaderboard: {out / 'leaderboard.md'}; dashboard: {out / 'dashboard.html'}")
+              f"{board}dashboard: {out / 'dashboard.html'}")
     except Exception as e:  # the jobs' own records are safe; a report can be written later
         print(f"warning: could not write the sweep report ({type(e).__name__}: {e}); "
               f"run: python scripts/report.py {_sweep_dir}")

@@ -71,8 +71,10 @@ def read_summary(job: Path, live: bool, started: float | None = None) -> dict:
 
 def load_jobs(folders: list[Path]) -> pd.DataFrame:
     """One row per job: where it is, its status and error, its results, and its config flattened
-    to dotted columns (model.n_embd, optim.lr, ...). `folders` are sweeps or single runs."""
-    rows = []
+    to dotted columns (model.n_embd, optim.lr, ...). `folders` are sweeps or single runs. A tool's
+    run (mode=lr_find, overfit_batch) has no val loss to rank: it is left out, and counted in
+    df.attrs["tool_runs"]."""
+    rows, tools = [], 0
     for folder in folders:
         runs = [(_label(folder.parent), folder)] if is_run(folder) else [(_label(folder), j) for j in job_dirs(folder)]
         state = sweep_state(folder)
@@ -80,7 +82,8 @@ def load_jobs(folders: list[Path]) -> pd.DataFrame:
         for sweep, job in runs:
             summary = read_summary(job, live, state.get("started"))
             if summary.get("mode", "train") != "train":
-                continue  # a tool's run (mode=lr_find, overfit_batch): no val loss to rank
+                tools += 1
+                continue
             row = {"sweep": sweep, "job": job.name, "path": str(job), "status": summary.get("status"),
                    "error": summary.get("error", "")}
             for key in ("val_loss", "best_val_loss", "train_loss", "val_ppl", "train_ppl", "num_params",
@@ -91,6 +94,7 @@ def load_jobs(folders: list[Path]) -> pd.DataFrame:
                 row.update(flatten(config))
             rows.append(row)
     df = pd.DataFrame(rows)
+    df.attrs["tool_runs"] = tools
     if df.empty:
         return df
     if df["sweep"].nunique() < len(folders):  # runs of several folders with one name: tell them apart
@@ -214,8 +218,9 @@ def progress(folders: list[Path], df: pd.DataFrame) -> dict:
     state = sweep_state(folders[0])
     counts = df["status"].value_counts().to_dict() if not df.empty else {}
     planned = state.get("jobs")
-    waiting = max(0, planned - len(df)) if isinstance(planned, int) else 0
-    out = {"live": is_live(state), "counts": counts, "waiting": waiting, "planned": planned,
+    tools = df.attrs.get("tool_runs", 0)
+    waiting = max(0, planned - len(df) - tools) if isinstance(planned, int) else 0
+    out = {"live": is_live(state), "counts": counts, "waiting": waiting, "planned": planned, "tool_runs": tools,
            "started": state.get("started"), "ended": state.get("ended"), "command": state.get("command"),
            "swept": state.get("swept")}
     if out["live"] and state.get("started"):

@@ -28,7 +28,7 @@ def write_report(folders: list[Path], out_dir: Path, pngs: bool = True) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     df = load_jobs(folders)
     state = progress(folders, df)
-    if df.empty and not state.get("live"):
+    if df.empty and not state.get("live") and not state.get("tool_runs"):
         raise ValueError(f"no jobs found in {', '.join(map(str, folders))}")
     swept = swept_columns(df, state.get("swept")) if not df.empty else []  # the sweep's own order first
     board = leaderboard(df, swept) if not df.empty else pd.DataFrame()
@@ -38,6 +38,9 @@ def write_report(folders: list[Path], out_dir: Path, pngs: bool = True) -> Path:
         shown = board.drop(columns="path")
         blank = shown.astype(object).where(shown.notna(), None)
         write_atomic(out_dir / "leaderboard.md", blank.to_markdown(floatfmt=".4f", missingval="") + "\n")
+    else:  # nothing to rank (a sweep of tool runs): no board, not one a live report left of running jobs
+        for name in ("leaderboard.csv", "leaderboard.md"):
+            (out_dir / name).unlink(missing_ok=True)
     baseline = count_baseline(df, out_dir) if not df.empty else None
     if pngs and not df.empty:
         from nplm.sweep.pngs import make_plots
