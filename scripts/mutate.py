@@ -65,7 +65,7 @@ MUTATIONS = [
              ("tests/test_ngram.py",)),
     Mutation("resume_without_optimiser", "a resumed run starts its optimiser afresh (Adam's moments lost)",
              "nplm/train.py", "        optimizer.load_state_dict(resume.optimizer)\n", "        pass\n",
-             ("tests/test_resume.py",)),
+             ("tests/test_resume.py::test_a_run_resumed_after_ctrl_c_ends_with_the_losses_of_one_never_stopped",)),
     Mutation("swept_lr_not_applied", "a vectorised sweep trains every run of a group at the first run's lr",
              "nplm/sweep/vector.py", "lrs_at(done, n, cfg.optim, t.steps) for cfg in cfgs",
              "lrs_at(done, n, cfgs[0].optim, t.steps) for cfg in cfgs", ("tests/test_vector.py",)),

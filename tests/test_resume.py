@@ -244,6 +244,18 @@ def test_ctrl_c_saves_and_says_how_to_resume(interrupted):
     assert summary(run_dir)["status"] == "interrupted"
 
 
+def test_a_run_resumed_after_ctrl_c_ends_with_the_losses_of_one_never_stopped(uninterrupted, interrupted, tmp_path):
+    """Everything a resumed run needs comes back from its saved state: the weights, AdamW's moments,
+    the weights' average, the best evaluation, the generators (each loss row the same, to the bit)."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(interrupted[0], run_dir)  # the fixture's folder stays as it was, for the other tests
+    proc = run_cmd([ROOT / "train.py", f"resume={run_dir}"])
+    assert "resuming at step 60 of 300" in proc.stdout
+    assert losses(run_dir) == losses(uninterrupted) and len(losses(run_dir)) == 30
+    s = summary(run_dir)
+    assert (s["status"], s["resumed_at"], s["val_loss"]) == ("finished", [60], summary(uninterrupted)["val_loss"])
+
+
 @pytest.mark.parametrize("args, message", [
     (["resume={tmp}/nowhere"], "no such run folder"),
     pytest.param(["resume={tmp}"], "holds no saved training state", marks=pytest.mark.slow),
