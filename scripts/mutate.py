@@ -68,7 +68,8 @@ MUTATIONS = [
              ("tests/test_resume.py::test_a_run_resumed_after_ctrl_c_ends_with_the_losses_of_one_never_stopped",)),
     Mutation("swept_lr_not_applied", "a vectorised sweep trains every run of a group at the first run's lr",
              "nplm/sweep/vector.py", "lrs_at(done, n, cfg.optim, t.steps) for cfg in cfgs",
-             "lrs_at(done, n, cfgs[0].optim, t.steps) for cfg in cfgs", ("tests/test_vector.py",)),
+             "lrs_at(done, n, cfgs[0].optim, t.steps) for cfg in cfgs",
+             ("tests/test_vector.py::test_each_run_of_a_group_trains_with_its_own_seed_and_learning_rate",)),
     Mutation("leaderboard_backwards", "the leaderboard sorted worst first", "nplm/sweep/jobs.py",
              'df.sort_values("val_loss", na_position="last", kind="stable")',
              'df.sort_values("val_loss", ascending=False, na_position="last", kind="stable")',
@@ -145,7 +146,8 @@ MUTATIONS = [
              "        if self.slow < 2:\n", "        if self.slow < 2 or True:\n", ("tests/test_cli.py",)),
     Mutation("group_seed_shared", "every run of a vectorised group draws from the first run's seed",
              "nplm/sweep/vector.py", "torch.Generator().manual_seed(cfg.seed) for cfg in cfgs",
-             "torch.Generator().manual_seed(cfgs[0].seed) for cfg in cfgs", ("tests/test_vector.py",)),
+             "torch.Generator().manual_seed(cfgs[0].seed) for cfg in cfgs",
+             ("tests/test_vector.py::test_each_run_of_a_group_trains_with_its_own_seed_and_learning_rate",)),
 ]
 
 

@@ -83,6 +83,26 @@ def assert_lands_where_alone_lands(twin, alone):
     assert val(twin) == pytest.approx(val(alone), rel=1e-2)
 
 
+def test_each_run_of_a_group_trains_with_its_own_seed_and_learning_rate(tmp_path):
+    """A short 2 x 2 vectorised sweep: every run's rows carry its own learning rate, and runs that
+    differ only in seed, or only in learning rate, train differently."""
+    sweep = tmp_path / "sweep"
+    run_cmd([ROOT / "train.py", "-m", *LECTURE, "train.steps=100", "train.eval_interval=50", "seed=1,2",
+             "optim.lr=0.05,0.1", "+launcher=vectorized", "wandb.mode=disabled", f"hydra.sweep.dir={sweep}"])
+    runs = {}
+    for run in (p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit()):
+        s = summary(run)
+        assert (s["status"], s["path"], s["vector_runs"]) == ("finished", "vectorized", 4)
+        rows = pd.read_csv(run / "metrics.csv")
+        assert list(rows["lr"]) == [s["config"]["optim"]["lr"]] * 2  # constant until decay_steps=[200]
+        runs[s["config"]["seed"], s["config"]["optim"]["lr"]] = list(rows["train/loss"]) + list(rows["val/loss"])
+    assert sorted(runs) == [(1, 0.05), (1, 0.1), (2, 0.05), (2, 0.1)]
+    for lr in (0.05, 0.1):
+        assert runs[1, lr] != runs[2, lr]  # each its own seed: its own parameters and minibatches
+    for seed in (1, 2):
+        assert runs[seed, 0.05] != runs[seed, 0.1]
+
+
 @pytest.mark.slow  # 28 s: keeps the default suite near 5 minutes (CI runs it)
 def test_vectorised_sweep_records_each_run_and_matches_training_it_alone(tmp_path, alone):
     """A real 2 x 2 multirun with +launcher=vectorized: one stacked model of four runs, each with its
