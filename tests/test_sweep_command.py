@@ -90,6 +90,7 @@ def test_the_ended_page_does_not_call_tool_runs_never_started(swept):
     assert "never started" not in status, status
     assert status.endswith(": 1 job (1 finished); 2 tool runs (mode=lr_find or overfit_batch), not ranked: their "
                            "plots are in their folders."), status
+    assert "<br>\n3 jobs: 1 finished, 2 tool runs.\n" in page
 
 
 def test_curves_longer_than_300_points_are_thinned_evenly_to_300_not_cut(swept):
@@ -141,6 +142,7 @@ def test_a_sweep_of_tool_runs_only_ends_with_a_page_that_stops_reloading(tmp_pat
     assert 'http-equiv="refresh"' not in page and "<b>ended</b>" in page
     assert f"sweep of 2 jobs (2 tool runs); dashboard: {folder / 'dashboard.html'}" in proc.stdout
     assert "0 jobs (none); 2 tool runs (mode=lr_find or overfit_batch), not ranked" in page
+    assert "<br>\n2 jobs: 2 tool runs.\n" in page
 
 
 def test_a_live_page_reloads_every_30_s_and_says_the_time_left_until_the_sweep_ends(tmp_path):

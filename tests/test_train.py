@@ -259,8 +259,10 @@ def test_epochs_set_the_steps_from_the_training_split_and_a_rerun_matches_them(t
     """train.epochs instead of train.steps: ceil(epochs x training examples / batch_size) steps, an
     evaluation every epoch with train.eval_interval=0, the epochs in the summary; the saved config holds
     the steps, so the same command again finds the run finished instead of a different config."""
-    args = ("wandb.mode=disabled", "train.epochs=0.5", "train.eval_interval=0", "train.batch_size=500")
-    first = train(tmp_path / "r", *args)
+    tiny = [a for a in TINY if not a.startswith("train.steps=")]  # train.steps and train.epochs: refused
+    args = (ROOT / "train.py", *tiny, "wandb.mode=disabled", "train.epochs=0.5", "train.eval_interval=0",
+            "train.batch_size=500", f"hydra.run.dir={tmp_path / 'r'}")
+    first = run_cmd(args)
     s = summary(tmp_path / "r")
     cfg = to_config(compose_cfg(TINY))
     examples = len(load_data(cfg.data, cfg.model.block_size).Y["train"])
@@ -268,7 +270,7 @@ def test_epochs_set_the_steps_from_the_training_split_and_a_rerun_matches_them(t
     assert s["steps"] == -(-examples // 1000) == s["config"]["train"]["steps"] and 0 < s["steps"] < per_epoch
     assert s["config"]["train"]["eval_interval"] == per_epoch and s["epochs"] == pytest.approx(0.5, abs=500 / examples)
     assert f"train.epochs=0.5: {s['steps']} steps of 500 over {examples} training examples" in first.stdout
-    again = train(tmp_path / "r", *args)
+    again = run_cmd(args)
     assert "skipping" in again.stdout and "different config" not in again.stdout + again.stderr
     refused = train(tmp_path / "x", "wandb.mode=disabled", "train.eval_interval=0", check=False)
     assert refused.returncode == 2 and "or 0 (once an epoch) with train.epochs" in refused.stdout + refused.stderr

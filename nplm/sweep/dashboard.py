@@ -114,8 +114,10 @@ def dashboard_html(df: pd.DataFrame, board: pd.DataFrame, swept: list[str], fold
     return [head, plotly_js(), f"""</script></head><body>
 <h1>{html.escape(title)}</h1>
 <p class="meta">{html.escape(', '.join(str(d) for d in folders))}<br>
-{_jobs(max(len(df), state.get('planned') or 0))}{': ' + html.escape(_count_text(df, state.get('waiting', 0)))
-                                                   if not df.empty or state.get('waiting') else ''}.
+{_jobs(max(len(df), state.get('planned') or 0))}{': ' + html.escape(_count_text(df, state.get('waiting', 0),
+                                                                       state.get('tool_runs', 0)))
+                                                   if not df.empty or state.get('waiting') or state.get('tool_runs')
+                                                   else ''}.
 Swept: {html.escape(', '.join(swept or state.get('swept') or []) or 'nothing')}.</p>
 {_status(state, df)}
 <p>{_headline(df, done, swept, baseline, words)}</p>
@@ -149,9 +151,10 @@ def _jobs(n: int) -> str:
     return f"{n} job" if n == 1 else f"{n} jobs"
 
 
-def _count_text(df: pd.DataFrame, waiting: int = 0) -> str:
+def _count_text(df: pd.DataFrame, waiting: int = 0, tools: int = 0) -> str:
     counts = df["status"].value_counts().items() if not df.empty else []
-    return ", ".join([f"{n} {s}" for s, n in counts] + ([f"{waiting} not started"] if waiting else []))
+    return ", ".join([f"{n} {s}" for s, n in counts] + ([f"{waiting} not started"] if waiting else [])
+                     + ([f"{tools} tool run{'s' * (tools != 1)}"] if tools else []))
 
 
 def _status(state: dict, df: pd.DataFrame) -> str:

@@ -254,7 +254,7 @@ def write_report_if_sweep() -> None:
         jobs = load_jobs([_sweep_dir])
         status = jobs["status"].value_counts().to_dict() if not jobs.empty else {}
         if jobs.attrs.get("tool_runs"):
-            status["tool runs"] = jobs.attrs["tool_runs"]
+            status["tool run" + "s" * (jobs.attrs["tool_runs"] != 1)] = jobs.attrs["tool_runs"]
         total = sum(status.values())
         board = f"leaderboard: {out / 'leaderboard.md'}; " if (out / "leaderboard.md").is_file() else ""
         print(f"sweep of {total} job{'s' * (total != 1)} ({', '.join(f'{n} {s}' for s, n in status.items())}); "
