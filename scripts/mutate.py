@@ -88,7 +88,7 @@ MUTATIONS = [
              "return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))) * o.lr", ("tests/test_config.py",)),
     Mutation("grad_clip_ignored", "optim.grad_clip never clips the plain path's gradients", "nplm/loop.py",
              "    if o.grad_clip:\n        clip_grad_norm(", "    if o.grad_clip < 0:\n        clip_grad_norm(",
-             ("tests/test_loop.py", "tests/test_optim.py")),
+             ("tests/test_train.py::test_grad_clip_bounds_every_step_of_the_plain_path",)),
     Mutation("ema_not_kept", "a run with train.ema ends with its last weights, not their average", "nplm/loop.py",
              "        model.load_state_dict(ema.module.state_dict())\n", "        pass\n",
              ("tests/test_loop.py", "tests/test_optim.py", "tests/test_train.py")),

@@ -291,3 +291,15 @@ def test_a_single_run_that_diverges_exits_1_and_keeps_its_record(tmp_path):
     s = summary(tmp_path / "r")
     assert s["status"] == "diverged" and s["diverged_step"] <= 5 and s["val_loss"] is None
     assert "diverged" in proc.stdout and "lower optim.lr" in proc.stdout
+
+
+def test_grad_clip_bounds_every_step_of_the_plain_path(tmp_path):
+    """optim.grad_clip clips the gradients' global norm before each step: clipped to almost nothing,
+    plain SGD leaves the weights where they started (val loss of the untrained model, steps=0),
+    while the same run unclipped learns."""
+    sgd = ("optim.name=sgd", "optim.lr=0.5", "optim.schedule=constant", "train.fast=off", "wandb.mode=disabled")
+    for name, extra in (("untrained", "train.steps=0"), ("clipped", "optim.grad_clip=1e-9"), ("free", "seed=1337")):
+        train(tmp_path / name, *sgd, extra)
+    untrained, clipped, free = (summary(tmp_path / n)["val_loss"] for n in ("untrained", "clipped", "free"))
+    assert summary(tmp_path / "clipped")["path"] == "plain"
+    assert clipped == pytest.approx(untrained, abs=1e-6) and free < untrained - 0.2
