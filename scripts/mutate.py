@@ -91,7 +91,7 @@ MUTATIONS = [
              ("tests/test_train.py::test_grad_clip_bounds_every_step_of_the_plain_path",)),
     Mutation("ema_not_kept", "a run with train.ema ends with its last weights, not their average", "nplm/loop.py",
              "        model.load_state_dict(ema.module.state_dict())\n", "        pass\n",
-             ("tests/test_loop.py", "tests/test_optim.py", "tests/test_train.py")),
+             ("tests/test_train.py::test_a_run_with_ema_ends_with_the_averaged_weights_its_evaluations_measured",)),
     Mutation("keep_best_ignored", "train.keep_best ends with the last weights", "nplm/train.py",
              "        done.model.load_state_dict(fitted.best_state)\n", "        pass\n",
              ("tests/test_train.py",)),

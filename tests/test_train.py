@@ -303,3 +303,13 @@ def test_grad_clip_bounds_every_step_of_the_plain_path(tmp_path):
     untrained, clipped, free = (summary(tmp_path / n)["val_loss"] for n in ("untrained", "clipped", "free"))
     assert summary(tmp_path / "clipped")["path"] == "plain"
     assert clipped == pytest.approx(untrained, abs=1e-6) and free < untrained - 0.2
+
+
+def test_a_run_with_ema_ends_with_the_averaged_weights_its_evaluations_measured(tmp_path):
+    """train.ema: every evaluation measures the weights' moving average, and the run ends with it, so
+    the final val loss, the last evaluation's and the saved model's (scripts/evaluate.py) are one."""
+    run_dir = tmp_path / "r"
+    train(run_dir, "train.ema=0.9", "wandb.mode=disabled")
+    s, last = summary(run_dir), list(csv.DictReader(open(run_dir / "metrics.csv")))[-1]
+    assert (int(last["step"]), float(last["val/loss"])) == (60, pytest.approx(s["val_loss"], abs=1e-9))
+    assert f"val loss {s['val_loss']:.4f}" in run_cmd([ROOT / "scripts/evaluate.py", run_dir, "split=val"]).stdout
