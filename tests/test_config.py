@@ -163,6 +163,15 @@ def test_unknown_keys_and_wrong_types_fail_at_composition(override):
         compose_cfg([override])
 
 
+@pytest.mark.parametrize("override, key", [("+model.n_embed=10", "model.n_embed"), ("+foo=1", "foo"),
+                                           ("+train.step=5", "train.step")])
+def test_keys_added_with_plus_that_the_schema_lacks_are_refused(override, key):
+    with pytest.raises(ConfigError) as e:
+        to_config(compose_cfg([override]))
+    assert str(e.value) == (f"unknown key '{key}': the config has no such key; check its spelling (python train.py "
+                            "--cfg job prints every key and its value)")
+
+
 @pytest.mark.parametrize("args, message", [
     (["model.n_embed=10"], "Could not override 'model.n_embed'; Key 'n_embed' not in 'ModelConfig'; check its spelling"),
     pytest.param(["+model.n_embed=10"], "unknown key 'model.n_embed': the config has no such key",
