@@ -377,9 +377,9 @@ def from_dict(saved: dict) -> Config:
     return validate(OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), upgrade(saved))))
 
 
-def given_keys(overrides: list[str] | tuple[str, ...]) -> set[str]:
-    """The dotted keys a list of Hydra overrides sets (`train.steps=50`, `+key=1`, `~key`)."""
-    return {o.split("=", 1)[0].lstrip("+~") for o in overrides}
+def given_keys(overrides: list[str] | tuple[str, ...]) -> list[str]:
+    """The dotted keys a list of Hydra overrides sets (`train.steps=50`, `+key=1`, `~key`), in order."""
+    return [o.split("=", 1)[0].lstrip("+~") for o in overrides]
 
 
 def command_line_wins(cfg: DictConfig, overrides: list[str] | tuple[str, ...]) -> list[str]:

@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from nplm.checkpoint import STATE_NAME, TrainState
-from nplm.config import Config, ConfigError, from_dict, upgrade, validate
+from nplm.config import Config, ConfigError, from_dict, given_keys, upgrade, validate
 from nplm.preflight import with_epochs
 
 # Settings a resumed run may change: how long it trains (the schedule follows the new length), how it
@@ -138,7 +138,7 @@ def continue_from(run_dir: Path, cfg: Config, overrides: list[str]) -> tuple[Con
 def resume_config(saved: Config, given: Config, overrides: list[str]) -> Config:
     """The config a resumed run continues with: its saved one, with the command line's overrides of
     RESUMABLE keys (values taken from `given`, the composed config); any other override is refused."""
-    keys = [o.split("=", 1)[0].lstrip("+~") for o in overrides]
+    keys = given_keys(overrides)
     refused = [k for k in keys if k != "resume" and k not in RESUMABLE]
     if refused:
         raise ConfigError(f"resume=... continues a run with its own saved config, so {', '.join(refused)} cannot "

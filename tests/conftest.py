@@ -1,5 +1,6 @@
 """Shared fixtures: real Hydra composition, real subprocess runs of the real commands."""
 import atexit
+import contextlib
 import json
 import os
 import shutil
@@ -47,6 +48,17 @@ def run_cmd(args, cwd=ROOT, check=True, timeout=300):
     if check and proc.returncode != 0:
         raise AssertionError(f"{args} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+@contextlib.contextmanager
+def killed_if_left(proc: subprocess.Popen):
+    """The block, then `proc` killed if it still runs (a test that failed before the process ended)."""
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
 
 
 def summary(run_dir) -> dict:

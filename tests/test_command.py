@@ -26,7 +26,7 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from conftest import QUICK, ROOT, compose_cfg, run_cmd, summary
+from conftest import QUICK, ROOT, compose_cfg, killed_if_left, run_cmd, summary
 from nplm.config import to_config
 from wandb_records import offline_runs, summarise
 
@@ -194,14 +194,10 @@ def test_a_second_ctrl_c_stops_at_once_while_the_first_one_saves(tmp_path):
     """The second SIGINT comes while the save waits to open its file (no reader yet on the pipe)."""
     run_dir = tmp_path / "run"
     proc = start_saving_on_ctrl_c(run_dir)
-    try:
+    with killed_if_left(proc):
         wait_in_kernel(proc, "wait_for_partner")  # opening the state file: the save the first Ctrl-C began
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert_stopped_at_once(proc, err, run_dir)
 
 
@@ -211,7 +207,7 @@ def test_a_second_ctrl_c_stops_at_once_in_the_middle_of_writing_the_state(tmp_pa
     """The second SIGINT comes while the save waits to write more of its data into a full pipe."""
     run_dir = tmp_path / "run"
     proc = start_saving_on_ctrl_c(run_dir)
-    try:
+    with killed_if_left(proc):
         wait_in_kernel(proc, "wait_for_partner")  # opening the state file: the save the first Ctrl-C began
         reader = os.open(run_dir / "last.pt.tmp", os.O_RDONLY)  # the save opens it and writes
         wait_in_kernel(proc, "pipe_write")  # the pipe is full: the save waits in the middle of its data
@@ -222,10 +218,6 @@ def test_a_second_ctrl_c_stops_at_once_in_the_middle_of_writing_the_state(tmp_pa
         _, err = proc.communicate(timeout=120)
         drain.join(timeout=60)  # the run's end closed the pipe
         os.close(reader)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert_stopped_at_once(proc, err, run_dir)
 
 
@@ -312,7 +304,7 @@ def test_a_vectorised_group_of_fewer_steps_in_all_runs_eagerly(tmp_path):
                              "train.log_interval=10000", f"hydra.sweep.dir={sweep}"], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env={**os.environ, "HYDRA_FULL_ERROR": "0"})
     said = None
-    try:
+    with killed_if_left(proc):
         for line in proc.stdout:
             assert "building the compiled package" not in line
             if "train as one stacked model" in line:
@@ -320,9 +312,5 @@ def test_a_vectorised_group_of_fewer_steps_in_all_runs_eagerly(tmp_path):
                 proc.send_signal(signal.SIGTERM)
                 break
         proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert said is not None and "vectorised: 2 runs" in said and "batched matrix products, eagerly" in said, said
     assert proc.returncode == 128 + signal.SIGTERM

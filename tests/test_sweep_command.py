@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import QUICK, ROOT, TINY, run_cmd, summary
+from conftest import QUICK, ROOT, TINY, killed_if_left, run_cmd, summary
 
 # the network's job logs every step (400 rows, more than the 300 points a curve is thinned to)
 LONG_CURVE = ["train.steps=400", "train.log_interval=1", "train.eval_interval=100"]
@@ -155,7 +155,7 @@ def test_a_live_page_reloads_every_30_s_and_says_the_time_left_until_the_sweep_e
                              "train.log_interval=1", "train.eval_interval=100", "train.steps=400,1000000",
                              f"hydra.sweep.dir={folder}"], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    try:
+    with killed_if_left(proc):
         for line in proc.stdout:
             if re.search(r"step +1/1000000 \|", line):
                 break
@@ -164,10 +164,6 @@ def test_a_live_page_reloads_every_30_s_and_says_the_time_left_until_the_sweep_e
         live = (folder / "dashboard.html").read_text()
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert '<meta http-equiv="refresh" content="30">' in live
     status = re.search(r'<p class="status">(.*?)</p>', live).group(1)
     assert re.fullmatch(r"<b>running</b>: 1 finished, 1 running, 0 failed, 0 waiting; about (\d+ s|\d+ min|\d+\.\d h) "

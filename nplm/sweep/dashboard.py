@@ -151,10 +151,14 @@ def _jobs(n: int) -> str:
     return f"{n} job" if n == 1 else f"{n} jobs"
 
 
+def _tool_runs(n: int) -> str:
+    return f"{n} tool run" if n == 1 else f"{n} tool runs"
+
+
 def _count_text(df: pd.DataFrame, waiting: int = 0, tools: int = 0) -> str:
     counts = df["status"].value_counts().items() if not df.empty else []
     return ", ".join([f"{n} {s}" for s, n in counts] + ([f"{waiting} not started"] if waiting else [])
-                     + ([f"{tools} tool run{'s' * (tools != 1)}"] if tools else []))
+                     + ([_tool_runs(tools)] if tools else []))
 
 
 def _status(state: dict, df: pd.DataFrame) -> str:
@@ -178,7 +182,7 @@ def _status(state: dict, df: pd.DataFrame) -> str:
     text += f": {_jobs(len(df))} ({html.escape(_count_text(df)) if not df.empty else 'none'})"
     tools = state.get("tool_runs", 0)
     if tools:
-        text += (f"; {tools} tool run{'s' * (tools != 1)} (mode=lr_find or overfit_batch), not ranked: "
+        text += (f"; {_tool_runs(tools)} (mode=lr_find or overfit_batch), not ranked: "
                  "their plots are in their folders")
     if never:
         text += f"; {never} never started: run the sweep's command again to run them"
