@@ -29,6 +29,7 @@ graph is captured in milliseconds); `on` whenever covered, `off` never.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import inspect
 import json
@@ -49,18 +50,36 @@ from nplm.config import Config, ConfigError
 log = logging.getLogger("nplm")
 STEPS_PER_CALL = 20  # steps per compiled call: 20 runs ~15% faster than 10, and compiles in about a minute
 MIN_STEPS = 100_000  # train.fast=auto: shorter runs would not win back a first build (~45 s)
+RECIPE_STEPS_PER_CALL = 1  # a recipe's step (nplm/step.py) per call: its steps are large enough
+MIN_RECIPE_STEPS = 2_000  # train.fast=auto, a recipe's compiled step: from the default run's length down
 CACHE = Path(os.environ.get("NPLM_CACHE") or Path.home() / ".cache" / "nplm") / "compiled"
 
 
-def unsupported(cfg: Config, device: torch.device, compiled: bool = True) -> str | None:
-    """Why the fast path does not cover this run (an option it lacks), or None if it does: its math
-    (sgd_steps, stacked_sgd_steps) and, on the CPU with compiled=True, AOTInductor. The vectorised
-    sweep (nplm/sweep/vector.py) asks with compiled=False: it can run the steps eagerly."""
+def unsupported(cfg: Config, device: torch.device, compiled: bool = True, stacked: bool = False) -> str | None:
+    """Why the fast path does not cover this run, or None if it does. One run: any network recipe
+    (nplm/step.py's compiled step; the lecture's hand-written sgd_steps where hand_written covers
+    it), on the CPU with AOTInductor (compiled=True) or, for the hand-written steps, a CUDA graph.
+    A vectorised group (stacked=True, nplm/sweep/vector.py) stacks the hand-written steps only, and
+    can run them eagerly (compiled=False)."""
+    m = cfg.model
+    checks = [(m.type != "nplm", f"model={m.type}"), (cfg.mode != "train", f"mode={cfg.mode}")]
+    if stacked or device.type == "cuda":
+        why = "a vectorised group" if stacked else "on a GPU"
+        checks.append((bool(hand_written_misses(cfg)), f"{', '.join(hand_written_misses(cfg))} ({why} it covers the "
+                                                        "lecture's network and SGD: one tanh layer, no extras)"))
+    checks.append((compiled and device.type == "cpu" and not hasattr(getattr(torch._C, "_aoti", None),
+                                                                    "AOTIModelPackageLoader"),
+                   f"torch {torch.__version__} (it needs AOTInductor packages: torch 2.6 or later)"))
+    reasons = [why for bad, why in checks if bad]
+    return ", ".join(reasons) if reasons else None
+
+
+def hand_written_misses(cfg: Config) -> list[str]:
+    """What sgd_steps (the lecture's network and SGD, written out by hand) lacks for this config:
+    empty where it covers it."""
     m, o, t = cfg.model, cfg.optim, cfg.train
     checks = [
-        (m.type != "nplm", f"model={m.type}"),
-        (m.n_hidden == 0 or m.n_layer != 1, f"model.n_hidden={m.n_hidden}, model.n_layer={m.n_layer} "
-                                            "(it covers one hidden layer)"),
+        (m.n_hidden == 0 or m.n_layer != 1, f"model.n_layer={m.n_layer}" if m.n_hidden else "model.n_hidden=0"),
         (m.norm != "none", f"model.norm={m.norm}"),
         (m.dropout > 0, f"model.dropout={m.dropout}"),
         (m.word_dropout > 0, f"model.word_dropout={m.word_dropout}"),
@@ -72,26 +91,38 @@ def unsupported(cfg: Config, device: torch.device, compiled: bool = True) -> str
         (o.weight_decay != 0, f"optim.weight_decay={o.weight_decay}"),
         (o.grad_clip != 0, f"optim.grad_clip={o.grad_clip}"),
         (t.ema != 0, f"train.ema={t.ema}"),
-        (cfg.mode != "train", f"mode={cfg.mode}"),
-        (compiled and device.type == "cpu" and not hasattr(getattr(torch._C, "_aoti", None), "AOTIModelPackageLoader"),
-         f"torch {torch.__version__} (it needs AOTInductor packages: torch 2.6 or later)"),
     ]
-    reasons = [why for bad, why in checks if bad]
-    return ", ".join(reasons) if reasons else None
+    return [why for bad, why in checks if bad]
 
 
 def shape_of(cfg: Config, vocab_size: int, runs: int = 0) -> dict:
     """Everything the compiled package depends on: the model's and the batch's shapes, the number of
     stacked runs (0: one model, sgd_steps; R: stacked_sgd_steps), the thread count, the step
-    function's source, torch and the machine."""
+    function's source, torch and the machine. A recipe the hand-written steps do not cover (kind
+    "recipe", nplm/step.py) depends on every setting that shapes its step, and not on its learning
+    rate or schedule, which each call passes in: a sweep over them builds one package."""
     m = cfg.model
+    base = {"vocab_size": vocab_size, "batch_size": cfg.train.batch_size, "threads": torch.get_num_threads(),
+            "torch": torch.__version__, "machine": _machine(), "pins": repro.in_effect()}
+    if not runs and hand_written_misses(cfg):
+        import nplm.model
+        import nplm.step
+        source = inspect.getsource(nplm.step) + inspect.getsource(nplm.model) + _build_source()
+        per_call = {"lr", "schedule", "warmup_steps", "min_lr", "decay_steps", "decay_factor", "decay_rate",
+                    "maxent_lr_scale"}
+        return {**base, "kind": "recipe", "steps": RECIPE_STEPS_PER_CALL,
+                "model": {k: v for k, v in dataclasses.asdict(m).items() if k not in ("init", "mix_order")},
+                "optim": {k: v for k, v in dataclasses.asdict(cfg.optim).items() if k not in per_call},
+                "ema": cfg.train.ema, "source": hashlib.sha256(source.encode()).hexdigest()[:16]}
     source = inspect.getsource(tanh) + inspect.getsource(pad) + inspect.getsource(
-        stacked_sgd_steps if runs else sgd_steps)
-    return {"vocab_size": vocab_size, "n_embd": m.n_embd, "block_size": m.block_size, "n_hidden": m.n_hidden,
-            "batch_size": cfg.train.batch_size, "steps": STEPS_PER_CALL, "runs": runs,
-            "threads": torch.get_num_threads(),
-            "torch": torch.__version__, "machine": _machine(), "pins": repro.in_effect(),
-            "source": hashlib.sha256(source.encode()).hexdigest()[:16]}
+        stacked_sgd_steps if runs else sgd_steps) + _build_source()
+    return {**base, "n_embd": m.n_embd, "block_size": m.block_size, "n_hidden": m.n_hidden,
+            "steps": STEPS_PER_CALL, "runs": runs, "source": hashlib.sha256(source.encode()).hexdigest()[:16]}
+
+
+def _build_source() -> str:
+    """The source of what turns a step function into a package (a change builds new packages)."""
+    return "".join(inspect.getsource(f) for f in (_fast_tanh, _as_bmm, _compile))
 
 
 def _machine() -> str:
@@ -106,6 +137,10 @@ def _machine() -> str:
 
 def package_path(shape: dict) -> Path:
     key = hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:20]
+    if shape.get("kind") == "recipe":
+        m = shape["model"]
+        return CACHE / f"{shape['optim']['name']}-{shape['vocab_size']}x{m['n_embd']}x{m['block_size']}x" \
+                       f"{m['n_layer']}x{m['n_hidden']}-b{shape['batch_size']}-{key}.pt2"
     runs = f"{shape['runs']}x" if shape.get("runs") else ""
     return CACHE / f"sgd-{runs}{shape['vocab_size']}x{shape['n_embd']}x{shape['block_size']}x{shape['n_hidden']}" \
                    f"-b{shape['batch_size']}-{key}.pt2"
@@ -116,7 +151,7 @@ def choose(cfg: Config, device: torch.device, runs: int = 0) -> tuple[bool, str]
     stacked group of `runs` (nplm/sweep/vector.py: auto counts the steps of all its runs)."""
     if cfg.train.fast == "off":
         return False, "train.fast=off"
-    why_not = unsupported(cfg, device)
+    why_not = unsupported(cfg, device, stacked=bool(runs))
     if why_not and cfg.train.fast == "on" and not runs:
         raise ConfigError(f"train.fast=on but the fast path does not cover {why_not}; use train.fast=auto "
                           "(it then takes the plain path) or change those options")
@@ -124,30 +159,36 @@ def choose(cfg: Config, device: torch.device, runs: int = 0) -> tuple[bool, str]
         return False, f"the fast path does not cover {why_not}"
     if device.type == "cuda":  # capturing the graph takes milliseconds: it pays at any length
         return True, f"{STEPS_PER_CALL} SGD steps per replay of a CUDA graph"
-    total = max(1, runs) * cfg.train.steps
-    if cfg.train.fast == "auto" and total < MIN_STEPS:
+    recipe = not runs and bool(hand_written_misses(cfg))
+    total, least = max(1, runs) * cfg.train.steps, MIN_RECIPE_STEPS if recipe else MIN_STEPS
+    if cfg.train.fast == "auto" and total < least:
         return False, (f"{total:,} steps are too few to pay for building the compiled package "
-                       f"(~1 minute, once per shape; train.fast=auto takes it from {MIN_STEPS:,} steps, "
-                       "train.fast=on always)")
+                       f"({'~20-60 s' if recipe else '~1 minute'}, once per shape; train.fast=auto takes it from "
+                       f"{least:,} steps, train.fast=on always)")
+    if recipe:
+        return True, f"the recipe's compiled step ({RECIPE_STEPS_PER_CALL} per call of an AOTInductor package)"
     return True, f"{STEPS_PER_CALL} SGD steps per call of an AOTInductor package"
 
 
 def steps_for(cfg: Config, params: Callable[[], list[torch.Tensor]], vocab_size: int, device: torch.device,
-              runs: int = 0):
+              runs: int = 0, setup=None):
     """The one place that chooses how a run (or a stacked group of `runs`) trains, and builds its
     K-step function, which updates the tensors `params()` gives in place (parameters(model), or the
-    group's stacked and padded ones; asked for only when the steps are built): a CUDA graph on a
-    GPU, a compiled package on the CPU, where choose() takes the fast
-    path and it builds. Else, for one run None (its loop steps through autograd), for a group the
-    same steps run eagerly. Returns it and what the summary records: path (plain, eager, compiled or
-    cuda_graph), path_reason, and build_time_s when a package was built; says so in the log."""
+    group's stacked and padded ones; asked for only when the steps are built), or for a recipe the
+    hand-written steps do not cover, every tensor of `setup` (nplm/loop.py's Setup: its model,
+    optimiser and moving average; nplm/step.py): a CUDA graph on a GPU, a compiled package on the
+    CPU, where choose() takes the fast path and it builds. Else, for one run None (its loop steps
+    through autograd), for a group the same steps run eagerly. Returns it and what the summary
+    records: path (plain, eager, compiled or cuda_graph), path_reason, and build_time_s when a
+    package was built; says so in the log."""
     take, why = choose(cfg, device, runs)
     steps, info = None, {}
-    tensors = params() if take or runs else []
+    recipe = not runs and bool(hand_written_misses(cfg))
+    tensors = params() if (take or runs) and not recipe else []
     if take and device.type == "cuda":
         steps, why = graph_steps(cfg, tensors, vocab_size, runs, why)
     elif take:
-        steps, why = _compiled(cfg, tensors, vocab_size, runs, why, info)
+        steps, why = _compiled(cfg, tensors, vocab_size, runs, why, info, setup if recipe else None)
     info["path"] = "plain" if steps is None else "cuda_graph" if device.type == "cuda" else "compiled"
     if steps is None and runs:  # a group's steps, eagerly: batched matrix products
         steps, info["path"] = GraphSteps(tensors, STEPS_PER_CALL, cfg.train.batch_size, cfg.model.block_size,
@@ -222,19 +263,22 @@ PATH_NAMES = {"plain": "plain autograd", "eager": "batched matrix products, eage
               "compiled": "compiled fast path", "cuda_graph": "CUDA graph"}
 
 
-def _compiled(cfg: Config, tensors: list[torch.Tensor], vocab_size: int, runs: int, why: str, info: dict):
+def _compiled(cfg: Config, tensors: list[torch.Tensor], vocab_size: int, runs: int, why: str, info: dict,
+              setup=None):
     """The compiled package's steps for this shape (built once, then cached), or None where it fails
-    (no C++ compiler, an export or Inductor failure: the plain path does the same); and the reason."""
+    (no C++ compiler, an export or Inductor failure: the plain path does the same); and the reason.
+    With `setup`, a recipe's steps (nplm/step.py) on its tensors."""
     shape = shape_of(cfg, vocab_size, runs=runs)
     package = package_path(shape)
     if package.is_file():
         why += ", loaded from the cache"
     else:
         why += ", built once for this shape, then cached"
-        log.info("building the compiled package for %sthis shape (about a minute, once): %s",
-                 f"{runs} stacked runs of " if runs else "", package)
+        log.info("building the compiled package for %sthis shape (%s, once): %s",
+                 f"{runs} stacked runs of " if runs else "", "about a minute" if runs or setup is None else
+                 "20-60 s", package)
     try:
-        steps = FastSteps(tensors, shape, package)
+        steps = RecipeSteps(setup, shape, package) if setup is not None else FastSteps(tensors, shape, package)
     except Exception as e:
         log.warning("the %s not available (%s); %s", "compiled stacked steps are" if runs else "fast path is", e,
                     INSTEAD[bool(runs)])
@@ -355,10 +399,83 @@ class _Steps(torch.nn.Module):
         return self.fn(*args)
 
 
+def _as_bmm(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """Every matrix product of a traced step as a batched one whose left factor is contiguous, which
+    Inductor then generates itself (its C++ GEMM template) instead of calling MKL: code built for
+    the instruction set the build pins (AVX2 in reproducible mode), whose sums run in a fixed order
+    whatever the CPU (MKL picks its kernels by CPU model: pinned to the branch that every CPU runs
+    alike, it is 2-3x slower). mm(a, b) -> bmm(a[None], b[None])[0]; addmm(c, a, b) -> c + that."""
+    aten = torch.ops.aten
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.target not in (aten.mm.default, aten.addmm.default, aten.bmm.default):
+            continue
+        bias, a, b = (None, *node.args[:2]) if node.target != aten.addmm.default else node.args[:3]
+        with gm.graph.inserting_before(node):
+            a = gm.graph.call_function(aten.clone.default, (a,), {"memory_format": torch.contiguous_format})
+            if node.target == aten.bmm.default:
+                out = gm.graph.call_function(aten.bmm.default, (a, b))
+            else:
+                a3 = gm.graph.call_function(aten.unsqueeze.default, (a, 0))
+                b3 = gm.graph.call_function(aten.unsqueeze.default, (b, 0))
+                out = gm.graph.call_function(aten.squeeze.dim, (gm.graph.call_function(aten.bmm.default, (a3, b3)), 0))
+                if bias is not None:
+                    out = gm.graph.call_function(aten.add.Tensor, (out, bias))
+        node.replace_all_uses_with(out)
+        gm.graph.erase_node(node)
+    gm.graph.lint()
+    gm.recompile()
+    return gm
+
+
+def _fast_tanh(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """Every tanh of a traced step as tanh() above (1 - 2 / (exp(2x) + 1)): Inductor's vectorised tanh
+    took a quarter of a default-recipe step (260 of 1,100 us), this one a tenth of that."""
+    aten = torch.ops.aten
+    for node in [n for n in gm.graph.nodes if n.op == "call_function" and n.target == aten.tanh.default]:
+        with gm.graph.inserting_before(node):
+            call = lambda op, *args: gm.graph.call_function(op, args)  # noqa: E731
+            e = call(aten.add.Scalar, call(aten.exp.default, call(aten.mul.Scalar, node.args[0], 2.0)), 1.0)
+            out = call(aten.rsub.Scalar, call(aten.reciprocal.default, e), 1.0)
+            out = call(aten.rsub.Scalar, call(aten.mul.Scalar, call(aten.reciprocal.default, e), 2.0), 1.0)
+        node.replace_all_uses_with(out)
+        gm.graph.erase_node(node)
+    gm.graph.eliminate_dead_code()
+    gm.recompile()
+    return gm
+
+
+def _compile(fn, args: tuple, path: Path, pinned: bool) -> None:
+    """Trace fn on args (make_fx: autograd's backward is traced into plain operations), export it and
+    compile it with AOTInductor into `path` (under a temporary name, then renamed: a killed build
+    leaves no half package). In reproducible mode (`pinned`) its matrix products are Inductor's own
+    (_as_bmm, its C++ GEMM template) in AVX2 code, whose sums run in one order on every CPU with
+    AVX2: 1.7-2x faster than MKL's branch that every CPU runs alike. Otherwise they call MKL, which
+    picks this CPU's fastest kernels (faster here than the template: 557 vs 855 us a default step)."""
+    from torch._inductor import aoti_compile_and_package
+    from torch._inductor import config as inductor
+    from torch.fx.experimental.proxy_tensor import make_fx
+    gm = _fast_tanh(make_fx(fn)(*[a.clone() for a in args]))
+    if pinned:  # AVX2 code (-march=x86-64-v3 in the pins), whatever ATEN_CPU_CAPABILITY says for eager kernels
+        inductor.max_autotune, inductor.max_autotune_gemm_backends = True, "CPP"  # one choice: no timing decides
+        inductor.epilogue_fusion = False  # torch 2.13: fusing a bias add into the template fails to build
+        inductor.cpp.simdlen = 256
+        gm = _as_bmm(gm)
+    program = torch.export.export(_Steps(gm), args)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{os.getpid()}.tmp.{path.name}")  # AOTInductor wants the .pt2 suffix
+    aoti_compile_and_package(program, package_path=str(tmp))
+    os.replace(tmp, path)
+
+
 def build(shape: dict, path: Path) -> None:
-    """Export sgd_steps (or stacked_sgd_steps) for `shape` and compile it with AOTInductor into the
-    package `path` (written under a temporary name, then renamed: a killed build leaves no half package)."""
+    """Compile the step function of `shape` (sgd_steps, stacked_sgd_steps or a recipe's,
+    nplm/step.py) into the package `path`."""
     torch.set_num_threads(shape["threads"])
+    pinned = any(shape["pins"].values())
+    if shape.get("kind") == "recipe":
+        fn, args = _recipe_example(shape)
+        _compile(fn, args, path, pinned)
+        return
     V, E, T, H, B, K = (shape[k] for k in ("vocab_size", "n_embd", "block_size", "n_hidden", "batch_size", "steps"))
     R = shape.get("runs", 0)
     lead = (R,) if R else ()  # the stacked models' dimension
@@ -366,12 +483,71 @@ def build(shape: dict, path: Path) -> None:
     args = (torch.randn(*lead, V, E), torch.randn(*lead, F, H), torch.randn(*lead, H), torch.randn(*lead, H, Vp),
             torch.randn(*lead, Vp), torch.randint(0, V, (K, *lead, B, T)), torch.randint(0, V, (K, *lead, B)),
             torch.full((K, *lead), 0.1))
-    program = torch.export.export(_Steps(stacked_sgd_steps if R else sgd_steps), args)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{os.getpid()}.tmp.{path.name}")  # AOTInductor wants the .pt2 suffix
-    from torch._inductor import aoti_compile_and_package
-    aoti_compile_and_package(program, package_path=str(tmp))
-    os.replace(tmp, path)
+    _compile(stacked_sgd_steps if R else sgd_steps, args, path, pinned)
+
+
+def _recipe_config(shape: dict) -> Config:
+    """A config with the settings a recipe's package depends on (shape_of)."""
+    from nplm.config import ModelConfig, OptimConfig, TrainConfig
+    return Config(model=ModelConfig(**shape["model"]), optim=OptimConfig(**shape["optim"]),
+                  train=TrainConfig(batch_size=shape["batch_size"], ema=shape["ema"]))
+
+
+def _recipe_example(shape: dict):
+    """A recipe's step function and example arguments of its shapes (nplm/step.py)."""
+    from nplm import step
+    from nplm.model import make_model
+    from nplm.optim import EMA, make_optimizer
+    cfg = _recipe_config(shape)
+    model = make_model(cfg.model, shape["vocab_size"], torch.Generator().manual_seed(0))
+    optimizer = make_optimizer(model, cfg.optim)
+    one = step.Step(cfg, model, optimizer, EMA(model, cfg.train.ema) if cfg.train.ema else None)
+    K, B, T = shape["steps"], shape["batch_size"], cfg.model.block_size
+    X, Y = torch.randint(0, shape["vocab_size"], (K, B, T)), torch.randint(0, shape["vocab_size"], (K, B))
+    return step.make_fn(cfg, model, one.layout), tuple(one.args(X, Y, [1e-3] * K))
+
+
+def load(shape: dict, path: Path):
+    """The package at `path` (package_path(shape)), built first if it is not there, in a child
+    process (the compiler's memory and imports stay there), one build at a time per package (a
+    sweep's parallel jobs wait for the first one's build, then load it). Returns its runner and
+    the seconds the build took (0: loaded from the cache)."""
+    import fcntl
+    build_time = 0.0
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path.with_name(f".{path.name}.lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
+            if not path.is_file():
+                t0 = time.perf_counter()
+                here = str(Path(__file__).resolve().parent.parent)  # nplm importable even if not installed
+                env = {**os.environ,
+                       "PYTHONPATH": os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")]))}
+                proc = subprocess.run([sys.executable, "-m", "nplm.fast", json.dumps(shape), str(path)],
+                                      capture_output=True, text=True, env=env)
+                if proc.returncode != 0 or not path.is_file():
+                    last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+                    raise RuntimeError(f"building the compiled package failed: {last}")
+                build_time = time.perf_counter() - t0
+    return torch._C._aoti.AOTIModelPackageLoader(str(path), "model", False, 1, -1), build_time
+
+
+class RecipeSteps:
+    """Calls of a recipe's compiled step (nplm/step.py), RECIPE_STEPS_PER_CALL steps each, on the
+    tensors of a run's Setup (nplm/loop.py): the FastSteps interface. The package updates them in
+    place; the optimiser's step count and the moving average's count are kept here."""
+    K = RECIPE_STEPS_PER_CALL
+
+    def __init__(self, setup, shape: dict, path: Path):
+        from nplm.step import Step
+        self.step = Step(setup.cfg, setup.model, setup.optimizer, setup.ema)
+        self.runner, self.build_time = load(shape, path)
+
+    @torch.no_grad()
+    def __call__(self, X: torch.Tensor, Y: torch.Tensor, lrs: torch.Tensor) -> torch.Tensor:
+        (losses,) = self.runner.run(self.step.args(X, Y, lrs.tolist()))
+        self.step.after(len(X))
+        return losses
 
 
 class FastSteps:
@@ -383,18 +559,7 @@ class FastSteps:
 
     def __init__(self, tensors: list[torch.Tensor], shape: dict, path: Path):
         """Load the package at `path` (package_path(shape)), building it first if it is not there."""
-        self.build_time = 0.0
-        if not path.is_file():  # in a child process: the compiler's memory and imports stay there
-            t0 = time.perf_counter()
-            here = str(Path(__file__).resolve().parent.parent)  # nplm importable even if not installed
-            env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")]))}
-            proc = subprocess.run([sys.executable, "-m", "nplm.fast", json.dumps(shape), str(path)],
-                                  capture_output=True, text=True, env=env)
-            if proc.returncode != 0 or not path.is_file():
-                last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-                raise RuntimeError(f"building the compiled package failed: {last}")
-            self.build_time = time.perf_counter() - t0
-        self.runner = torch._C._aoti.AOTIModelPackageLoader(str(path), "model", False, 1, -1)
+        self.runner, self.build_time = load(shape, path)
         self.tensors = tensors
         _, W1, _, W2, b2 = tensors
         self.padded = None if shape.get("runs") else [t[0] for t in pad(W1[None], W2[None], b2[None])]
@@ -410,7 +575,7 @@ class FastSteps:
             W2p[:, :W2.shape[1]].copy_(W2)
             b2p[:len(b2)].copy_(b2)
             args = [C, W1p, b1, W2p, b2p]
-        out = self.runner.run([*args, X, Y, lrs])
+        out = self.runner.run([*args, X, Y, lrs.to(torch.float32)])
         for tensor, new in zip(self.tensors, out):
             tensor.copy_(new[tuple(slice(0, n) for n in tensor.shape)])
         return out[-1]
@@ -466,7 +631,7 @@ class GraphSteps:
     @torch.no_grad()
     def __call__(self, X: torch.Tensor, Y: torch.Tensor, lrs: torch.Tensor) -> torch.Tensor:
         """len(X) <= K steps on the minibatches X, Y with learning rates lrs; return their losses."""
-        device = self.tensors[0].device
+        device, lrs = self.tensors[0].device, lrs.to(torch.float32)
         if self.graph is None or len(X) != self.K:
             return self._steps(X.to(device), Y.to(device), lrs.to(device))
         self.X.copy_(X)

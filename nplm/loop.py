@@ -110,7 +110,7 @@ class Monitor:
 class Setup:
     """What one run trains with (built by nplm/train.py): its config, model and optimiser, its
     training generator (parameter draws, then minibatches), its splits on its device, the loss above
-    which it has diverged, and its training path (nplm/fast.py's steps_for: a function of K steps per
+    which it has diverged, its weights' moving average (train.ema), and its training path (nplm/fast.py's steps_for: a function of K steps per
     call, or None for one step at a time through autograd, and what the summary records of it)."""
     cfg: Config
     model: NPLM
@@ -121,6 +121,7 @@ class Setup:
     limit: float
     steps: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
     path: dict = field(default_factory=dict)
+    ema: EMA | None = None  # train.ema: the weights' moving average, evaluated and ended with
 
 
 def fit(s: Setup, tracker: Tracker, stop: StopSignals, resume: TrainState | None, t_start: float) -> Fit:
@@ -133,7 +134,7 @@ def fit(s: Setup, tracker: Tracker, stop: StopSignals, resume: TrainState | None
     cfg, model, g = s.cfg, s.model, s.g
     o, t, device = cfg.optim, cfg.train, s.X["train"].device
     cadence = Cadence(t.steps, t.log_interval, t.eval_interval)
-    ema = EMA(model, t.ema) if t.ema else None  # Polyak averaging: evaluate (and end with) the averaged weights
+    ema = s.ema  # Polyak averaging: evaluate (and end with) the averaged weights
     evaluated = ema.module if ema is not None else model
     monitor = Monitor(s.limit, t.ends_with_best, s.X["val"], s.Y["val"], t.eval_chunk, resume)
     done, train_time = (resume.step, resume.train_time) if resume else (0, 0.0)
@@ -200,7 +201,7 @@ def _k_steps(s: Setup, steps, done: int) -> tuple[int, float, torch.Tensor, bool
     Xtr, Ytr = s.X["train"], s.Y["train"]
     lrs = lrs_at(done, steps.K, s.cfg.optim, t.steps)
     ix = torch.randint(0, len(Xtr), (steps.K, t.batch_size), generator=s.g).to(Xtr.device)
-    losses = steps(Xtr[ix], Ytr[ix], torch.tensor(lrs, dtype=torch.float32))
+    losses = steps(Xtr[ix], Ytr[ix], torch.tensor(lrs, dtype=torch.float64))
     # the sum is finite when every loss is (4x cheaper a call to check); if not, look closer
     finite, n = math.isfinite(losses.sum().item()) or bool(torch.isfinite(losses).all()), steps.K
     if not finite:
@@ -209,15 +210,21 @@ def _k_steps(s: Setup, steps, done: int) -> tuple[int, float, torch.Tensor, bool
 
 
 def _step(s: Setup, ema: EMA | None, lr: float) -> torch.Tensor:
-    """One step of the plain path: a minibatch through autograd and the optimiser. Returns its loss."""
-    Xtr, Ytr, o = s.X["train"], s.Y["train"], s.cfg.optim
-    s.optimizer.set_lr(lr)
+    """One step of the plain path on a minibatch drawn from the training generator. Returns its loss."""
+    Xtr, Ytr = s.X["train"], s.Y["train"]
     ix = torch.randint(0, len(Xtr), (s.cfg.train.batch_size,), generator=s.g).to(Xtr.device)
-    _, loss = s.model(Xtr[ix], Ytr[ix])
+    return plain_step(s, ema, Xtr[ix], Ytr[ix], lr)
+
+
+def plain_step(s: Setup, ema: EMA | None, x: torch.Tensor, y: torch.Tensor, lr: float) -> torch.Tensor:
+    """One step of the plain path on the minibatch (x, y): autograd and the optimiser (the reference
+    the compiled step, nplm/step.py, is checked against). Returns its loss."""
+    s.optimizer.set_lr(lr)
+    _, loss = s.model(x, y)
     s.optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    if o.grad_clip:
-        clip_grad_norm(s.model.parameters(), o.grad_clip)
+    if s.cfg.optim.grad_clip:
+        clip_grad_norm(s.model.parameters(), s.cfg.optim.grad_clip)
     s.optimizer.step()
     if ema is not None:
         ema.update_parameters(s.model)

@@ -161,16 +161,55 @@ class NPLM(nn.Module):
         loss = None if targets is None else F.cross_entropy(logits, targets)
         return logits, loss
 
-    def _features(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The concatenated features x (B, block_size * n_embd) and what the output reads, h."""
+    def _features(self, idx: torch.Tensor, noise: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The concatenated features x (B, block_size * n_embd) and what the output reads, h. Dropout and
+        word dropout draw their masks from torch's global generator, or (the compiled step, nplm/step.py)
+        read them from `noise`: uniform draws in [0, 1), "word" (B, block_size, 1) and "hidden" one
+        (B, n_hidden) per layer; a unit is kept where its draw is at least the dropout probability."""
         emb = self.C[idx]  # (B, block_size, n_embd)
         if self.training and self.word_dropout > 0:  # one draw per context token: its whole feature vector
-            emb = emb * F.dropout(emb.new_ones(emb.shape[:2] + (1,)), self.word_dropout)
+            emb = emb * (F.dropout(emb.new_ones(emb.shape[:2] + (1,)), self.word_dropout) if noise is None
+                         else kept(noise["word"], self.word_dropout))
         x = emb.reshape(idx.shape[0], -1)
         h = x
-        for layer, norm in zip(self.hidden, self.norms):
-            h = self.dropout(torch.tanh(norm(layer(h))))  # (B, n_hidden)
+        p = self.dropout.p if isinstance(self.dropout, nn.Dropout) else 0.0
+        for i, (layer, norm) in enumerate(zip(self.hidden, self.norms)):
+            h = torch.tanh(norm(layer(h)))  # (B, n_hidden)
+            h = self.dropout(h) if noise is None or not (self.training and p) else h * kept(noise["hidden"][i], p)
         return x, h
+
+    def step_loss(self, idx: torch.Tensor, targets: torch.Tensor, noise: dict,
+                  extra_logits: torch.Tensor | None = None) -> torch.Tensor:
+        """The training loss of the compiled step (nplm/step.py): forward's, with every shape fixed by
+        the batch's (torch.export needs them so): dropout masks from `noise`, an adaptive softmax's loss
+        over every cluster (masked to each target's; forward computes only the targets' clusters), and
+        the hashed n-gram logits given (`extra_logits`, (B, vocab_size): their table is updated outside
+        autograd, only where used)."""
+        x, h = self._features(idx, noise)
+        if self.adaptive is not None:
+            return -self._adaptive_target_log_prob(h, targets).mean()
+        logits = self.out(h)
+        if self.direct is not None:
+            logits = logits + x @ self.direct
+        if extra_logits is not None:
+            logits = logits + extra_logits
+        return F.cross_entropy(logits, targets)
+
+    def _adaptive_target_log_prob(self, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """log P(target) (B,) of the adaptive softmax, nn.AdaptiveLogSoftmaxWithLoss's arithmetic, with
+        every cluster computed for every row: the head's log-probability of the target (a shortlist
+        token) or of its cluster, plus the target's log-probability within that cluster."""
+        a = self.adaptive
+        edges = a.cutoffs  # [cutoffs..., vocab_size]
+        head = a.head(h)
+        cluster = sum((targets >= c).long() for c in edges[:-1]) - 1  # -1: the shortlist
+        head_index = torch.where(cluster < 0, targets, a.shortlist_size + cluster)
+        logp = head.gather(1, head_index[:, None]).squeeze(1) - head.logsumexp(1)
+        for i, (lo, hi) in enumerate(zip(edges, edges[1:])):
+            out = a.tail[i](h)  # (B, hi - lo)
+            within = out.gather(1, (targets - lo).clamp(0, hi - lo - 1)[:, None]).squeeze(1) - out.logsumexp(1)
+            logp = logp + torch.where(cluster == i, within, torch.zeros_like(within))
+        return logp
 
     def adaptive_log_prob(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """With an adaptive softmax: log P(target | context) of each row (B,), computing only the clusters
@@ -184,6 +223,11 @@ class NPLM(nn.Module):
         """Parameters whose gradients are sparse (the hashed n-gram table): updated only where used,
         left out of weight decay and of the weights' moving average."""
         return [self.maxent.weight] if self.maxent is not None else []
+
+
+def kept(uniform: torch.Tensor, p: float) -> torch.Tensor:
+    """Dropout's mask from uniform draws: 1 / (1 - p) where a draw is at least p (probability 1 - p), else 0."""
+    return (uniform >= p).to(uniform.dtype) * (1 / (1 - p))
 
 
 def make_model(cfg: ModelConfig, vocab_size: int, generator: torch.Generator) -> NPLM:

@@ -26,7 +26,7 @@ from nplm.loop import Diverged, Fit, Setup, fit
 from nplm.mixture import fit_mixture
 from nplm.model import make_model
 from nplm.ngram import NGram
-from nplm.optim import Optimizer, make_optimizer
+from nplm.optim import EMA, Optimizer, make_optimizer
 from nplm.preflight import preflight
 from nplm.resume import Interrupted, StopSignals
 from nplm.sample import label_words, sample_words
@@ -85,7 +85,7 @@ def train(cfg: Config, data: Dataset, device: torch.device, tracker: Tracker, st
     if resume:
         log.info("resuming at step %d of %d from %s", resume.step, cfg.train.steps, tracker.out_dir / STATE_NAME)
     if grouped is None:  # the training path: K steps a call (compiled, a CUDA graph) or autograd
-        s.steps, s.path = fast.steps_for(cfg, lambda: fast.parameters(s.model), data.vocab.size, device)
+        s.steps, s.path = fast.steps_for(cfg, lambda: fast.parameters(s.model), data.vocab.size, device, setup=s)
     try:
         stop.defer(True)  # a signal now lets the step finish, then the loop saves and stops
         fitted = grouped.replay(cfg, s.model, tracker) if grouped is not None else \
@@ -153,7 +153,8 @@ def build(cfg: Config, vocab_size: int, X: dict, Y: dict, device: torch.device,
              hidden, m.norm, m.dropout, ", direct connections" if m.direct else "", extras, m.init,
              model.num_params(), cfg.optim.name, cfg.optim.lr, cfg.optim.schedule, device,
              torch.get_num_threads(), threads.choose(cfg, vocab_size)[1])
-    return Setup(cfg, model, optimizer, g, X, Y, limit)
+    ema = EMA(model, cfg.train.ema) if cfg.train.ema else None  # Polyak averaging (its state: loop.fit's resume)
+    return Setup(cfg, model, optimizer, g, X, Y, limit, ema=ema)
 
 
 def _count(cfg: Config, data: Dataset, X: dict, Y: dict) -> Trained:

@@ -31,6 +31,9 @@ prints each figure's ratio to that earlier run, so a regression shows as a numbe
            2026-12-01, which repeat on one CPU but not from Intel to AMD), alternating, for the default
            run, the lecture on the plain path and the lecture on the compiled path (--repro-steps
            steps), and whether the losses differ.
+- recipes: every shipped recipe (conf/experiment/ and the default), --recipe-steps steps on one
+           thread: the compiled path in the default mode vs the plain path with reproducible=false
+           and in the default mode, alternating, with each one's val loss and the package's build time.
 - gpu:     where there is a CUDA GPU (else skipped, and said so): the steps and sweep figures
            with device=cuda: the reference loop on the GPU vs the runner's CUDA graph (and its plain
            path), and 16 reference loops vs one vectorised sweep whose stacked steps are a CUDA graph.
@@ -51,7 +54,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from nplm import repro  # noqa: E402  (torch-free)
-PARTS = ("steps", "fast", "sweep", "startup", "load", "memory", "words", "repro", "gpu")
+PARTS = ("steps", "fast", "sweep", "startup", "load", "memory", "words", "repro", "recipes", "gpu")
+# every shipped recipe, on data it runs on (words_large: every Shakespeare word kept, more than its cutoffs)
+RECIPES = {"default": [], "fast": ["experiment=fast"], "lecture": ["experiment=lecture"], "best": ["experiment=best"],
+           "mixture": ["experiment=mixture"], "words": ["experiment=words", "data=shakespeare"],
+           "words_large": ["experiment=words_large", "data=shakespeare", "data.min_count=1"],
+           "bengio2003": ["experiment=bengio2003", "data=shakespeare"]}
 QUIET = {"WANDB_MODE": "disabled", "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0"}
 
 REFERENCE = """
@@ -222,6 +230,30 @@ def bench_repro(repeats: int, steps: int) -> dict:
     return out
 
 
+def bench_recipes(repeats: int, steps: int) -> dict:
+    """steps/s of every shipped recipe (`steps` steps, one thread), alternating: the default mode
+    (reproducible, the compiled path: train.fast=on) against the plain path with reproducible=false
+    (the fastest plain training there was) and in reproducible mode; their ratios, and each one's
+    val loss. The packages are built (and cached) first; the build time is reported."""
+    short = [f"train.steps={steps}", f"train.eval_interval={steps}", "train.num_samples=0", "train.threads=1"]
+    modes = {"compiled": ["train.fast=on"], "plain_off": ["train.fast=off", "reproducible=false"],
+             "plain_on": ["train.fast=off"]}
+    out = {}
+    for name, recipe in RECIPES.items():
+        warm = runner(*recipe, *short, "train.fast=on", "train.steps=20", "train.eval_interval=20")[0]
+        rates, losses = {m: [] for m in modes}, {}
+        for _ in range(repeats):
+            for mode, args in modes.items():
+                s = runner(*recipe, *short, *args)[0]
+                rates[mode].append(s["steps_per_s"])
+                losses[mode] = s.get("nplm_val_loss", s["val_loss"])  # the network's, before any mixture
+        med = {m: statistics.median(r) for m, r in rates.items()}
+        out[name] = {**med, "ratio": med["compiled"] / med["plain_off"], "ratio_on": med["compiled"] / med["plain_on"],
+                     "val_loss": losses, "path": warm["path"], "build_s": warm.get("build_time_s"), "all": rates}
+    out["target"] = ">= 2.5x (default), >= 5x the reference loop (lecture: part steps), >= 1x (others)"
+    return out
+
+
 def bench_memory(repeats: int, steps: int) -> dict:
     ref, run = [], []
     for _ in range(repeats):
@@ -331,6 +363,16 @@ def table(results: dict) -> str:
         if "avx2" in r:  # JSON written before 2026-12-01 lacks it
             rows.append(("  AVX2 paths on one thread (the pins before 2026-12-01) vs on", f"{r['avx2']:,.0f}",
                          f"{r['on']:,.0f}", f"{r['avx2_ratio']:.2f}x", "same numbers on one CPU only"))
+    for name, r in ((k, v) for k, v in results.get("recipes", {}).items() if isinstance(v, dict)):
+        rows.append((f"{name}: steps/s, plain reproducible=false vs compiled (default mode)", f"{r['plain_off']:,.0f}",
+                     f"{r['compiled']:,.0f}", f"{r['ratio']:.2f}x",
+                     ">= 2.5x" if name == "default" else "" if name == "lecture" else ">= 1x"))
+        rows.append(("  plain in the default mode vs compiled", f"{r['plain_on']:,.0f}", f"{r['compiled']:,.0f}",
+                     f"{r['ratio_on']:.2f}x", ""))
+        v = r["val_loss"]
+        rows.append(("  val loss: plain reproducible=false / plain default / compiled", "",
+                     f"{v['plain_off']:.4f} / {v['plain_on']:.4f} / {v['compiled']:.4f}",
+                     f"build {r['build_s']:.0f} s" if r["build_s"] else "cached", r["path"]))
     if "memory" in results:
         r = results["memory"]
         rows.append((f"peak RSS MB, lecture recipe {r['steps']:,} steps", f"{r['reference_peak_rss_mb']:.0f}",
@@ -357,6 +399,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--steps", type=int, default=20_000, help="steps of the lecture recipe for steps/memory")
     parser.add_argument("--sweep-steps", type=int, default=30_000, help="steps of each of the 16 sweep runs")
     parser.add_argument("--repro-steps", type=int, default=10_000, help="steps of the lecture runs of `repro`")
+    parser.add_argument("--recipe-steps", type=int, default=300, help="steps of each recipe's runs of `recipes`")
     parser.add_argument("--out", type=Path, help="JSON file (default outputs/benchmark/<date_time>.json)")
     parser.add_argument("--compare", type=Path, help="an earlier run's JSON: print each figure's ratio to it")
     args = parser.parse_args(argv)
@@ -383,6 +426,8 @@ def main(argv: list[str]) -> None:
             results[part] = bench_words(args.repeats)
         elif part == "repro":
             results[part] = bench_repro(args.repeats, args.repro_steps)
+        elif part == "recipes":
+            results[part] = bench_recipes(args.repeats, args.recipe_steps)
         elif part == "gpu":
             results[part] = bench_gpu(args.repeats, args.steps, args.sweep_steps)
         else:

@@ -134,7 +134,7 @@ def why_not(cfg: Config) -> str | None:
         device = resolve_device(cfg.device)
     except Exception as e:  # its own job reports the error
         return str(e)
-    why = fast.unsupported(cfg, device, compiled=False)
+    why = fast.unsupported(cfg, device, compiled=False, stacked=True)
     return f"the stacked steps do not cover {why}" if why else None
 
 

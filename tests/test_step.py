@@ -1,0 +1,121 @@
+"""The compiled step of any recipe (nplm/step.py), against the plain path it stands in for.
+
+The step function is checked eagerly (the arithmetic the package compiles) against the plain path's
+steps for every feature a shipped recipe uses; then one package is built and trained through the
+real command, next to the plain path, and loaded from the cache the second time."""
+import pytest
+import torch
+
+from conftest import ROOT, TINY, compose_cfg, run_cmd, summary
+from nplm import step as S
+from nplm.config import to_config
+from nplm.data import load_data
+from nplm.loop import plain_step
+from nplm.model import kept
+from nplm.optim import lrs_at
+from nplm.train import build
+
+K = 3
+# every feature of conf/experiment/ and the default config (dropout apart: its masks are drawn in
+# another order, test_dropout_masks_read_from_the_draws)
+RECIPES = {
+    "default": [],
+    "best (AdamW on hashed n-gram rows, LayerNorm, EMA)": ["experiment=best", "model.dropout=0"],
+    "bengio2003 (SGD, weight decay on features, inverse schedule)": ["experiment=bengio2003", "data=shakespeare",
+                                                                     "model.mix_order=0"],
+    "words (EMA, weight decay)": ["experiment=words", "data=shakespeare", "model.dropout=0"],
+    "words_large (adaptive softmax)": ["experiment=words_large", "data=shakespeare", "model.dropout=0",
+                                       "model.word_dropout=0", "model.mix_order=0", "model.softmax_cutoffs=[500,2000]"],
+    "batchnorm, clipping, two layers, direct connections": ["model.norm=batchnorm", "optim.grad_clip=0.5",
+                                                            "train.ema=0.9", "model.n_layer=2", "model.direct=true"],
+    "SGD with momentum and weight decay": ["optim.name=sgd", "optim.momentum=0.9", "optim.weight_decay=0.01",
+                                           "optim.lr=0.1"],
+    "SGD on hashed n-gram rows, clipped": ["optim.name=sgd", "model.maxent_order=3", "optim.lr=0.1",
+                                           "optim.grad_clip=0.1"],
+}
+
+
+def setups(overrides):
+    cfg = to_config(compose_cfg([*overrides, "wandb.mode=disabled", "train.steps=100", "device=cpu"]))
+    data = load_data(cfg.data, cfg.model.block_size)
+    X = {s: data.X[s] for s in ("train", "val")}
+    Y = {s: data.Y[s] for s in ("train", "val")}
+    return cfg, X, Y, [build(cfg, data.vocab.size, X, Y, torch.device("cpu")) for _ in range(2)]
+
+
+@pytest.mark.parametrize("overrides", RECIPES.values(), ids=RECIPES.keys())
+def test_the_step_function_is_the_plain_paths_step(overrides):
+    """K steps of make_fn (run eagerly: what the package compiles) leave the model, the optimiser's
+    state and the moving average where K steps of the plain path leave them, to float rounding."""
+    cfg, X, Y, (plain, compiled) = setups(overrides)
+    lrs = lrs_at(0, K, cfg.optim, cfg.train.steps)
+    ix = torch.randint(0, len(X["train"]), (K, cfg.train.batch_size), generator=torch.Generator().manual_seed(5))
+    want = []
+    for k in range(K):
+        want.append(plain_step(plain, plain.ema, X["train"][ix[k]], Y["train"][ix[k]], lrs[k]).item())
+    one = S.Step(cfg, compiled.model, compiled.optimizer, compiled.ema)
+    (got,) = S.make_fn(cfg, compiled.model, one.layout)(*one.args(X["train"][ix], Y["train"][ix], lrs))
+    one.after(K)
+    torch.testing.assert_close(got, torch.tensor(want), rtol=1e-5, atol=1e-6)
+    pairs = [(plain.model, compiled.model)] + ([(plain.ema.module, compiled.ema.module)] if plain.ema else [])
+    for a, b in pairs:
+        for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+            torch.testing.assert_close(y, x, rtol=1e-4, atol=1e-5, msg=name)
+    for p, q in zip(plain.model.parameters(), compiled.model.parameters()):  # the optimiser's state
+        for key, value in plain.optimizer.state.get(p, {}).items():
+            torch.testing.assert_close(compiled.optimizer.state[q][key], value, rtol=1e-4, atol=1e-6, msg=key)
+
+
+def test_dropout_masks_read_from_the_draws():
+    """The compiled step's dropout: a unit is kept where its uniform draw is >= p, scaled by 1/(1-p):
+    all kept when every draw is 1 - eps (the network without dropout), none when every draw is 0."""
+    cfg, X, Y, (s, _) = setups(["model.dropout=0.3", "model.word_dropout=0.2", "model.n_layer=2"])
+    model, idx, y = s.model, X["train"][:64], Y["train"][:64]
+    H, T = cfg.model.n_hidden, cfg.model.block_size
+    model.eval()
+    without = torch.nn.functional.cross_entropy(model(idx)[0], y)
+    model.train()
+    ones = {"hidden": [torch.full((64, H), 0.999)] * 2, "word": torch.full((64, T, 1), 0.999)}
+    # kept units scaled by 1/(1-p): the word features by 1/0.8, hidden units by 1/0.7
+    assert torch.equal(kept(torch.tensor([0.1, 0.3, 0.5]), 0.3), torch.tensor([0.0, 1 / 0.7, 1 / 0.7]))
+    all_kept = model.step_loss(idx, y, ones)
+    assert all_kept.item() != pytest.approx(without.item())  # scaled up, as dropout does in training
+    zeros = {"hidden": [torch.zeros(64, H)] * 2, "word": torch.zeros(64, T, 1)}
+    none_kept = model.step_loss(idx, y, zeros)  # every unit dropped: the output sees its bias only
+    torch.testing.assert_close(none_kept, torch.nn.functional.cross_entropy(
+        model.out.bias.expand(64, -1), y))
+
+
+def test_ngram_rows_gradient_is_the_coalesced_sparse_one():
+    """_coalesce sums the gradient of each repeated table row, as the plain path's sparse gradient."""
+    rows = torch.tensor([[5, 9], [5, 2], [7, 9], [5, 5]])
+    grad = torch.randn(4, 3)
+    distinct, summed, valid = S._coalesce(rows, grad)
+    want = torch.sparse_coo_tensor(rows.reshape(1, -1), grad[:, None, :].expand(4, 2, 3).reshape(8, 3),
+                                   (10, 3), check_invariants=True).coalesce()
+    n = int(valid.sum())
+    assert torch.equal(distinct[:n], want.indices()[0]) and (distinct[n:] == distinct[0]).all()
+    torch.testing.assert_close(summed[:n], want.values())
+    assert (summed[n:] == 0).all()
+
+
+COMPILED = [*TINY, "train.steps=2000", "train.eval_interval=1000", "train.log_interval=500", "optim.name=adamw",
+            "train.ema=0.99", "model.norm=layernorm", "model.n_layer=2", "model.dropout=0.1",
+            "model.maxent_order=2", "optim.grad_clip=1.0", "optim.weight_decay=0.1", "train.batch_size=64"]
+
+
+def test_a_recipe_trains_compiled_as_on_the_plain_path_and_builds_once(tmp_path):
+    """One package for a recipe with most features at once, trained through the command with
+    train.fast=on (the default: auto, from 2,000 steps) next to train.fast=off: both learn, and end
+    within the spread that dropout's masks (drawn in another order) give; a second run of the same
+    shape, at another lr, loads the package from the cache."""
+    runs = {}
+    for name, extra in (("compiled", []), ("plain", ["train.fast=off"]), ("again", ["optim.lr=0.005"])):
+        run_cmd([ROOT / "train.py", *COMPILED, *extra, f"hydra.run.dir={tmp_path / name}"], timeout=600)
+        runs[name] = summary(tmp_path / name)
+    c, p, again = runs["compiled"], runs["plain"], runs["again"]
+    assert c["path"] == again["path"] == "compiled" and p["path"] == "plain", (c["path_reason"], p["path_reason"])
+    assert c["build_time_s"] > 0 and "built once" in c["path_reason"]
+    assert "build_time_s" not in again and "loaded from the cache" in again["path_reason"]
+    assert c["val_loss"] < 2.6 and p["val_loss"] < 2.6  # the uniform guess is ln 27 = 3.30
+    assert abs(c["val_loss"] - p["val_loss"]) < 0.03, (c["val_loss"], p["val_loss"])
