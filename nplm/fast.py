@@ -1,29 +1,35 @@
-"""The fast training path: STEPS_PER_CALL minibatch SGD steps of an NPLM as one compiled function.
+"""The fast training path: training steps compiled into one function, for every network recipe.
 
 The plain path (nplm/loop.py) runs each step through nn.Module, autograd and the optimiser: at batch
 32 about three quarters of a step is Python, dispatcher and autograd overhead, the arithmetic ~80 µs
-(torch's profiler, on a 2-core AMD EPYC). Here the forward pass, its hand-written backward pass and
-the SGD update of STEPS_PER_CALL steps are one function, exported with torch.export and compiled
-ahead of time by AOTInductor into a shared library (C++ kernels and the call sequence, no Python).
-The minibatch indices of those steps are drawn at once from the same generator, which gives the same
-numbers as drawing them step by step, and the parameters are written back into the model after each
-call, so the model, checkpoints and resume see what the plain path would leave: the same math, equal
-to the plain path within float rounding.
+(torch's profiler, on a 2-core AMD EPYC). Here whole steps are one function, exported with
+torch.export and compiled ahead of time by AOTInductor into a shared library (C++ kernels and the
+call sequence, no Python):
 
-Compiling takes about a minute, once per model shape, torch version and machine: it runs in a
-child process (the training process never imports the compiler, so it stays as small as the
-plain path) and the package is kept in CACHE (`$NPLM_CACHE`, default ~/.cache/nplm), where later
-runs load it in milliseconds.
+- the lecture's network and SGD (one tanh layer, no extras): STEPS_PER_CALL steps of sgd_steps, its
+  backward pass written by hand, the minibatch indices of those steps drawn at once from the same
+  generator (the same numbers as drawing them step by step);
+- any other recipe: its step as nplm/step.py writes it (AdamW or SGD with momentum and weight decay,
+  every schedule, dropout, EMA, clipping, several layers, norms, direct connections, the hashed
+  n-gram table, the adaptive softmax), autograd's backward traced into it.
 
-On a GPU the same STEPS_PER_CALL steps are captured as a CUDA graph instead (GraphSteps): one
+Either way the run's own tensors are updated, so the model, evaluations, checkpoints and resume see
+what the plain path would leave: the same math, equal to the plain path within float rounding.
+
+Compiling takes 20-90 s, once per model shape, settings that shape the step, torch version and
+machine: it runs in a child process (the training process never imports the compiler, so it stays
+as small as the plain path), one at a time per package, and the package is kept in CACHE
+(`$NPLM_CACHE`, default ~/.cache/nplm), where later runs load it in milliseconds. In reproducible
+mode the package's matrix products are Inductor's own AVX2 code (_compile), not MKL's.
+
+On a GPU the lecture's STEPS_PER_CALL steps are captured as a CUDA graph instead (GraphSteps): one
 replay launches all their kernels, where the plain path launches them one by one from Python.
+Other recipes train on the plain path there.
 
-Covered (everything else takes the plain path, which says why): one tanh hidden layer, no norm,
-no dropout, no direct connections of either kind, the full softmax, SGD without momentum or weight
-decay, no gradient clipping, no weight averaging. `train.fast=auto` (default) takes it when covered and, on the CPU,
-the run is long enough to pay for building the package, whether or not it is cached (so that the
-same config always takes the same path and gives the same losses); on a GPU whenever covered (a
-graph is captured in milliseconds); `on` whenever covered, `off` never.
+`train.fast=auto` (default) takes it where covered and, on the CPU, the run is long enough to pay
+for building the package (MIN_STEPS for the lecture's, MIN_RECIPE_STEPS for a recipe's), whether or
+not it is cached (so that the same config always takes the same path and gives the same losses);
+on a GPU whenever covered (a graph is captured in milliseconds); `on` whenever covered, `off` never.
 
     python -m nplm.fast '<shape json>' PATH     # what the child process runs: build one package
 """
@@ -166,7 +172,7 @@ def choose(cfg: Config, device: torch.device, runs: int = 0) -> tuple[bool, str]
                        f"({'~20-60 s' if recipe else '~1 minute'}, once per shape; train.fast=auto takes it from "
                        f"{least:,} steps, train.fast=on always)")
     if recipe:
-        return True, f"the recipe's compiled step ({RECIPE_STEPS_PER_CALL} per call of an AOTInductor package)"
+        return True, "the recipe's whole step (forward, backward, optimiser) as an AOTInductor package"
     return True, f"{STEPS_PER_CALL} SGD steps per call of an AOTInductor package"
 
 
@@ -435,7 +441,6 @@ def _fast_tanh(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
         with gm.graph.inserting_before(node):
             call = lambda op, *args: gm.graph.call_function(op, args)  # noqa: E731
             e = call(aten.add.Scalar, call(aten.exp.default, call(aten.mul.Scalar, node.args[0], 2.0)), 1.0)
-            out = call(aten.rsub.Scalar, call(aten.reciprocal.default, e), 1.0)
             out = call(aten.rsub.Scalar, call(aten.mul.Scalar, call(aten.reciprocal.default, e), 2.0), 1.0)
         node.replace_all_uses_with(out)
         gm.graph.erase_node(node)

@@ -166,17 +166,32 @@ class NPLM(nn.Module):
         word dropout draw their masks from torch's global generator, or (the compiled step, nplm/step.py)
         read them from `noise`: uniform draws in [0, 1), "word" (B, block_size, 1) and "hidden" one
         (B, n_hidden) per layer; a unit is kept where its draw is at least the dropout probability."""
-        emb = self.C[idx]  # (B, block_size, n_embd)
+        emb, mask = self.C[idx], None  # (B, block_size, n_embd)
         if self.training and self.word_dropout > 0:  # one draw per context token: its whole feature vector
-            emb = emb * (F.dropout(emb.new_ones(emb.shape[:2] + (1,)), self.word_dropout) if noise is None
-                         else kept(noise["word"], self.word_dropout))
+            mask = F.dropout(emb.new_ones(emb.shape[:2] + (1,)), self.word_dropout) if noise is None \
+                else kept(noise["word"], self.word_dropout)
+            emb = emb * mask
         x = emb.reshape(idx.shape[0], -1)
         h = x
         p = self.dropout.p if isinstance(self.dropout, nn.Dropout) else 0.0
+        factored = noise is not None and self.vocab_size < idx.shape[0] and x.shape[1] <= 128  # see _factored
         for i, (layer, norm) in enumerate(zip(self.hidden, self.norms)):
-            h = torch.tanh(norm(layer(h)))  # (B, n_hidden)
+            h = torch.tanh(norm(self._factored(idx, mask) if i == 0 and factored else layer(h)))  # (B, n_hidden)
             h = self.dropout(h) if noise is None or not (self.training and p) else h * kept(noise["hidden"][i], p)
         return x, h
+
+    def _factored(self, idx: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """The first hidden layer's x @ W + b, from each token's product with W's block for each context
+        position, (C @ W_t)[idx[:, t]] summed over t (times word dropout's mask): block_size x vocab_size
+        rows multiplied instead of batch x block_size: 10x less arithmetic for characters at batch 256, but
+        its backward adds each row's gradient into place one by one. The compiled step (nplm/step.py)
+        takes it where vocab_size < batch and the concatenated features are at most 128 wide: measured,
+        the default recipe's step (80 wide) took 367 instead of 807 us, experiment=best's (256 wide)
+        12.4 instead of 11.7 ms (one thread, AMD EPYC, 2026-12-07)."""
+        T, (V, E), layer = idx.shape[1], self.C.shape, self.hidden[0]
+        P = torch.bmm(self.C.expand(T, V, E), layer.weight.view(T, E, -1))  # (T, V, n_hidden)
+        rows = P.reshape(T * V, -1)[idx + torch.arange(T, device=idx.device) * V]  # (B, T, n_hidden)
+        return (rows if mask is None else rows * mask).sum(1) + layer.bias
 
     def step_loss(self, idx: torch.Tensor, targets: torch.Tensor, noise: dict,
                   extra_logits: torch.Tensor | None = None) -> torch.Tensor:

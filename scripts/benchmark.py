@@ -230,7 +230,7 @@ def bench_repro(repeats: int, steps: int) -> dict:
     return out
 
 
-def bench_recipes(repeats: int, steps: int) -> dict:
+def bench_recipes(repeats: int, steps: int, names: list[str]) -> dict:
     """steps/s of every shipped recipe (`steps` steps, one thread), alternating: the default mode
     (reproducible, the compiled path: train.fast=on) against the plain path with reproducible=false
     (the fastest plain training there was) and in reproducible mode; their ratios, and each one's
@@ -239,7 +239,7 @@ def bench_recipes(repeats: int, steps: int) -> dict:
     modes = {"compiled": ["train.fast=on"], "plain_off": ["train.fast=off", "reproducible=false"],
              "plain_on": ["train.fast=off"]}
     out = {}
-    for name, recipe in RECIPES.items():
+    for name, recipe in ((n, RECIPES[n]) for n in names):
         warm = runner(*recipe, *short, "train.fast=on", "train.steps=20", "train.eval_interval=20")[0]
         rates, losses = {m: [] for m in modes}, {}
         for _ in range(repeats):
@@ -400,6 +400,8 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--sweep-steps", type=int, default=30_000, help="steps of each of the 16 sweep runs")
     parser.add_argument("--repro-steps", type=int, default=10_000, help="steps of the lecture runs of `repro`")
     parser.add_argument("--recipe-steps", type=int, default=300, help="steps of each recipe's runs of `recipes`")
+    parser.add_argument("--recipes", nargs="+", choices=list(RECIPES), default=list(RECIPES),
+                        help="which recipes `recipes` measures (default: all)")
     parser.add_argument("--out", type=Path, help="JSON file (default outputs/benchmark/<date_time>.json)")
     parser.add_argument("--compare", type=Path, help="an earlier run's JSON: print each figure's ratio to it")
     args = parser.parse_args(argv)
@@ -427,7 +429,7 @@ def main(argv: list[str]) -> None:
         elif part == "repro":
             results[part] = bench_repro(args.repeats, args.repro_steps)
         elif part == "recipes":
-            results[part] = bench_recipes(args.repeats, args.recipe_steps)
+            results[part] = bench_recipes(args.repeats, args.recipe_steps, args.recipes)
         elif part == "gpu":
             results[part] = bench_gpu(args.repeats, args.steps, args.sweep_steps)
         else:

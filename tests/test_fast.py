@@ -94,10 +94,10 @@ def test_hand_written_steps_equal_autograd():
                                                          f"from {MIN_STEPS:,} steps"),
     (["experiment=lecture", "train.steps=20000", "train.fast=on"], True, "AOTInductor package"),
     (["experiment=lecture", "train.fast=off"], False, "train.fast=off"),
-    ([], True, "the recipe's compiled step"),  # the default recipe: AdamW, 5,000 steps
+    ([], True, "the recipe's whole step"),  # the default recipe: AdamW, 5,000 steps
     (["train.steps=1999"], False, f"1,999 steps are too few to pay for building the compiled package (~20-60 s, once "
                                   f"per shape; train.fast=auto takes it from {MIN_RECIPE_STEPS:,} steps"),
-    (["experiment=lecture", "model.dropout=0.1", "optim.momentum=0.9"], True, "the recipe's compiled step"),
+    (["experiment=lecture", "model.dropout=0.1", "optim.momentum=0.9"], True, "the recipe's whole step"),
     (["model=ngram"], False, "does not cover model=ngram"),
     (["mode=lr_find"], False, "does not cover mode=lr_find"),
 ])

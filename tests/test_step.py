@@ -119,3 +119,52 @@ def test_a_recipe_trains_compiled_as_on_the_plain_path_and_builds_once(tmp_path)
     assert "build_time_s" not in again and "loaded from the cache" in again["path_reason"]
     assert c["val_loss"] < 2.6 and p["val_loss"] < 2.6  # the uniform guess is ln 27 = 3.30
     assert abs(c["val_loss"] - p["val_loss"]) < 0.03, (c["val_loss"], p["val_loss"])
+    # Reproducible mode: the compiled step's numbers are the same on any x86-64 CPU with AVX2 (its matrix
+    # products are Inductor's AVX2 code, not MKL's: docs/reproducibility.md), so they are written here,
+    # as measured on an AMD EPYC (2026-12-07); CI runs on whatever CPU it gets.
+    rows = (tmp_path / "compiled" / "metrics.csv").read_text().splitlines()
+    assert [r.split(",")[1] for r in rows[1:]] == COMPILED_TRAIN_LOSSES, rows
+    assert c["val_loss"] == COMPILED_VAL_LOSS
+
+
+# COMPILED's training losses at steps 500, 1000, 1500, 2000 and its final val loss, in reproducible mode
+COMPILED_TRAIN_LOSSES = ["2.2964863777160645", "1.9654347896575928", "2.1474270820617676", "2.0264744758605957"]
+COMPILED_VAL_LOSS = 2.1579008022856434
+
+
+def test_dropout_draws_are_a_seeded_hash_uniform_in_0_1():
+    """step.uniform: the same seed and stream give the same draws, another seed or stream others;
+    they are uniform (mean 1/2, each tenth of [0, 1) about a tenth of them) and uncorrelated with
+    their neighbours, so a dropout mask keeps 1 - p of the units."""
+    seed = torch.tensor([12345], dtype=torch.int32)
+    a = S.uniform(seed, 3, (256, 384))
+    assert torch.equal(a, S.uniform(seed, 3, (256, 384))) and a.dtype == torch.float32
+    assert not torch.equal(a, S.uniform(seed, 4, (256, 384))) and not torch.equal(a, S.uniform(seed + 1, 3, (256, 384)))
+    assert 0 <= a.min() and a.max() < 1 and abs(a.mean().item() - 0.5) < 0.005
+    tenths = torch.histc(a, bins=10, min=0, max=1) / a.numel()
+    assert (tenths - 0.1).abs().max() < 0.005, tenths
+    flat = a.reshape(-1) - 0.5
+    assert abs((flat[1:] * flat[:-1]).mean().item()) < 0.002  # neighbours: no correlation (variance 1/12)
+    assert abs(kept(a, 0.25).ne(0).float().mean().item() - 0.75) < 0.005
+
+
+@pytest.mark.slow  # builds the package of test_resume's run (dropout, EMA, keep_best, n-gram rows): ~40 s
+def test_a_compiled_recipe_stopped_and_resumed_ends_as_if_never_stopped(tmp_path):
+    """SIGTERM at step 150 of a run on the compiled step, then resume=: every logged loss and the final
+    val loss equal the uninterrupted run's, bit for bit (the optimiser's state, the moving average,
+    both generators, dropout's seeds: all saved and restored as on the plain path)."""
+    import signal
+
+    from holds import wait_held
+    from test_resume import gate, losses, start
+    whole = start(tmp_path / "whole", "train.fast=on")
+    assert whole.wait(timeout=600) == 0, whole.communicate()
+    proc = start(tmp_path / "run", "train.fast=on", at=150)
+    wait_held(proc, gate(tmp_path / "run"))
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 143, proc.communicate()
+    out = run_cmd([ROOT / "train.py", f"resume={tmp_path / 'run'}"]).stdout
+    assert "resuming at step 150 of 300" in out and "loaded from the cache" in out
+    assert losses(tmp_path / "run") == losses(tmp_path / "whole")
+    s, w = summary(tmp_path / "run"), summary(tmp_path / "whole")
+    assert s["path"] == w["path"] == "compiled" and s["val_loss"] == w["val_loss"] and s["resumed_at"] == [150]
