@@ -110,8 +110,9 @@ class Monitor:
 class Setup:
     """What one run trains with (built by nplm/train.py): its config, model and optimiser, its
     training generator (parameter draws, then minibatches), its splits on its device, the loss above
-    which it has diverged, its weights' moving average (train.ema), and its training path (nplm/fast.py's steps_for: a function of K steps per
-    call, or None for one step at a time through autograd, and what the summary records of it)."""
+    which it has diverged, its weights' moving average (train.ema), and its training path
+    (nplm/fast.py's steps_for: a function of K steps per call, or None for one step at a time
+    through autograd, and what the summary records of it)."""
     cfg: Config
     model: NPLM
     optimizer: Optimizer
