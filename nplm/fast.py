@@ -169,8 +169,8 @@ def choose(cfg: Config, device: torch.device, runs: int = 0) -> tuple[bool, str]
     total, least = max(1, runs) * cfg.train.steps, MIN_RECIPE_STEPS if recipe else MIN_STEPS
     if cfg.train.fast == "auto" and total < least:
         return False, (f"{total:,} steps are too few to pay for building the compiled package "
-                       f"({'~20-60 s' if recipe else '~1 minute'}, once per shape; train.fast=auto takes it from "
-                       f"{least:,} steps, train.fast=on always)")
+                       f"({'20-90 s' if recipe else '~1 minute'} once per shape, cached or not; train.fast=auto "
+                       f"takes it from {least:,} steps, train.fast=on always)")
     if recipe:
         return True, "the recipe's whole step (forward, backward, optimiser) as an AOTInductor package"
     return True, f"{STEPS_PER_CALL} SGD steps per call of an AOTInductor package"
@@ -276,22 +276,22 @@ def _compiled(cfg: Config, tensors: list[torch.Tensor], vocab_size: int, runs: i
     With `setup`, a recipe's steps (nplm/step.py) on its tensors."""
     shape = shape_of(cfg, vocab_size, runs=runs)
     package = package_path(shape)
-    if package.is_file():
-        why += ", loaded from the cache"
-    else:
-        why += ", built once for this shape, then cached"
-        log.info("building the compiled package for %sthis shape (%s, once): %s",
-                 f"{runs} stacked runs of " if runs else "", "about a minute" if runs or setup is None else
-                 "20-60 s", package)
+    if not package.is_file():
+        log.info("building the compiled package for %sthis shape (%s, once; or waiting for another run "
+                 "building it): %s", f"{runs} stacked runs of " if runs else "",
+                 "about a minute" if runs or setup is None else "20-90 s", package)
     try:
         steps = RecipeSteps(setup, shape, package) if setup is not None else FastSteps(tensors, shape, package)
     except Exception as e:
-        log.warning("the %s not available (%s); %s", "compiled stacked steps are" if runs else "fast path is", e,
-                    INSTEAD[bool(runs)])
+        log.warning("the %s not available (%s; the cache: %s, $NPLM_CACHE); %s",
+                    "compiled stacked steps are" if runs else "fast path is", e, CACHE, INSTEAD[bool(runs)])
         return None, str(e)
     if steps.build_time:
         info["build_time_s"] = steps.build_time
+        why += ", built once for this shape, then cached"
         log.info("built in %.1f s and cached: later runs of this shape load it at once", steps.build_time)
+    else:
+        why += ", loaded from the cache"
     return steps, why
 
 

@@ -62,6 +62,7 @@ class Layout:
 
 
 def layout(cfg: Config, model: NPLM, optimizer: Optimizer) -> Layout:
+    """The Layout of a run's step: its model's tensors, its optimiser's groups and state."""
     sparse = {id(p) for p in model.sparse_params()}
     group_of = {id(p): i for i, g in enumerate(optimizer.param_groups) for p in g["params"]}
     dense = [p for p in model.parameters() if id(p) not in sparse]
@@ -74,15 +75,10 @@ def layout(cfg: Config, model: NPLM, optimizer: Optimizer) -> Layout:
                   layers=len(model.hidden) if m.dropout > 0 else 0, word=m.word_dropout > 0)
 
 
-def scalar_columns(cfg: Config, n_groups: int) -> int:
-    """Per-step scalars: per optimiser group, AdamW (1 - lr x weight decay, lr / (1 - beta1^t)) or
-    SGD (-lr); AdamW's sqrt(1 - beta2^t); the moving average's weight."""
-    return (2 * n_groups + 1 if cfg.optim.name == "adamw" else n_groups) + 1
-
-
 def scalars(cfg: Config, optimizer: Optimizer, lrs: list[float], t0: int, ema_count: int) -> torch.Tensor:
-    """The per-step scalars (K, scalar_columns) of steps t0 + 1 .. t0 + K at learning rates lrs, in
-    float64 as the plain optimiser computes them, then float32."""
+    """The per-step scalars (K, n) of steps t0 + 1 .. t0 + K at learning rates lrs, in float64 as the
+    plain optimiser computes them, then float32: per optimiser group, AdamW's 1 - lr x weight decay
+    and lr / (1 - beta1^t), or SGD's -lr; AdamW's sqrt(1 - beta2^t); the moving average's weight."""
     o, rows = cfg.optim, []
     for k, lr in enumerate(lrs):
         t, row = t0 + k + 1, []

@@ -249,7 +249,10 @@ def test_a_moving_average_too_long_for_the_run_is_a_warning():
     short = to_config(compose_cfg(["train.ema=0.999", "train.steps=540"]))
     assert setting_warnings(short) == ["train.ema=0.999 averages the weights over about 1000 steps, too many for "
                                        "train.steps=540: 58% of the average is still the untrained weights, so val "
-                                       "loss looks bad; lower train.ema (e.g. 0.994) or train longer"]
+                                       "loss looks bad; lower train.ema (e.g. 0.9944) or train longer"]
+    # the value it suggests is below the one given, also where three digits would round it back up
+    assert "lower train.ema (e.g. 0.9985)" in setting_warnings(to_config(compose_cfg(
+        ["experiment=best", "train.steps=2000"])))[0]
     assert setting_warnings(to_config(compose_cfg(["experiment=best"]))) == []
 
 

@@ -90,13 +90,13 @@ def test_hand_written_steps_equal_autograd():
 @pytest.mark.parametrize("overrides, takes, why", [
     (["experiment=lecture"], True, "20 SGD steps per call of an AOTInductor package"),
     (["experiment=lecture", "train.steps=20000"], False, f"too few to pay for building the compiled package "
-                                                         f"(~1 minute, once per shape; train.fast=auto takes it "
-                                                         f"from {MIN_STEPS:,} steps"),
+                                                         f"(~1 minute once per shape, cached or not; "
+                                                         f"train.fast=auto takes it from {MIN_STEPS:,} steps"),
     (["experiment=lecture", "train.steps=20000", "train.fast=on"], True, "AOTInductor package"),
     (["experiment=lecture", "train.fast=off"], False, "train.fast=off"),
     ([], True, "the recipe's whole step"),  # the default recipe: AdamW, 5,000 steps
-    (["train.steps=1999"], False, f"1,999 steps are too few to pay for building the compiled package (~20-60 s, once "
-                                  f"per shape; train.fast=auto takes it from {MIN_RECIPE_STEPS:,} steps"),
+    (["train.steps=1999"], False, f"1,999 steps are too few to pay for building the compiled package (20-90 s once "
+                                  f"per shape, cached or not; train.fast=auto takes it from {MIN_RECIPE_STEPS:,} steps"),
     (["experiment=lecture", "model.dropout=0.1", "optim.momentum=0.9"], True, "the recipe's whole step"),
     (["model=ngram"], False, "does not cover model=ngram"),
     (["mode=lr_find"], False, "does not cover mode=lr_find"),
@@ -189,9 +189,13 @@ def test_a_failed_build_falls_back_to_the_plain_path(tmp_path):
 
 
 def test_fast_on_where_it_does_not_cover_the_run_is_an_error():
-    cfg = to_config(compose_cfg(["train.fast=on", "model=ngram"]))
-    with pytest.raises(ConfigError, match="train.fast=on but the fast path does not cover model=ngram"):
-        choose(cfg, torch.device("cpu"))
+    cfg = to_config(compose_cfg(["train.fast=on"]))  # the default recipe: on a GPU, not covered
+    with pytest.raises(ConfigError, match="train.fast=on but the fast path does not cover optim.name=adamw"):
+        choose(cfg, torch.device("cuda"))
+    for refused, what in ((["model=ngram"], "model=ngram"), (["mode=lr_find"], "mode=lr_find")):
+        with pytest.raises(ConfigError, match=f"train.fast=on compiles training steps, and {what} takes none; "
+                                              "drop train.fast=on"):
+            to_config(compose_cfg(["train.fast=on", *refused]))
     with pytest.raises(ConfigError, match="use one of: auto, on, off"):
         to_config(compose_cfg(["train.fast=yes"]))
 

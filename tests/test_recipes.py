@@ -147,10 +147,10 @@ BOTH_PATHS = {  # recipe: (its overrides on a small corpus, the length, the loss
     "default": ([], ["train.steps=600", "train.eval_interval=300"], 2.45),
     "fast": (["experiment=fast"], ["train.steps=300"], 2.3),
     "best": (["experiment=best"], ["train.steps=300", "train.eval_interval=150"], 2.9),
-    "mixture": (["experiment=mixture"], ["train.steps=300", "train.eval_interval=150"], 2.4),
-    "words": (["data=shakespeare", "experiment=words"], ["train.steps=300", "train.eval_interval=150"], 6.6),
+    "mixture": (["experiment=mixture"], ["train.steps=300", "train.eval_interval=150"], 3.0),
+    "words": (["data=shakespeare", "experiment=words"], ["train.steps=300", "train.eval_interval=150"], 7.0),
     "words_large": (["data=shakespeare", "data.min_count=1", "experiment=words_large"],
-                    ["train.steps=300", "train.eval_interval=150"], 6.9),
+                    ["train.steps=300", "train.eval_interval=150"], 7.8),
     "bengio2003": (["data=shakespeare", "experiment=bengio2003"], ["train.steps=300", "train.eval_interval=150"], 6.6),
 }
 
