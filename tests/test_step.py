@@ -28,6 +28,8 @@ RECIPES = {
                                        "model.word_dropout=0", "model.mix_order=0", "model.softmax_cutoffs=[500,2000]"],
     "batchnorm, clipping, two layers, direct connections": ["model.norm=batchnorm", "optim.grad_clip=0.5",
                                                             "train.ema=0.9", "model.n_layer=2", "model.direct=true"],
+    "AdamW with strong weight decay (2% a step)": ["optim.weight_decay=10", "optim.warmup_steps=0",
+                                                   "optim.lr=0.002"],
     "SGD with momentum and weight decay": ["optim.name=sgd", "optim.momentum=0.9", "optim.weight_decay=0.01",
                                            "optim.lr=0.1"],
     "SGD on hashed n-gram rows, clipped": ["optim.name=sgd", "model.maxent_order=3", "optim.lr=0.1",
