@@ -120,8 +120,8 @@ class TrainConfig:
     # small models, which other busy processes would stall at two or more)
     num_samples: int = 20  # names sampled at the end of the run
     keep_best: bool = False  # end with the weights of the best val evaluation, not the last step's
-    fast: str = "auto"  # compiled training steps (nplm/fast.py; on a GPU a CUDA graph): auto (covered and long
-    # enough to pay for a first build: 2,000 steps, the lecture's SGD 100,000) | on | off
+    fast: str = "auto"  # auto | on | off: compiled training steps (nplm/fast.py; a CUDA graph on a GPU); auto
+    # takes them where covered and long enough to pay for a first build (2,000 steps; the lecture's SGD 100,000)
     ema: float = 0.0  # decay of an exponential moving average of the weights, used for evaluation and
     # kept at the end (Polyak averaging; 0.999 averages over ~1,000 steps); 0 = off
     patience: int = 0  # early stopping: end once the val loss has not improved for this many evaluations,
