@@ -520,8 +520,12 @@ def load(shape: dict, path: Path):
     import fcntl
     build_time = 0.0
     if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path.with_name(f".{path.name}.lock"), "w") as lock:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            lock = open(path.with_name(f".{path.name}.lock"), "w")
+        except OSError as e:
+            raise RuntimeError(f"building the compiled package failed: {e}") from e
+        with lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
             if not path.is_file():
                 t0 = time.perf_counter()
