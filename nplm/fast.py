@@ -71,8 +71,9 @@ def unsupported(cfg: Config, device: torch.device, compiled: bool = True, stacke
     checks = [(m.type != "nplm", f"model={m.type}"), (cfg.mode != "train", f"mode={cfg.mode}")]
     if stacked or device.type == "cuda":
         why = "a vectorised group" if stacked else "on a GPU"
-        checks.append((bool(hand_written_misses(cfg)), f"{', '.join(hand_written_misses(cfg))} ({why} it covers the "
-                                                        "lecture's network and SGD: one tanh layer, no extras)"))
+        misses = hand_written_misses(cfg)
+        checks.append((bool(misses), f"{', '.join(misses)} ({why} it covers the lecture's network and SGD: one tanh "
+                                     "layer, no extras)"))
     checks.append((compiled and device.type == "cpu" and not hasattr(getattr(torch._C, "_aoti", None),
                                                                     "AOTIModelPackageLoader"),
                    f"torch {torch.__version__} (it needs AOTInductor packages: torch 2.6 or later)"))
@@ -101,6 +102,12 @@ def hand_written_misses(cfg: Config) -> list[str]:
     return [why for bad, why in checks if bad]
 
 
+def _recipe(cfg: Config, runs: int) -> bool:
+    """Whether a run trains on a recipe's compiled step (nplm/step.py), not the hand-written one:
+    one run (a group stacks hand-written steps only) that sgd_steps does not cover."""
+    return not runs and bool(hand_written_misses(cfg))
+
+
 def shape_of(cfg: Config, vocab_size: int, runs: int = 0) -> dict:
     """Everything the compiled package depends on: the model's and the batch's shapes, the number of
     stacked runs (0: one model, sgd_steps; R: stacked_sgd_steps), the thread count, the step
@@ -110,7 +117,7 @@ def shape_of(cfg: Config, vocab_size: int, runs: int = 0) -> dict:
     m = cfg.model
     base = {"vocab_size": vocab_size, "batch_size": cfg.train.batch_size, "threads": torch.get_num_threads(),
             "torch": torch.__version__, "machine": _machine(), "pins": repro.in_effect()}
-    if not runs and hand_written_misses(cfg):
+    if _recipe(cfg, runs):
         import nplm.model
         import nplm.step
         source = inspect.getsource(nplm.step) + inspect.getsource(nplm.model) + _build_source()
@@ -165,7 +172,7 @@ def choose(cfg: Config, device: torch.device, runs: int = 0) -> tuple[bool, str]
         return False, f"the fast path does not cover {why_not}"
     if device.type == "cuda":  # capturing the graph takes milliseconds: it pays at any length
         return True, f"{STEPS_PER_CALL} SGD steps per replay of a CUDA graph"
-    recipe = not runs and bool(hand_written_misses(cfg))
+    recipe = _recipe(cfg, runs)
     total, least = max(1, runs) * cfg.train.steps, MIN_RECIPE_STEPS if recipe else MIN_STEPS
     if cfg.train.fast == "auto" and total < least:
         return False, (f"{total:,} steps are too few to pay for building the compiled package "
@@ -189,7 +196,7 @@ def steps_for(cfg: Config, params: Callable[[], list[torch.Tensor]], vocab_size:
     package was built; says so in the log."""
     take, why = choose(cfg, device, runs)
     steps, info = None, {}
-    recipe = not runs and bool(hand_written_misses(cfg))
+    recipe = _recipe(cfg, runs)
     tensors = params() if (take or runs) and not recipe else []
     if take and device.type == "cuda":
         steps, why = graph_steps(cfg, tensors, vocab_size, runs, why)

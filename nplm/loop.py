@@ -162,7 +162,7 @@ def fit(s: Setup, tracker: Tracker, stop: StopSignals, resume: TrainState | None
             n, lr, loss, finite = _k_steps(s, steps, done)
         else:
             n, lr = 1, lr_at(done, o, t.steps)
-            loss = _step(s, ema, lr)
+            loss = _step(s, lr)
             finite = device.type != "cpu" or math.isfinite(loss.item())  # cheap on CPU: stop at once
         done += n
         train_time += time.perf_counter() - t0
@@ -210,14 +210,14 @@ def _k_steps(s: Setup, steps, done: int) -> tuple[int, float, torch.Tensor, bool
     return n, lrs[n - 1], losses[n - 1], finite
 
 
-def _step(s: Setup, ema: EMA | None, lr: float) -> torch.Tensor:
+def _step(s: Setup, lr: float) -> torch.Tensor:
     """One step of the plain path on a minibatch drawn from the training generator. Returns its loss."""
     Xtr, Ytr = s.X["train"], s.Y["train"]
     ix = torch.randint(0, len(Xtr), (s.cfg.train.batch_size,), generator=s.g).to(Xtr.device)
-    return plain_step(s, ema, Xtr[ix], Ytr[ix], lr)
+    return plain_step(s, Xtr[ix], Ytr[ix], lr)
 
 
-def plain_step(s: Setup, ema: EMA | None, x: torch.Tensor, y: torch.Tensor, lr: float) -> torch.Tensor:
+def plain_step(s: Setup, x: torch.Tensor, y: torch.Tensor, lr: float) -> torch.Tensor:
     """One step of the plain path on the minibatch (x, y): autograd and the optimiser (the reference
     the compiled step, nplm/step.py, is checked against). Returns its loss."""
     s.optimizer.set_lr(lr)
@@ -227,8 +227,8 @@ def plain_step(s: Setup, ema: EMA | None, x: torch.Tensor, y: torch.Tensor, lr: 
     if s.cfg.optim.grad_clip:
         clip_grad_norm(s.model.parameters(), s.cfg.optim.grad_clip)
     s.optimizer.step()
-    if ema is not None:
-        ema.update_parameters(s.model)
+    if s.ema is not None:
+        s.ema.update_parameters(s.model)
     return loss
 
 

@@ -61,11 +61,18 @@ class Layout:
         return n + b + self.moments * n + (n + b if self.ema else 0) + (1 + self.table_moments if self.table else 0)
 
 
+def dense_parameters(model: NPLM) -> list[tuple[str, torch.nn.Parameter]]:
+    """The model's named parameters the step differentiates (all but the hashed n-gram table, which
+    it updates outside autograd), in the function's order."""
+    sparse = {id(p) for p in model.sparse_params()}
+    return [(name, p) for name, p in model.named_parameters() if id(p) not in sparse]
+
+
 def layout(cfg: Config, model: NPLM, optimizer: Optimizer) -> Layout:
     """The Layout of a run's step: its model's tensors, its optimiser's groups and state."""
     sparse = {id(p) for p in model.sparse_params()}
     group_of = {id(p): i for i, g in enumerate(optimizer.param_groups) for p in g["params"]}
-    dense = [p for p in model.parameters() if id(p) not in sparse]
+    dense = [p for _, p in dense_parameters(model)]
     m, o = cfg.model, cfg.optim
     dense_groups = [g for g in optimizer.param_groups if not any(id(p) in sparse for p in g["params"])]
     return Layout(groups=tuple(group_of[id(p)] for p in dense),
@@ -101,13 +108,13 @@ class Step:
     def __init__(self, cfg: Config, model: NPLM, optimizer: Optimizer, ema: EMA | None):
         self.cfg, self.model, self.optimizer, self.ema = cfg, model, optimizer, ema
         self.layout = layout(cfg, model, optimizer)
-        sparse = {id(p) for p in model.sparse_params()}
-        dense = [p for p in model.parameters() if id(p) not in sparse]
+        dense = [p for _, p in dense_parameters(model)]
+        dense_ids = {id(p) for p in dense}
         for p in model.parameters():  # the optimiser's state as its first step would make it
             state = optimizer.state.setdefault(p, {})
             if cfg.optim.name == "adamw" and not state:
                 state.update(step=torch.tensor(0.0), exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
-            elif cfg.optim.momentum and id(p) not in sparse and state.get("momentum_buffer") is None:
+            elif cfg.optim.momentum and id(p) in dense_ids and state.get("momentum_buffer") is None:
                 state["momentum_buffer"] = torch.zeros_like(p)
         moments = {2: ("exp_avg", "exp_avg_sq"), 1: ("momentum_buffer",), 0: ()}[self.layout.moments]
         self.tensors = [p.data for p in dense] + [b.data for b in model.buffers()]
@@ -148,7 +155,7 @@ def make_fn(cfg: Config, model: NPLM, lay: Layout):
     weights are not used, the function's arguments are). Returns the K steps' losses; every other
     result is written in place into its arguments."""
     o, t = cfg.optim, cfg.train
-    names = [n for n, p in model.named_parameters() if not (lay.table and n == "maxent.weight")]
+    names = [name for name, _ in dense_parameters(model)]
     buffer_names = [n for n, _ in model.named_buffers()]
     n, nb = len(names), len(buffer_names)
     adamw, wd = o.name == "adamw", lay.weight_decay

@@ -54,7 +54,7 @@ def test_the_step_function_is_the_plain_paths_step(overrides):
     ix = torch.randint(0, len(X["train"]), (K, cfg.train.batch_size), generator=torch.Generator().manual_seed(5))
     want = []
     for k in range(K):
-        want.append(plain_step(plain, plain.ema, X["train"][ix[k]], Y["train"][ix[k]], lrs[k]).item())
+        want.append(plain_step(plain, X["train"][ix[k]], Y["train"][ix[k]], lrs[k]).item())
     one = S.Step(cfg, compiled.model, compiled.optimizer, compiled.ema)
     (got,) = S.make_fn(cfg, compiled.model, one.layout)(*one.args(X["train"][ix], Y["train"][ix], lrs))
     one.after(K)
