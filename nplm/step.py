@@ -173,9 +173,10 @@ def make_fn(cfg: Config, model: NPLM, lay: Layout):
         for k in range(X.shape[0]):
             idx, y = X[k], Y[k]
             B, T = idx.shape
-            noise = {"hidden": [uniform(seed, 8 * k + i, (B, model.hidden[i].weight.shape[1]))
+            first = k * (lay.layers + 1)  # one stream per layer and one for word dropout, in each step
+            noise = {"hidden": [uniform(seed, first + i, (B, model.hidden[i].weight.shape[1]))
                                 for i in range(lay.layers)],
-                     "word": uniform(seed, 8 * k + 7, (B, T, 1)) if lay.word else None}
+                     "word": uniform(seed, first + lay.layers, (B, T, 1)) if lay.word else None}
             leaves = [p.detach().requires_grad_() for p in params]
             extra, rows = None, None
             if table is not None:
