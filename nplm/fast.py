@@ -282,6 +282,9 @@ def _compiled(cfg: Config, tensors: list[torch.Tensor], vocab_size: int, runs: i
     (no C++ compiler, an export or Inductor failure: the plain path does the same); and the reason.
     With `setup`, a recipe's steps (nplm/step.py) on its tensors."""
     shape = shape_of(cfg, vocab_size, runs=runs)
+    if setup is not None and setup.model.adaptive is not None:  # its clusters' rows per step, from the data
+        from nplm.step import capacities
+        shape["caps"] = list(capacities(setup.model, setup.Y["train"], cfg.train.batch_size))
     package = package_path(shape)
     if not package.is_file():
         log.info("building the compiled package for %sthis shape (%s, once; or waiting for another run "
@@ -514,7 +517,7 @@ def _recipe_example(shape: dict):
     one = step.Step(cfg, model, optimizer, EMA(model, cfg.train.ema) if cfg.train.ema else None)
     K, B, T = shape["steps"], shape["batch_size"], cfg.model.block_size
     X, Y = torch.randint(0, shape["vocab_size"], (K, B, T)), torch.randint(0, shape["vocab_size"], (K, B))
-    return step.make_fn(cfg, model, one.layout), tuple(one.args(X, Y, [1e-3] * K))
+    return step.make_fn(cfg, model, one.layout, shape.get("caps")), tuple(one.args(X, Y, [1e-3] * K))
 
 
 def load(shape: dict, path: Path):
@@ -553,13 +556,17 @@ class RecipeSteps:
     K = RECIPE_STEPS_PER_CALL
 
     def __init__(self, setup, shape: dict, path: Path):
-        from nplm.step import Step
-        self.step = Step(setup.cfg, setup.model, setup.optimizer, setup.ema)
+        from nplm.step import Step, make_fn
+        caps = tuple(shape["caps"]) if "caps" in shape else None
+        self.step = Step(setup.cfg, setup.model, setup.optimizer, setup.ema, caps)
         self.runner, self.build_time = load(shape, path)
+        # a minibatch with more targets in a cluster than the package computes it for: every row, eagerly
+        self.every_row = make_fn(setup.cfg, setup.model, self.step.layout) if caps else None
 
     @torch.no_grad()
     def __call__(self, X: torch.Tensor, Y: torch.Tensor, lrs: torch.Tensor) -> torch.Tensor:
-        (losses,) = self.runner.run(self.step.args(X, Y, lrs.tolist()))
+        args = self.step.args(X, Y, lrs.tolist())
+        (losses,) = self.runner.run(args) if self.step.fits(Y) else self.every_row(*args)
         self.step.after(len(X))
         return losses
 

@@ -194,26 +194,30 @@ class NPLM(nn.Module):
         return (rows if mask is None else rows * mask).sum(1) + layer.bias
 
     def step_loss(self, idx: torch.Tensor, targets: torch.Tensor, noise: dict,
-                  extra_logits: torch.Tensor | None = None) -> torch.Tensor:
+                  extra_logits: torch.Tensor | None = None, caps: tuple[int, ...] | None = None) -> torch.Tensor:
         """The training loss of the compiled step (nplm/step.py): forward's, with every shape fixed by
         the batch's (torch.export needs them so): dropout masks from `noise`, an adaptive softmax's loss
-        over every cluster (masked to each target's; forward computes only the targets' clusters), and
-        the hashed n-gram logits given (`extra_logits`, (B, vocab_size): their table is updated outside
-        autograd, only where used)."""
+        with each cluster computed for a fixed number of rows (`caps`, else for every row), the hashed
+        n-gram logits given (`extra_logits`, (B, vocab_size): their table is updated outside autograd,
+        only where used), and cross-entropy as logsumexp minus the target's logit (whose backward is
+        softmax minus one-hot; F.cross_entropy's adds a sum over the vocabulary per row)."""
         x, h = self._features(idx, noise)
         if self.adaptive is not None:
-            return -self._adaptive_target_log_prob(h, targets).mean()
+            return -self._adaptive_target_log_prob(h, targets, caps).mean()
         logits = self.out(h)
         if self.direct is not None:
             logits = logits + x @ self.direct
         if extra_logits is not None:
             logits = logits + extra_logits
-        return F.cross_entropy(logits, targets)
+        return (logits.logsumexp(1) - logits.gather(1, targets[:, None]).squeeze(1)).mean()
 
-    def _adaptive_target_log_prob(self, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """log P(target) (B,) of the adaptive softmax, nn.AdaptiveLogSoftmaxWithLoss's arithmetic, with
-        every cluster computed for every row: the head's log-probability of the target (a shortlist
-        token) or of its cluster, plus the target's log-probability within that cluster."""
+    def _adaptive_target_log_prob(self, h: torch.Tensor, targets: torch.Tensor,
+                                  caps: tuple[int, ...] | None = None) -> torch.Tensor:
+        """log P(target) (B,) of the adaptive softmax, nn.AdaptiveLogSoftmaxWithLoss's arithmetic: the
+        head's log-probability of the target (a shortlist token) or of its cluster, plus the target's
+        log-probability within that cluster. Cluster i is computed for every row, or with `caps` for
+        caps[i] rows: the rows whose targets fall in it, gathered (first_rows; the caller makes sure
+        there are no more), as the plain path computes only those."""
         a = self.adaptive
         edges = a.cutoffs  # [cutoffs..., vocab_size]
         head = a.head(h)
@@ -221,9 +225,14 @@ class NPLM(nn.Module):
         head_index = torch.where(cluster < 0, targets, a.shortlist_size + cluster)
         logp = head.gather(1, head_index[:, None]).squeeze(1) - head.logsumexp(1)
         for i, (lo, hi) in enumerate(zip(edges, edges[1:])):
-            out = a.tail[i](h)  # (B, hi - lo)
-            within = out.gather(1, (targets - lo).clamp(0, hi - lo - 1)[:, None]).squeeze(1) - out.logsumexp(1)
-            logp = logp + torch.where(cluster == i, within, torch.zeros_like(within))
+            if caps is None:
+                rows, used = slice(None), cluster == i
+            else:
+                rows, used = first_rows(cluster == i, caps[i])
+            out = a.tail[i](h[rows])  # (rows, hi - lo)
+            within = out.gather(1, (targets[rows] - lo).clamp(0, hi - lo - 1)[:, None]).squeeze(1) - out.logsumexp(1)
+            within = torch.where(used, within, torch.zeros_like(within))
+            logp = logp + within if caps is None else logp.index_add(0, rows, within)
         return logp
 
     def adaptive_log_prob(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -238,6 +247,17 @@ class NPLM(nn.Module):
         """Parameters whose gradients are sparse (the hashed n-gram table): updated only where used,
         left out of weight decay and of the weights' moving average."""
         return [self.maxent.weight] if self.maxent is not None else []
+
+
+def first_rows(inside: torch.Tensor, cap: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """In fixed shapes, the indices (cap,) of the rows where `inside` (B,) holds, in order, the rest
+    row 0; and which of the cap slots hold one (the first inside.sum(), at most cap)."""
+    B = len(inside)
+    pos = inside.cumsum(0) - 1
+    slot = torch.where(inside & (pos < cap), pos, cap)  # slot cap: every other row, then dropped
+    rows = torch.zeros(cap + 1, dtype=torch.long, device=inside.device).scatter(
+        0, slot, torch.arange(B, device=inside.device))[:cap]
+    return rows, torch.arange(cap, device=inside.device) < inside.sum()
 
 
 def kept(uniform: torch.Tensor, p: float) -> torch.Tensor:

@@ -12,9 +12,11 @@ leave, to float rounding. What differs, and why:
   torch's global generator (the generator the plain path's masks come from, seeded by the run's
   seed and saved with its state) once per call: masks of the same distribution, not the same masks
   (drawing them with torch.rand took 1.1 ms of experiment=best's 12 ms step).
-- An adaptive softmax computes every cluster for every row, masked to each target's (the plain path
-  computes only the clusters its targets fall in); a cluster no target used in a step gets a zero
-  gradient there, where the plain path skips its update.
+- An adaptive softmax computes each cluster for a fixed number of rows (`capacities`, from the
+  training split's targets), those whose targets fall in it, as the plain path does; a step with
+  more such rows than that (about once in 1e12 steps) runs eagerly with every row, the same function
+  (`Step.fits`). A cluster no target used in a step gets a zero gradient there, where the plain path
+  skips its update.
 - The hashed n-gram table (model.maxent_order) is updated outside autograd, only in the rows the
   minibatch used, as the plain path's sparse gradients do: its rows' gradients are summed per row
   (sorted and segmented), with fixed shapes.
@@ -82,6 +84,23 @@ def layout(cfg: Config, model: NPLM, optimizer: Optimizer) -> Layout:
                   layers=len(model.hidden) if m.dropout > 0 else 0, word=m.word_dropout > 0)
 
 
+def capacities(model: NPLM, targets: torch.Tensor, batch_size: int) -> tuple[int, ...] | None:
+    """With an adaptive softmax, how many rows of a minibatch the compiled step computes each cluster
+    for: the mean count of a minibatch drawn uniformly from `targets` (the training split's) plus the
+    margin t of Chernoff's bound P(count >= mean + t) <= exp(-t^2 / (2 (mean + t / 3))) = 1e-12,
+    rounded up to a multiple of 8 (at most the batch). experiment=words_large on data=shakespeare:
+    64 of 256 rows for the 2,000 words of the middle cluster, 56 for the other 8,022."""
+    if model.adaptive is None:
+        return None
+    edges, L = model.adaptive.cutoffs, 12 * math.log(10)
+    caps = []
+    for lo, hi in zip(edges, edges[1:]):
+        mean = batch_size * ((targets >= lo) & (targets < hi)).double().mean().item()
+        t = L / 3 + math.sqrt(L * L / 9 + 2 * L * mean)
+        caps.append(min(batch_size, 8 * math.ceil((mean + t) / 8)))
+    return tuple(caps)
+
+
 def scalars(cfg: Config, optimizer: Optimizer, lrs: list[float], t0: int, ema_count: int) -> torch.Tensor:
     """The per-step scalars (K, n) of steps t0 + 1 .. t0 + K at learning rates lrs, in float64 as the
     plain optimiser computes them, then float32: per optimiser group, AdamW's 1 - lr x weight decay
@@ -105,8 +124,9 @@ class Step:
     buffers, the optimiser's state, the moving average's copy): the compiled function updates them in
     place, and so does the plain path's step, so both may train the same run in turn."""
 
-    def __init__(self, cfg: Config, model: NPLM, optimizer: Optimizer, ema: EMA | None):
-        self.cfg, self.model, self.optimizer, self.ema = cfg, model, optimizer, ema
+    def __init__(self, cfg: Config, model: NPLM, optimizer: Optimizer, ema: EMA | None,
+                 caps: tuple[int, ...] | None = None):
+        self.cfg, self.model, self.optimizer, self.ema, self.caps = cfg, model, optimizer, ema, caps
         self.layout = layout(cfg, model, optimizer)
         dense = [p for _, p in dense_parameters(model)]
         dense_ids = {id(p) for p in dense}
@@ -142,6 +162,14 @@ class Step:
             else torch.zeros(1, dtype=torch.int32)
         return [*self.tensors, X, Y, scalars(self.cfg, self.optimizer, lrs, self.step_count(), n_ema), seed]
 
+    def fits(self, Y: torch.Tensor) -> bool:
+        """Whether no minibatch of Y (K, batch) has more targets in an adaptive softmax's cluster than
+        the function computes it for (caps)."""
+        if self.caps is None:
+            return True
+        edges = self.model.adaptive.cutoffs
+        return all(int(((Y >= lo) & (Y < hi)).sum(1).max()) <= cap for lo, hi, cap in zip(edges, edges[1:], self.caps))
+
     def after(self, K: int) -> None:
         """The counters the function does not keep: the optimiser's steps, the moving average's count."""
         if self.counts:
@@ -150,10 +178,11 @@ class Step:
             self.ema.n_averaged += K
 
 
-def make_fn(cfg: Config, model: NPLM, lay: Layout):
+def make_fn(cfg: Config, model: NPLM, lay: Layout, caps: tuple[int, ...] | None = None):
     """The function of K steps for `cfg`'s recipe on `model` (a stand-in of the run's shape: its
-    weights are not used, the function's arguments are). Returns the K steps' losses; every other
-    result is written in place into its arguments."""
+    weights are not used, the function's arguments are), an adaptive softmax's clusters computed for
+    `caps` rows (capacities; None: every row). Returns the K steps' losses; every other result is
+    written in place into its arguments."""
     o, t = cfg.optim, cfg.train
     names = [name for name, _ in dense_parameters(model)]
     buffer_names = [n for n, _ in model.named_buffers()]
@@ -183,7 +212,7 @@ def make_fn(cfg: Config, model: NPLM, lay: Layout):
                 rows = model.maxent.index(idx)  # (B, order)
                 extra = table[rows].sum(1).detach().requires_grad_()
             with torch.enable_grad():
-                loss = _loss(model, names, leaves, buffer_names, buffers, idx, y, noise, extra)
+                loss = _loss(model, names, leaves, buffer_names, buffers, idx, y, noise, extra, caps)
                 grads = list(torch.autograd.grad(loss, leaves + ([extra] if extra is not None else [])))
             losses.append(loss.detach())
             with torch.no_grad():
@@ -222,12 +251,12 @@ def uniform(seed: torch.Tensor, stream: int, shape: tuple[int, ...]) -> torch.Te
     return (((x >> 8) & 0xFFFFFF).to(torch.float32) * 2.0 ** -24).view(shape)
 
 
-def _loss(model, names, leaves, buffer_names, buffers, idx, y, noise, extra):
+def _loss(model, names, leaves, buffer_names, buffers, idx, y, noise, extra, caps):
     """model.step_loss with the function's tensors in place of the model's own (BatchNorm's running
     statistics are updated in the buffers given)."""
     with torch.nn.utils.stateless._reparametrize_module(model, {**dict(zip(names, leaves)),
                                                                 **dict(zip(buffer_names, buffers))}):
-        return model.step_loss(idx, y, noise, extra)
+        return model.step_loss(idx, y, noise, extra, caps)
 
 
 def _coalesce(rows: torch.Tensor, grad: torch.Tensor):
