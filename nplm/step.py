@@ -115,7 +115,7 @@ def scalars(cfg: Config, optimizer: Optimizer, lrs: list[float], t0: int, ema_co
             row.append((1 - o.betas[1] ** t) ** 0.5)
         row.append(1.0 if ema_count + k == 0 else 1 - cfg.train.ema)  # the first average copies the weights
         rows.append(row)
-    return torch.tensor(rows, dtype=torch.float64).to(torch.float32)
+    return torch.tensor(rows, dtype=torch.float32)  # each Python float (float64) rounded once, as .to() would
 
 
 class Step:

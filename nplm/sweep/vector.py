@@ -36,7 +36,7 @@ from nplm.checkpoint import save_atomic
 from nplm.config import Config
 from nplm.data import load_data
 from nplm.evaluate import divergence_limit, split_loss
-from nplm.loop import Cadence, Diverged, Fit, Monitor, progress
+from nplm.loop import Cadence, Diverged, Fit, Monitor, batch, progress
 from nplm.model import make_model
 from nplm.optim import lrs_at
 from nplm.preflight import resolve_device
@@ -177,7 +177,9 @@ def train_group(cfgs: list[Config], out_dirs: list[Path], labels: list[str]) -> 
         n = min(fast.STEPS_PER_CALL, cadence.next_stop(done) - done)
         lr = list(zip(*(lrs_at(done, n, cfg.optim, t.steps) for cfg in cfgs)))  # lr[k][r]
         ix = torch.stack([torch.randint(0, len(Xtr), (n, t.batch_size), generator=g) for g in gens], 1).to(device)
-        losses = steps(Xtr[ix], Ytr[ix], torch.tensor(lr, dtype=torch.float32).to(device)).cpu()  # (n, R)
+        xb, yb = batch(Xtr, Ytr, ix.view(-1))
+        losses = steps(xb.view(*ix.shape, -1), yb.view(ix.shape),
+                       torch.tensor(lr, dtype=torch.float32).to(device)).cpu()  # (n, R)
         train_time += time.perf_counter() - t0
         since_log += n
         _stop_not_finite(losses, alive, results, done, train_time / R)
