@@ -546,6 +546,8 @@ def load(shape: dict, path: Path):
                     last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
                     raise RuntimeError(f"building the compiled package failed: {last}")
                 build_time = time.perf_counter() - t0
+                # the package is there: no later run opens the lock, and a run waiting on it sees the package
+                Path(lock.name).unlink(missing_ok=True)
     return torch._C._aoti.AOTIModelPackageLoader(str(path), "model", False, 1, -1), build_time
 
 

@@ -9,6 +9,7 @@ import torch
 from conftest import ROOT, TINY, compose_cfg, run_cmd, summary
 from nplm import step as S
 from nplm.config import to_config
+from nplm.fast import CACHE
 from nplm.data import load_data
 from nplm.loop import plain_step
 from nplm.model import first_rows, kept
@@ -151,6 +152,7 @@ def test_a_recipe_trains_compiled_as_on_the_plain_path_and_builds_once(tmp_path)
     assert c["path"] == again["path"] == "compiled" and p["path"] == "plain", (c["path_reason"], p["path_reason"])
     assert c["build_time_s"] > 0 and "built once" in c["path_reason"]
     assert "build_time_s" not in again and "loaded from the cache" in again["path_reason"]
+    assert not list(CACHE.rglob(".*.lock"))  # each build's lock file is removed once its package is there
     assert c["val_loss"] < 2.6 and p["val_loss"] < 2.6  # the uniform guess is ln 27 = 3.30
     assert abs(c["val_loss"] - p["val_loss"]) < 0.03, (c["val_loss"], p["val_loss"])
     # Reproducible mode: the compiled step's numbers are the same on any x86-64 CPU with AVX2 (its matrix
