@@ -281,7 +281,8 @@ def _say_done(cfg: Config, summary: dict, out_dir: Path, samples: list[tuple[str
     log.info("saved to %s", out_dir)
     sep = ", " if cfg.data.level == "char" else " | "  # sentences hold commas
     shown = ((w or "(empty)", lab) for w, lab in samples)  # a model can end a line at its first step
-    log.info("samples: %s", sep.join(f"{w} ({lab})" if lab != "new" else w for w, lab in shown))
+    if samples:  # none with train.num_samples=0
+        log.info("samples: %s", sep.join(f"{w} ({lab})" if lab != "new" else w for w, lab in shown))
 
 
 def _record_divergence(cfg: Config, model, step: int, loss: float, train_time: float, what: str, limit: float,
