@@ -113,7 +113,8 @@ def shape_of(cfg: Config, vocab_size: int, runs: int = 0) -> dict:
     stacked runs (0: one model, sgd_steps; R: stacked_sgd_steps), the thread count, the step
     function's source, torch and the machine. A recipe the hand-written steps do not cover (kind
     "recipe", nplm/step.py) depends on every setting that shapes its step, and not on its learning
-    rate or schedule, which each call passes in: a sweep over them builds one package."""
+    rate or schedule, which each call passes in: a sweep over them builds one package. (With an
+    adaptive softmax, _compiled adds its clusters' row capacities, which come from the data.)"""
     m = cfg.model
     base = {"vocab_size": vocab_size, "batch_size": cfg.train.batch_size, "threads": torch.get_num_threads(),
             "torch": torch.__version__, "machine": _machine(), "pins": repro.in_effect()}

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from nplm.config import Config
+from nplm.loop import batch
 from nplm.model import NPLM
 from nplm.optim import Optimizer, clip_grad_norm, lr_at
 from nplm.plots import figure
@@ -62,7 +63,7 @@ def lr_find(cfg: Config, model: NPLM, optimizer: Optimizer, g: torch.Generator,
     for step, lr in enumerate(lrs):
         optimizer.set_lr(lr)
         ix = torch.randint(0, len(Xtr), (cfg.train.batch_size,), generator=g).to(device)
-        _, loss = model(Xtr[ix], Ytr[ix])
+        _, loss = model(*batch(Xtr, Ytr, ix))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -144,7 +145,7 @@ def overfit_batch(cfg: Config, model: NPLM, optimizer: Optimizer, g: torch.Gener
     (measured in eval mode, so without dropout) down to its floor. Reports pass or fail."""
     steps, device = cfg.overfit_batch.steps, Xtr.device
     ix = torch.randint(0, len(Xtr), (cfg.train.batch_size,), generator=g).to(device)
-    xb, yb = Xtr[ix], Ytr[ix]
+    xb, yb = batch(Xtr, Ytr, ix)
     floor = batch_loss_floor(xb.cpu(), yb.cpu())
     interval = max(1, steps // 20)
     model.train()
